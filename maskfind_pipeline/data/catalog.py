@@ -1,0 +1,143 @@
+"""The image catalog: one Parquet row per unique sample, plus the quarantine of what was refused.
+
+Both tables are append-only sets of Parquet parts in the work store, one part per ingest batch,
+written create-only, so a crash leaves whole parts or nothing:
+
+    catalog/samples/part-<utc stamp>-<run>-<n>.parquet
+    catalog/quarantine/part-<utc stamp>-<run>-<n>.parquet
+
+A later row for the same image key supersedes an earlier one (a relabel); `current_samples`
+gives that view.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maskfind_pipeline.storage.base import ObjectStore
+
+SAMPLES_PREFIX = "catalog/samples/"
+QUARANTINE_PREFIX = "catalog/quarantine/"
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("image_key", pa.string(), nullable=False),
+        pa.field("mask_key", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("mask_sha256", pa.string(), nullable=False),
+        pa.field("image_etag", pa.string(), nullable=False),
+        pa.field("mask_etag", pa.string(), nullable=False),
+        pa.field("image_bytes", pa.int64(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("image_mode", pa.string(), nullable=False),
+        pa.field("exif_transposed", pa.bool_(), nullable=False),
+        pa.field("mask_fraction", pa.float32(), nullable=False),
+        pa.field("image_type", pa.string(), nullable=False),
+        pa.field("camera", pa.string()),
+        pa.field("product", pa.string()),
+        pa.field("station", pa.string()),
+        pa.field("captured_at", pa.timestamp("us", tz="UTC")),
+        pa.field("failed_model_version", pa.string()),
+        pa.field("reported_at", pa.timestamp("us", tz="UTC")),
+        pa.field("tags_json", pa.string(), nullable=False),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ingest_run", pa.string(), nullable=False),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("etag", pa.string(), nullable=False),
+        pa.field("mask_etag", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("retryable", pa.bool_(), nullable=False),
+        pa.field("quarantined_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ingest_run", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CatalogTables:
+    """Everything ingested so far: all sample rows (history included) and all quarantine rows."""
+
+    samples: pa.Table
+    quarantine: pa.Table
+
+    def current_samples(self) -> pa.Table:
+        """The latest row of each image key (a relabel supersedes the older mask)."""
+        return latest_by(self.samples, "image_key", "ingested_at")
+
+    def current_quarantine(self) -> pa.Table:
+        """The latest quarantine row of each key."""
+        return latest_by(self.quarantine, "key", "quarantined_at")
+
+
+class Catalog:
+    """Reads and appends the catalog's Parquet parts in a work store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def read(self) -> CatalogTables:
+        return CatalogTables(
+            self._read_parts(SAMPLES_PREFIX, CATALOG_SCHEMA),
+            self._read_parts(QUARANTINE_PREFIX, QUARANTINE_SCHEMA),
+        )
+
+    def append(self, samples: pa.Table, quarantine: pa.Table, *, run_id: str, batch: int) -> None:
+        """Write one batch's rows as new create-only parts (empty tables write nothing)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"part-{stamp}-{_safe(run_id)}-{batch:05d}.parquet"
+        for prefix, table, schema in (
+            (SAMPLES_PREFIX, samples, CATALOG_SCHEMA),
+            (QUARANTINE_PREFIX, quarantine, QUARANTINE_SCHEMA),
+        ):
+            if table.num_rows:
+                self.store.put(prefix + name, to_parquet(table.cast(schema)), create_only=True)
+
+    def _read_parts(self, prefix: str, schema: pa.Schema) -> pa.Table:
+        tables = [
+            pq.read_table(io.BytesIO(self.store.get(info.key))).cast(schema)
+            for info in self.store.list(prefix)
+            if info.key.endswith(".parquet")
+        ]
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def latest_by(table: pa.Table, key: str, order: str) -> pa.Table:
+    """Keep the last row (by `order`, then position) of each value of `key`."""
+    if table.num_rows == 0:
+        return table
+    ranked = table.append_column("__pos", pa.array(range(table.num_rows), pa.int64()))
+    ranked = ranked.sort_by([(order, "ascending"), ("__pos", "ascending")])
+    ranked = ranked.append_column("__rank", pa.array(range(ranked.num_rows), pa.int64()))
+    last = ranked.group_by(key).aggregate([("__rank", "max")]).column("__rank_max")
+    return ranked.take(last).sort_by(key).drop_columns(["__pos", "__rank"])
+
+
+def rows_to_table(rows: Sequence[dict[str, object]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40] or "run"

@@ -1,0 +1,43 @@
+"""Where things live, read from the environment when asked (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations and endpoints; embedded defaults put everything under `home`.
+
+    Environment: MASKFIND_HOME (default `./.maskfind`), MASKFIND_DATA_URI (images, masks,
+    production stream; default `<home>/data`), MASKFIND_WORK_URI (catalog, dataset versions;
+    default `<home>/work`), MASKFIND_S3_ENDPOINT_URL (an S3 API server other than AWS).
+    Credentials follow boto3's usual chain (AWS_ACCESS_KEY_ID ...) and never enter run config.
+    """
+
+    home: Path
+    data_uri: str
+    work_uri: str
+    s3_endpoint_url: str | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("MASKFIND_HOME", ".maskfind")).resolve()
+        return cls(
+            home=home,
+            data_uri=env.get("MASKFIND_DATA_URI", str(home / "data")),
+            work_uri=env.get("MASKFIND_WORK_URI", str(home / "work")),
+            s3_endpoint_url=env.get("MASKFIND_S3_ENDPOINT_URL") or None,
+        )

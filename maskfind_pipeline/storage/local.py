@@ -1,0 +1,113 @@
+"""The embedded default object store: a local directory with the S3 layout, tags in sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from maskfind_pipeline.storage.base import (
+    ObjectChanged,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+)
+from maskfind_pipeline.storage.keys import TAGS_SUFFIX, InvalidKey, tags_sidecar_key, validate_key
+
+_TMP_PREFIX = ".tmp-"
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects are files under `root`; writes go to a temporary file, then an atomic rename/link."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.uri = self.root.as_uri()
+
+    def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ObjectInfo]:
+        start = self.root / prefix.rpartition("/")[0] if prefix else self.root
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(_TMP_PREFIX) or name.endswith(TAGS_SUFFIX):
+                    continue
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    stat = path.stat()
+                    yield ObjectInfo(key, stat.st_size, _etag(stat))
+
+    def get(self, key: str, *, if_match: str | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with path.open("rb") as f:
+                if if_match is not None and _etag(os.fstat(f.fileno())) != if_match:
+                    raise ObjectChanged(f"{key}: changed since it was listed")
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        tags: Mapping[str, str] | None = None,
+        create_only: bool = False,
+    ) -> None:
+        path = self._path(key)
+        if create_only and path.exists():
+            raise ObjectExists(key)
+        if tags is not None:
+            self._write(self._path(tags_sidecar_key(key)), json.dumps(dict(tags)).encode())
+        self._write(path, data, create_only=create_only)
+
+    def tags(self, key: str) -> dict[str, str]:
+        if not self._path(key).exists():
+            raise ObjectNotFound(key)
+        try:
+            raw = self._path(tags_sidecar_key(key)).read_bytes()
+        except FileNotFoundError:
+            return {}
+        parsed = json.loads(raw)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"{key}: tags sidecar is not a JSON object")
+        return {str(k): str(v) for k, v in parsed.items()}
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        for path in (self._path(key), self._path(tags_sidecar_key(key))):
+            path.unlink(missing_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = self.root / validate_key(key)
+        if not os.path.realpath(path).startswith(str(self.root) + os.sep):
+            raise InvalidKey(f"invalid key {key!r}: resolves outside the store root")
+        return path
+
+    def _write(self, path: Path, data: bytes, *, create_only: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with tmp.open("xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise ObjectExists(path.relative_to(self.root).as_posix()) from None
+            else:
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _etag(stat: os.stat_result) -> str:
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"

@@ -1,0 +1,1 @@
+"""Helpers that start servers and inject faults for tests and benchmarks."""

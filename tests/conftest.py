@@ -1,0 +1,52 @@
+"""Shared fixtures: one S3 API server per session, fresh buckets and stores per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
+from maskfind_pipeline.storage.s3 import S3ObjectStore
+from maskfind_pipeline.testing.s3server import S3Server, s3_server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A moto S3 server in its own process on 127.0.0.1, shared by the whole session."""
+    with s3_server() as server:
+        yield server
+
+
+def new_bucket(server: S3Server) -> str:
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    server.client().create_bucket(Bucket=name)
+    return name
+
+
+def s3_store(
+    server: S3Server, *, endpoint_url: str | None = None, **options: object
+) -> S3ObjectStore:
+    return S3ObjectStore(
+        new_bucket(server),
+        "root",
+        endpoint_url=endpoint_url or server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ObjectStore:
+    """The same tests run against the local-directory store and against the S3 API server."""
+    if request.param == "local":
+        return LocalObjectStore(tmp_path_factory.mktemp("store"))
+    return s3_store(request.getfixturevalue("s3"))
+
+
+@pytest.fixture
+def local_store(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
+    return LocalObjectStore(tmp_path_factory.mktemp("store"))

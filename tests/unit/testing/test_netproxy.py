@@ -1,0 +1,199 @@
+"""FaultProxy in front of a moto S3 server, driven through boto3."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError, FlexibleChecksumError, ResponseStreamingError
+
+from maskfind_pipeline.testing.netproxy import FaultProxy
+from maskfind_pipeline.testing.s3server import S3Server, s3_server
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "netproxy"
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[S3Server]:
+    with s3_server() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def proxy(server: S3Server) -> Iterator[FaultProxy]:
+    with FaultProxy(server.host, server.port) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_proxy(proxy: FaultProxy) -> Iterator[None]:
+    proxy.clear()
+    yield
+    proxy.clear()
+    proxy.delay_s = 0.0
+
+
+@pytest.fixture(scope="module")
+def s3(server: S3Server, proxy: FaultProxy) -> Any:
+    client = server.client(proxy.endpoint_url, max_attempts=3, max_pool_connections=32)
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+def _put(s3: Any, key: str, body: bytes, **kwargs: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body, **kwargs)
+
+
+def _get(s3: Any, key: str, **kwargs: Any) -> bytes:
+    return s3.get_object(Bucket=BUCKET, Key=key, **kwargs)["Body"].read()
+
+
+@pytest.mark.parametrize("size", [0, 1, 2 * MIB])
+def test_put_get_round_trip(s3: Any, size: int) -> None:
+    body = bytes(i % 251 for i in range(size))
+    _put(s3, f"round/{size}", body)
+    assert _get(s3, f"round/{size}") == body
+
+
+def test_upload_fileobj_multipart_round_trip(s3: Any, proxy: FaultProxy) -> None:
+    body = bytes(range(256)) * (6 * MIB // 256)
+    config = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    s3.upload_fileobj(io.BytesIO(body), BUCKET, "multi", Config=config)
+    assert _get(s3, "multi") == body
+    assert proxy.requests_seen >= 5
+
+
+def test_chunked_request_body_is_relayed(s3: Any, proxy: FaultProxy) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port)
+    chunks = [b"a" * 1000, b"b" * 70_000, b"c"]
+    connection.request("PUT", f"/{BUCKET}/chunked", body=iter(chunks), encode_chunked=True)
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert _get(s3, "chunked") == b"".join(chunks)
+
+
+def test_head_and_missing_key_pass_through(s3: Any) -> None:
+    _put(s3, "head", b"h" * 321)
+    assert s3.head_object(Bucket=BUCKET, Key="head")["ContentLength"] == 321
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        _get(s3, "missing")
+
+
+def test_client_connection_stays_alive(s3: Any, proxy: FaultProxy) -> None:
+    _put(s3, "alive", b"a")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "alive"})
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port)
+    for _ in range(3):
+        connection.request("GET", url.removeprefix(proxy.endpoint_url))
+        response = connection.getresponse()
+        assert (response.read(), response.getheader("Connection")) == (b"a", None)
+    connection.close()
+
+
+def test_list_with_pagination(s3: Any) -> None:
+    keys = {f"list/{i:03d}" for i in range(23)}
+    for key in keys:
+        _put(s3, key, key.encode())
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix="list/", PaginationConfig={"PageSize": 4}
+    )
+    listed = [[obj["Key"] for obj in page["Contents"]] for page in pages]
+    assert len(listed) == 6
+    assert sorted(key for page in listed for key in page) == sorted(keys)
+
+
+def test_delay_applies_per_request_and_overlaps(s3: Any, proxy: FaultProxy) -> None:
+    _put(s3, "delay", b"x")
+    proxy.delay_s = 0.05
+    start = time.perf_counter()
+    _get(s3, "delay")
+    assert time.perf_counter() - start >= 0.05
+    start = time.perf_counter()
+    with ThreadPoolExecutor(20) as pool:
+        bodies = list(pool.map(lambda _: _get(s3, "delay"), range(20)))
+    assert bodies == [b"x"] * 20
+    assert time.perf_counter() - start < 10 * 0.05
+
+
+def test_moto_returns_checksum_on_get(s3: Any) -> None:
+    _put(s3, "checksummed", b"payload", ChecksumAlgorithm="SHA256")
+    response = s3.get_object(Bucket=BUCKET, Key="checksummed", ChecksumMode="ENABLED")
+    assert response["ChecksumSHA256"]
+    assert response["Body"].read() == b"payload"
+
+
+@pytest.mark.parametrize("algorithm", ["SHA256", "CRC32"])
+def test_flip_byte_fails_checksum_once(s3: Any, proxy: FaultProxy, algorithm: str) -> None:
+    key = f"flip/{algorithm}"
+    body = bytes(range(256)) * 400
+    _put(s3, key, body, ChecksumAlgorithm=algorithm)
+    proxy.flip_byte(path_contains=key)
+    with pytest.raises(FlexibleChecksumError):
+        _get(s3, key, ChecksumMode="ENABLED")
+    assert _get(s3, key, ChecksumMode="ENABLED") == body
+    assert proxy.faults_applied == {"flip_byte": 1}
+
+
+def test_default_client_validates_default_checksum(s3: Any, proxy: FaultProxy) -> None:
+    _put(s3, "flip/default", b"d" * 1000)
+    proxy.flip_byte(path_contains="flip/default")
+    with pytest.raises(FlexibleChecksumError):
+        _get(s3, "flip/default")
+
+
+def test_flip_byte_changes_exactly_one_byte(s3: Any, server: S3Server, proxy: FaultProxy) -> None:
+    unchecked = server.client(proxy.endpoint_url, response_checksum_validation="when_required")
+    body = b"\x00" * 1001
+    _put(s3, "flip/plain", body)
+    proxy.flip_byte(path_contains="flip/plain")
+    flipped = _get(unchecked, "flip/plain")
+    assert [i for i, byte in enumerate(flipped) if byte] == [500]
+
+
+def test_reset_after_breaks_the_body_once(s3: Any, proxy: FaultProxy) -> None:
+    body = b"r" * 100_000
+    _put(s3, "reset", body)
+    proxy.reset_after(100, path_contains="reset")
+    response = s3.get_object(Bucket=BUCKET, Key="reset")
+    with pytest.raises(ResponseStreamingError):
+        response["Body"].read()
+    assert _get(s3, "reset") == body
+    assert proxy.faults_applied == {"reset_after": 1}
+
+
+def test_slow_down_twice_is_retried(s3: Any, proxy: FaultProxy) -> None:
+    _put(s3, "slow", b"s")
+    proxy.clear()
+    proxy.respond_status(503, "SlowDown", times=2)
+    assert _get(s3, "slow") == b"s"
+    assert proxy.requests_seen == 3
+    assert proxy.faults_applied == {"respond_status": 2}
+
+
+def test_slow_down_past_retry_limit_raises(s3: Any, proxy: FaultProxy) -> None:
+    _put(s3, "slow", b"s")
+    proxy.clear()
+    proxy.respond_status(503, "SlowDown", times=5)
+    with pytest.raises(ClientError) as raised:
+        _get(s3, "slow")
+    assert raised.value.response["Error"]["Code"] == "SlowDown"
+    assert proxy.requests_seen == 4  # Config's max_attempts counts retries, not attempts
+
+
+def test_faults_match_only_their_predicate(s3: Any, proxy: FaultProxy) -> None:
+    _put(s3, "match/a", b"a" * 10)
+    proxy.flip_byte(path_contains="match/b")
+    proxy.respond_status(403, "AccessDenied", method="PUT")
+    assert _get(s3, "match/a") == b"a" * 10
+    with pytest.raises(ClientError, match="AccessDenied"):
+        _put(s3, "match/a", b"x")
+    assert proxy.faults_applied == {"respond_status": 1}
