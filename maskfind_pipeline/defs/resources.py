@@ -15,11 +15,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
     max_attempts: int = 5
 
     def open(self) -> ObjectStore:
-        if self.uri.startswith("s3://"):
-            return open_store(
-                self.uri, endpoint_url=self.endpoint_url, max_attempts=self.max_attempts
-            )
-        return open_store(self.uri)
+        return open_store(self.uri, endpoint_url=self.endpoint_url, max_attempts=self.max_attempts)
 
 
 class CacheResource(dg.ConfigurableResource):

@@ -10,7 +10,7 @@ from maskfind_pipeline.storage.local import LocalObjectStore
 
 
 def open_store(uri: str, **s3_options: Any) -> ObjectStore:
-    """Return the store at `uri`; `s3_options` go to `S3ObjectStore` (endpoint_url, ...)."""
+    """Return the store at `uri`; `s3_options` (endpoint_url, ...) apply to S3 URIs only."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         from maskfind_pipeline.storage.s3 import S3ObjectStore

@@ -1,0 +1,215 @@
+"""`maskfind`: generate synthetic data, run the demo, serve the UI, run benchmarks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from maskfind_pipeline.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@click.group()
+def main() -> None:
+    """Universal mask finding: one U-Net for every camera and station."""
+
+
+@main.command()
+@click.option(
+    "--to", "uri", help="Store URI (directory or s3://bucket/prefix); default: data store."
+)
+@click.option(
+    "--types",
+    default="all",
+    show_default=True,
+    help="'all', 'unseen', a count, or comma-separated type names.",
+)
+@click.option("--count", default=16, show_default=True, help="Samples per image type.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option(
+    "--start-index", default=0, show_default=True, help="Extend a set without changing it."
+)
+@click.option(
+    "--failures",
+    "failed_model",
+    default=None,
+    metavar="MODEL_VERSION",
+    help="Write relabeled production failures of this model version instead.",
+)
+@click.option(
+    "--production",
+    "day",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Write that day's unlabeled production stream instead.",
+)
+@click.option(
+    "--contact-sheet",
+    "sheet",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Only render a PNG grid of images with mask overlays to this path.",
+)
+def generate(
+    uri: str | None,
+    types: str,
+    count: int,
+    seed: int,
+    size: int,
+    start_index: int,
+    failed_model: str | None,
+    day: str | None,
+    sheet: str | None,
+) -> None:
+    """Write synthetic factory images (and masks, tags) in the store layout of DESIGN.md."""
+    from maskfind_pipeline import synthetic
+    from maskfind_pipeline.storage import open_store
+
+    image_types = synthetic.resolve_types(types)
+    if sheet:
+        synthetic.render_contact_sheet(image_types, per_type=2, seed=seed, size=size).save(sheet)
+        click.echo(f"contact sheet of {len(image_types)} image types -> {sheet}")
+        return
+    settings = Settings.from_env()
+    store = open_store(uri or settings.data_uri, endpoint_url=settings.s3_endpoint_url)
+    start = time.perf_counter()
+    with _progress_bar(len(image_types) * count, "generate") as tick:
+        if failed_model:
+            keys = synthetic.generate_failures(
+                store,
+                image_types,
+                count,
+                failed_model_version=failed_model,
+                seed=seed,
+                size=size,
+                start_index=start_index,
+                progress=tick,
+            )
+        elif day:
+            keys = synthetic.generate_production(
+                store,
+                image_types,
+                count,
+                day=dt.date.fromisoformat(day),
+                seed=seed,
+                size=size,
+                start_index=start_index,
+                progress=tick,
+            )
+        else:
+            keys = synthetic.generate(
+                store,
+                image_types,
+                count,
+                seed=seed,
+                size=size,
+                start_index=start_index,
+                progress=tick,
+            )
+    rate = len(keys) / (time.perf_counter() - start)
+    click.echo(f"wrote {len(keys)} images to {store.uri} ({rate:.0f} images/s)")
+
+
+@main.command()
+@click.option("--count", default=24, show_default=True, help="Labeled samples per image type.")
+@click.option("--size", default=128, show_default=True)
+def demo(count: int, size: int) -> None:
+    """Generate data on first use, then run the nightly job on the embedded defaults."""
+    from maskfind_pipeline import synthetic
+    from maskfind_pipeline.storage import open_store
+
+    settings = _prepare_home()
+    store = open_store(settings.data_uri)
+    if not any(True for _ in store.list("labeled/")):
+        types = synthetic.DEFAULT_TYPES
+        with _progress_bar(len(types) * count, "generate") as tick:
+            synthetic.generate(store, types, count, size=size, progress=tick)
+    result = _run_job("nightly")
+    click.echo(f"nightly run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        summary = ", ".join(
+            f"{k}={meta[k].value}"
+            for k in ("new_samples", "skipped_already_seen", "quarantined", "catalog_samples")
+            if k in meta
+        )
+        click.echo(f"  {event.asset_key.to_user_string() if event.asset_key else '?'}: {summary}")
+    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
+    sys.exit(0 if result.success else 1)
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The open-source webserver has no authentication: keep it on loopback.",
+)
+def ui(port: int, host: str) -> None:
+    """Serve the Dagster UI for this project (dagster dev)."""
+    _prepare_home()
+    dagster = Path(sys.executable).with_name("dagster")
+    cmd = [
+        str(dagster),
+        "dev",
+        "-w",
+        str(PROJECT_ROOT / "workspace.yaml"),
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    sys.exit(subprocess.call(cmd, cwd=PROJECT_ROOT))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("name", default="ingest")
+@click.pass_context
+def bench(ctx: click.Context, name: str) -> None:
+    """Run bench/<NAME>.py (extra arguments are passed on)."""
+    script = PROJECT_ROOT / "bench" / f"{name}.py"
+    if not script.exists():
+        raise click.UsageError(f"no benchmark {script}")
+    sys.exit(subprocess.call([sys.executable, str(script), *ctx.args], cwd=PROJECT_ROOT))
+
+
+@contextmanager
+def _progress_bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+
+        def tick(_: int) -> None:
+            bar.update(1)
+
+        yield tick
+
+
+def _prepare_home() -> Settings:
+    """Create MASKFIND_HOME and a DAGSTER_HOME inside it holding the project's dagster.yaml."""
+    settings = Settings.from_env()
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
+    os.environ["MASKFIND_HOME"] = str(settings.home)
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    return settings
+
+
+def _run_job(name: str):
+    import dagster as dg
+
+    from maskfind_pipeline.definitions import defs
+
+    job = defs().resolve_job_def(name)
+    return job.execute_in_process(instance=dg.DagsterInstance.get())

@@ -1,0 +1,94 @@
+"""The `maskfind` console script: generate, contact sheet, and the demo end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from maskfind_pipeline.data.catalog import Catalog
+from maskfind_pipeline.storage import LocalObjectStore
+
+MASKFIND = str(Path(sys.executable).with_name("maskfind"))
+
+
+def _run(*args: str, home: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env["MASKFIND_HOME"] = str(home)
+    result = subprocess.run([MASKFIND, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_generate_writes_the_store_layout_with_tags(tmp_path: Path) -> None:
+    out = _run(
+        "generate",
+        "--to",
+        str(tmp_path / "s"),
+        "--types",
+        "2",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        home=tmp_path,
+    )
+    assert "wrote 6 images" in out
+    store = LocalObjectStore(tmp_path / "s")
+    keys = [info.key for info in store.list("labeled/")]
+    images = [k for k in keys if not k.endswith(".mask.png")]
+    assert len(images) == 6 and len(keys) == 12
+    assert store.tags(images[0])["image_type"]
+
+
+def test_generate_failures_and_production(tmp_path: Path) -> None:
+    _run(
+        "generate",
+        "--to",
+        str(tmp_path),
+        "--types",
+        "1",
+        "--count",
+        "2",
+        "--size",
+        "64",
+        "--failures",
+        "7",
+        home=tmp_path,
+    )
+    _run(
+        "generate",
+        "--to",
+        str(tmp_path),
+        "--types",
+        "1",
+        "--count",
+        "2",
+        "--size",
+        "64",
+        "--production",
+        "2026-11-24",
+        home=tmp_path,
+    )
+    store = LocalObjectStore(tmp_path)
+    failure = next(i.key for i in store.list("failures/") if not i.key.endswith(".mask.png"))
+    assert store.tags(failure)["failed_model_version"] == "7"
+    assert len(list(store.list("production/2026-11-24/"))) == 2
+
+
+def test_contact_sheet_is_a_png(tmp_path: Path) -> None:
+    _run("generate", "--contact-sheet", str(tmp_path / "sheet.png"), "--size", "64", home=tmp_path)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 256
+
+
+def test_demo_generates_data_and_materializes_the_catalog(tmp_path: Path) -> None:
+    out = _run("demo", "--count", "2", "--size", "64", home=tmp_path)
+    assert "succeeded" in out and "image_catalog: new_samples=" in out
+    samples = Catalog(LocalObjectStore(tmp_path / "work")).read().samples
+    assert samples.num_rows >= 16
+    assert (tmp_path / "dagster" / "dagster.yaml").exists()
+    assert "new_samples=0" in _run("demo", "--count", "2", "--size", "64", home=tmp_path)
