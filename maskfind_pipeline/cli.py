@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,30 +125,54 @@ def generate(
 
 @main.command()
 @click.option("--count", default=24, show_default=True, help="Labeled samples per image type.")
+@click.option("--failures", default=3, show_default=True, help="Failures per type on night 2.")
 @click.option("--size", default=128, show_default=True)
-def demo(count: int, size: int) -> None:
-    """Generate data on first use, then run the nightly job on the embedded defaults."""
+def demo(count: int, failures: int, size: int) -> None:
+    """Two nights on the embedded defaults: labeled data, then relabeled production failures."""
     from maskfind_pipeline import synthetic
     from maskfind_pipeline.storage import open_store
 
     settings = _prepare_home()
     store = open_store(settings.data_uri)
+    types = synthetic.DEFAULT_TYPES
     if not any(True for _ in store.list("labeled/")):
-        types = synthetic.DEFAULT_TYPES
-        with _progress_bar(len(types) * count, "generate") as tick:
+        with _progress_bar(len(types) * count, "generate labeled") as tick:
             synthetic.generate(store, types, count, size=size, progress=tick)
+    ok = _night(1)
+    if ok and failures and not any(True for _ in store.list("failures/")):
+        with _progress_bar(len(types) * failures, "generate failures") as tick:
+            synthetic.generate_failures(
+                store, types, failures, failed_model_version="1", size=size, progress=tick
+            )
+        ok = _night(2)
+    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
+    sys.exit(0 if ok else 1)
+
+
+_SUMMARY_KEYS = (
+    "new_samples",
+    "skipped_already_seen",
+    "quarantined",
+    "catalog_samples",
+    "dataset_version",
+    "created",
+    "parent",
+    "samples",
+)
+
+
+def _night(number: int) -> bool:
     result = _run_job("nightly")
-    click.echo(f"nightly run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+    click.echo(f"night {number}: run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
-        summary = ", ".join(
-            f"{k}={meta[k].value}"
-            for k in ("new_samples", "skipped_already_seen", "quarantined", "catalog_samples")
-            if k in meta
-        )
-        click.echo(f"  {event.asset_key.to_user_string() if event.asset_key else '?'}: {summary}")
-    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
-    sys.exit(0 if result.success else 1)
+        summary = ", ".join(f"{k}={meta[k].value}" for k in _SUMMARY_KEYS if k in meta)
+        name = event.asset_key.to_user_string() if event.asset_key else "?"
+        partition = f"[{event.partition}]" if event.partition else ""
+        click.echo(f"  {name}{partition}: {summary}")
+        if "diff_vs_parent" in meta:
+            click.echo(textwrap.indent(str(meta["diff_vs_parent"].value), "    "))
+    return result.success
 
 
 @main.command()

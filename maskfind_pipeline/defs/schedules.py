@@ -4,7 +4,7 @@ import dagster as dg
 
 nightly_job = dg.define_asset_job(
     "nightly",
-    selection=dg.AssetSelection.groups("ingest"),
+    selection=dg.AssetSelection.assets("image_catalog", "dataset_version"),
     description="Ingest what arrived; later stages version, train, evaluate and promote.",
     tags={"maskfind/kind": "nightly"},
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from maskfind_pipeline.data.catalog import Catalog
+from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.storage import LocalObjectStore
 
 MASKFIND = str(Path(sys.executable).with_name("maskfind"))
@@ -85,10 +86,14 @@ def test_contact_sheet_is_a_png(tmp_path: Path) -> None:
         assert sheet.format == "PNG" and sheet.width > 256
 
 
-def test_demo_generates_data_and_materializes_the_catalog(tmp_path: Path) -> None:
-    out = _run("demo", "--count", "2", "--size", "64", home=tmp_path)
-    assert "succeeded" in out and "image_catalog: new_samples=" in out
+def test_demo_runs_two_nights_and_makes_two_dataset_versions(tmp_path: Path) -> None:
+    out = _run("demo", "--count", "3", "--failures", "1", "--size", "64", home=tmp_path)
+    assert "night 1" in out and "night 2" in out and "FAILED" not in out
     samples = Catalog(LocalObjectStore(tmp_path / "work")).read().samples
-    assert samples.num_rows >= 16
+    assert samples.num_rows == 40  # 10 types x (3 labeled + 1 failure)
+    versions = VersionStore(LocalObjectStore(tmp_path / "work")).list()
+    assert len(versions) == 2 and versions[1]["parent"] == versions[0]["id"]
+    assert "| failure | 1 | 0 | 0 |" in out  # the diff of night 2 shows the failures
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
-    assert "new_samples=0" in _run("demo", "--count", "2", "--size", "64", home=tmp_path)
+    rerun = _run("demo", "--count", "3", "--failures", "1", "--size", "64", home=tmp_path)
+    assert "new_samples=0" in rerun and "created=False" in rerun

@@ -1,0 +1,134 @@
+"""`dataset_version`: an immutable, verified snapshot of the catalog; each one a partition."""
+
+from typing import Any, cast
+
+import dagster as dg
+from pydantic import Field
+
+from maskfind_pipeline.data.catalog import Catalog
+from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
+from maskfind_pipeline.data.version_store import VersionStore
+from maskfind_pipeline.data.versions import EmptyCatalog, VersionConfig, build_snapshot, diff
+from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.resources import ObjectStoreResource
+from maskfind_pipeline.version import code_version
+
+DATASET_VERSIONS_NAME = "dataset_versions"
+DATASET_VERSIONS = dg.DynamicPartitionsDefinition(name=DATASET_VERSIONS_NAME)
+CHECKS = (
+    "manifest_schema",
+    "no_split_leakage",
+    "every_image_type_tested",
+    "failures_included",
+    "manifest_checksum",
+)
+
+dataset_versions = dg.AssetSpec(
+    "dataset_versions",
+    partitions_def=DATASET_VERSIONS,
+    group_name="datasets",
+    description="Every published dataset version, one partition each (recorded by "
+    "dataset_version); evaluations address versions through these partitions.",
+    deps=["dataset_version"],
+)
+
+
+class DatasetConfig(dg.Config):
+    """How the catalog becomes a version; changing any field yields a new version id."""
+
+    train_fraction: float = 0.70
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    failure_weight: float = 3.0
+    held_out_types: list[str] = Field(default_factory=list)
+
+    def to_core(self) -> VersionConfig:
+        return VersionConfig(
+            fractions=(self.train_fraction, self.val_fraction, self.test_fraction),
+            failure_weight=self.failure_weight,
+            held_out_types=tuple(sorted(self.held_out_types)),
+        )
+
+
+@dg.asset(
+    group_name="datasets",
+    deps=["image_catalog"],
+    kinds={"parquet"},
+    check_specs=[dg.AssetCheckSpec(name, asset="dataset_version") for name in CHECKS],
+)
+def dataset_version(
+    context: dg.AssetExecutionContext, config: DatasetConfig, work_store: ObjectStoreResource
+) -> dg.MaterializeResult:
+    """Snapshot the current catalog: stable hash-based splits, failures included and weighted.
+    The id comes from the content, so the same catalog never makes a second version."""
+    store = work_store.open()
+    tables = Catalog(store).read()
+    current = tables.current_samples()
+    try:
+        snapshot = build_snapshot(current, config.to_core())
+    except EmptyCatalog as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    versions = VersionStore(store)
+    published = versions.publish(
+        snapshot, catalog_rows=current.num_rows, code_version=code_version()
+    )
+    vid, card = published.version_id, published.card
+    manifest = versions.manifest(vid)
+    parent = versions.manifest(card["parent"]) if card["parent"] else None
+    context.instance.add_dynamic_partitions(DATASET_VERSIONS_NAME, [vid])
+    if published.created:
+        context.log_event(
+            dg.AssetMaterialization(
+                "dataset_versions", partition=vid, metadata=_card_metadata(card)
+            )
+        )
+    failures = sum(1 for s in current.column("source").to_pylist() if s == "failure")
+    outcomes = [
+        *check_version(manifest, catalog_failures=failures),
+        CheckOutcome("manifest_checksum", True, "manifest sha256 and id verified"),
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "dataset_version": vid,
+            "created": published.created,
+            **_card_metadata(card),
+            "diff_vs_parent": markdown_table(diff(parent, manifest), limit=100),
+            "warnings": dg.MetadataValue.md(
+                "\n".join(f"- {w}" for w in card["warnings"]) or "_none_"
+            ),
+        },
+        check_results=[_check_result(o) for o in outcomes],
+        tags={"maskfind/dataset_version": vid},
+    )
+
+
+def _card_metadata(card: dict) -> dict[str, Any]:
+    rows = [
+        {
+            "image_type": t,
+            **{
+                f"{split}/{source}": n
+                for split, by_source in by_split.items()
+                for source, n in by_source.items()
+            },
+        }
+        for t, by_split in card["counts"].items()
+    ]
+    columns = sorted({k for row in rows for k in row if k != "image_type"})
+    rows = [{"image_type": r["image_type"], **{c: r.get(c, 0) for c in columns}} for r in rows]
+    return {
+        "parent": card["parent"] or "none",
+        "samples": dg.MetadataValue.int(card["samples"]),
+        "manifest_sha256": card["manifest_sha256"],
+        "counts": markdown_table(rows, limit=200),
+    }
+
+
+def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+        description=outcome.description,
+        metadata=cast(dict[str, Any], outcome.details),
+    )

@@ -1,0 +1,71 @@
+"""`dataset_version` in-process: a partition per version, checks, no duplicate versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_versions
+from maskfind_pipeline.defs.ingest.assets import image_catalog
+from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.storage import LocalObjectStore
+from tests.support.stores import put_pair
+
+
+def _nightly(settings: Settings, instance: dg.DagsterInstance) -> dict[str, object]:
+    result = dg.materialize(
+        [image_catalog, dataset_version, dataset_versions],
+        selection=[image_catalog, dataset_version],
+        resources=build_resources(settings),
+        instance=instance,
+    )
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert {c.check_name for c in checks if c.passed} >= {
+        "manifest_schema",
+        "no_split_leakage",
+        "manifest_checksum",
+        "failures_included",
+    }
+    event = next(
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("dataset_version")
+    )
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(settings.data_uri)
+    for i in range(12):
+        put_pair(data, f"img{i}", seed=i, tags={"image_type": f"cam-{i % 3}"})
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = _nightly(settings, instance)
+    assert first["created"] is True and first["parent"] == "none"
+    assert instance.get_dynamic_partitions("dataset_versions") == [first["dataset_version"]]
+
+    again = _nightly(settings, instance)
+    assert again["created"] is False and again["dataset_version"] == first["dataset_version"]
+
+    for i in range(4):
+        put_pair(
+            data,
+            f"fail{i}",
+            source="failures",
+            seed=100 + i,
+            tags={"image_type": "cam-0", "failed_model_version": "1"},
+        )
+    second = _nightly(settings, instance)
+    assert second["created"] is True and second["parent"] == first["dataset_version"]
+    assert "failure" in str(second["diff_vs_parent"])
+    assert instance.get_dynamic_partitions("dataset_versions") == [
+        first["dataset_version"],
+        second["dataset_version"],
+    ]
+    recorded = instance.get_latest_materialization_event(dg.AssetKey("dataset_versions"))
+    assert recorded is not None and recorded.dagster_event is not None
+    assert recorded.dagster_event.partition == second["dataset_version"]
