@@ -9,7 +9,15 @@ import pytest
 
 from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 from maskfind_pipeline.storage.s3 import S3ObjectStore
+from maskfind_pipeline.testing.mlflow_server import MlflowServer, mlflow_server
 from maskfind_pipeline.testing.s3server import S3Server, s3_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking() -> Iterator[MlflowServer]:
+    """A real `mlflow server` (SQLite backend, served artifacts) on 127.0.0.1 for the session."""
+    with mlflow_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
