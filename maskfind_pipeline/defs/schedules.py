@@ -4,8 +4,10 @@ import dagster as dg
 
 nightly_job = dg.define_asset_job(
     "nightly",
-    selection=dg.AssetSelection.assets("image_catalog", "dataset_version"),
-    description="Ingest what arrived; later stages version, train, evaluate and promote.",
+    selection=dg.AssetSelection.assets(
+        "image_catalog", "dataset_version", "mask_model", "compat_evaluation", "promotion"
+    ),
+    description="Ingest, version the dataset, train, evaluate both directions, gate, promote.",
     tags={"maskfind/kind": "nightly"},
 )
 

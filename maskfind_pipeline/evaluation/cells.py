@@ -84,19 +84,3 @@ class CellStore:
         )
         tables = [pq.read_table(io.BytesIO(self.store.get(k))).cast(CELL_SCHEMA) for k in keys]
         return pa.concat_tables(tables) if tables else CELL_SCHEMA.empty_table()
-
-
-def wanted_cells(
-    new_models: Sequence[str],
-    all_models: Sequence[str],
-    new_datasets: Sequence[str],
-    all_datasets: Sequence[str],
-    *,
-    last_n: int | None = None,
-) -> set[Cell]:
-    """Both directions: new models on (the last N) older datasets, older models on new datasets."""
-    datasets = list(all_datasets)[-last_n:] if last_n else list(all_datasets)
-    models = list(all_models)[-last_n:] if last_n else list(all_models)
-    cells = {Cell(m, d) for m in new_models for d in datasets}
-    cells |= {Cell(m, d) for m in models for d in new_datasets}
-    return cells

@@ -20,17 +20,22 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def registry(mlflow_tracking: MlflowServer) -> ModelRegistry:
     suffix = uuid.uuid4().hex[:8]
-    return ModelRegistry(mlflow_tracking.tracking_uri, model_name=f"maskfind-unet-{suffix}",
-                         experiment=f"maskfind-{suffix}")
+    return ModelRegistry(
+        mlflow_tracking.tracking_uri,
+        model_name=f"maskfind-unet-{suffix}",
+        experiment=f"maskfind-{suffix}",
+    )
 
 
 def test_register_and_reload_through_the_server(registry: ModelRegistry) -> None:
     record = tiny_record(seed=7, dataset_version="ds-server")
     model = registry.log_training(record)
     assert registry.get("challenger").version == model.version
-    assert registry.client.get_run(model.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(1))
+    artifact_uri = registry.client.get_run(model.run_id).info.artifact_uri or ""
+    assert artifact_uri.startswith("mlflow-artifacts:")
+    images = torch.randint(
+        0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
     expected = Predictor.from_weights(TINY, record.weights).logits(images)
     assert torch.equal(load_model(registry, "challenger").logits(images), expected)
 

@@ -10,11 +10,10 @@ from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import EmptyCatalog, VersionConfig, build_snapshot, diff
 from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.partitions import DATASET_VERSIONS
 from maskfind_pipeline.defs.resources import ObjectStoreResource
 from maskfind_pipeline.version import code_version
 
-DATASET_VERSIONS_NAME = "dataset_versions"
-DATASET_VERSIONS = dg.DynamicPartitionsDefinition(name=DATASET_VERSIONS_NAME)
 CHECKS = (
     "manifest_schema",
     "no_split_leakage",
@@ -75,7 +74,7 @@ def dataset_version(
     vid, card = published.version_id, published.card
     manifest = versions.manifest(vid)
     parent = versions.manifest(card["parent"]) if card["parent"] else None
-    context.instance.add_dynamic_partitions(DATASET_VERSIONS_NAME, [vid])
+    context.instance.add_dynamic_partitions(str(DATASET_VERSIONS.name), [vid])
     if published.created:
         context.log_event(
             dg.AssetMaterialization(

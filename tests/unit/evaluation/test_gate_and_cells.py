@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from maskfind_pipeline.evaluation.cells import CELL_SCHEMA, Cell, CellStore, wanted_cells
+from maskfind_pipeline.evaluation.cells import CELL_SCHEMA, Cell, CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy, decide
 from maskfind_pipeline.storage import ObjectStore
 
@@ -100,14 +100,6 @@ def test_without_a_champion_the_floor_applies() -> None:
 
 def test_a_candidate_without_cells_never_passes() -> None:
     assert not decide(_table(_rows("1", "ds-a", 0.9, {})), "2", "1", GatePolicy()).passed
-
-
-def test_wanted_cells_cover_both_directions() -> None:
-    cells = wanted_cells(["3"], ["1", "2", "3"], ["ds-c"], ["ds-a", "ds-b", "ds-c"])
-    assert {Cell("3", d) for d in ("ds-a", "ds-b", "ds-c")} <= cells
-    assert {Cell(m, "ds-c") for m in ("1", "2", "3")} <= cells
-    assert len(cells) == 5
-    assert len(wanted_cells(["3"], ["1", "2", "3"], [], ["ds-a", "ds-b", "ds-c"], last_n=2)) == 2
 
 
 def test_cell_store_is_incremental_and_create_once(store: ObjectStore) -> None:

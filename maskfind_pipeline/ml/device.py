@@ -1,0 +1,133 @@
+"""Where and in which precision to train: device, autocast, memory format, seeding.
+
+The rule for mixed precision:
+
+- CUDA: autocast to bfloat16 where the GPU supports it (Ampere and newer), else float16 with a
+  `GradScaler`; channels_last and pinned host memory.
+- CPU: autocast to bfloat16 only where the CPU has native bfloat16 dot products (AVX512-BF16 or
+  AMX, as oneDNN reports them). There, convolutions run several times faster than in float32
+  (about 3x for a ResNet-34 U-Net on 2 Zen 5 cores); without them bfloat16 is emulated and slower
+  than float32, so float32 is used. channels_last is always on: oneDNN's convolutions prefer it.
+
+Losses are computed in float32 outside the autocast region either way.
+
+On CPU, `tune_cpu_allocator` also keeps glibc from returning every freed activation buffer to
+the kernel: without it each training step maps, faults in and unmaps hundreds of megabytes
+(about 5 % of a step on 2 cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How tensors and the model are placed and in which precision the forward pass runs.
+
+    Attributes:
+        device: where the model and batches live.
+        autocast_dtype: the autocast precision, or None for float32 throughout.
+        grad_scaler: whether float16 training needs a `torch.amp.GradScaler`.
+        channels_last: whether model and inputs use the channels_last memory format.
+        pin_memory: whether loaders should pin host batches (fast copies to a GPU).
+    """
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    grad_scaler: bool
+    channels_last: bool
+    pin_memory: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The autocast context of these settings (a no-op for float32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> dict[str, str]:
+        """A JSON-able summary, e.g. for run parameters."""
+        precision = "float32" if self.autocast_dtype is None else str(self.autocast_dtype)
+        return {
+            "device": str(self.device),
+            "precision": precision.removeprefix("torch."),
+            "channels_last": str(self.channels_last).lower(),
+            "threads": str(torch.get_num_threads()),
+        }
+
+
+def select_device(device: str | None = None, *, mixed_precision: bool = True) -> DeviceSettings:
+    """Choose the training device and precision (see the module docstring for the rule).
+
+    Args:
+        device: "cuda", "cpu" or a full device string; None picks CUDA when available.
+        mixed_precision: False forces float32 everywhere.
+    """
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if chosen.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        dtype = (torch.bfloat16 if bf16 else torch.float16) if mixed_precision else None
+        return DeviceSettings(chosen, dtype, dtype is torch.float16, True, True)
+    dtype = torch.bfloat16 if mixed_precision and cpu_has_native_bf16() else None
+    return DeviceSettings(chosen, dtype, False, True, False)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 dot products natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+_TRIM_THRESHOLD = 1 << 30
+
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc reuse large freed blocks instead of unmapping them (process-wide, idempotent).
+
+    Sets `M_MMAP_THRESHOLD` to its maximum (32 MiB: smaller blocks come from the heap) and
+    `M_TRIM_THRESHOLD` to 1 GiB (freed heap is kept for the next step). Returns False where
+    the C library is not glibc (nothing is changed).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+        and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch (all devices).
+
+    Args:
+        seed: the seed.
+        deterministic: also ask torch for deterministic kernels (slower; warns where none exist)
+            and turn cuDNN autotuning off.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)

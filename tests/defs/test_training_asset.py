@@ -1,0 +1,60 @@
+"""`mask_model` end to end in-process: tiny data, 2 epochs from scratch, registered, reloadable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_versions
+from maskfind_pipeline.defs.ingest.assets import image_catalog
+from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.defs.training.assets import mask_model
+from maskfind_pipeline.registry.loading import load_model
+from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.storage import LocalObjectStore
+
+TINY_TRAINING = {
+    "encoder_name": "resnet18",
+    "encoder_weights": None,
+    "input_size": 64,
+    "decoder_channels": [32, 16, 16, 8, 8],
+    "epochs": 2,
+    "batch_size": 8,
+    "augment": False,
+}
+
+
+def test_mask_model_trains_registers_challenger_and_reloads(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(settings.data_uri)
+    synthetic.generate(data, synthetic.DEFAULT_TYPES[:3], 8, size=64)
+    resources = build_resources(settings)
+    result = dg.materialize(
+        [image_catalog, dataset_version, dataset_versions, mask_model],
+        selection=[image_catalog, dataset_version, mask_model],
+        resources=resources,
+        run_config=dg.RunConfig({"mask_model": {"config": TINY_TRAINING}}),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    meta = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("mask_model")[0].metadata.items()
+    }
+    assert meta["model_version"] == "1" and 0.0 < float(str(meta["threshold"])) < 1.0
+    assert str(meta["pr_curve"]).startswith("![pr_curve](data:image/png;base64,")
+    registry = resources["mlflow"].registry()  # type: ignore[attr-defined]
+    challenger = registry.get("challenger")
+    assert challenger.version == "1"
+    assert challenger.tags["dagster_run_id"] == result.run_id
+    assert set(challenger.tags["image_types_seen"].split(",")) <= {
+        t.name for t in synthetic.DEFAULT_TYPES[:3]
+    }
+    plots = registry.client.list_artifacts(challenger.run_id, "plots")
+    assert {"pr_curve.png", "val_gallery.png"} <= {Path(p.path).name for p in plots}
+    predictor = load_model(registry, "challenger")
+    image = synthetic.render_sample(synthetic.DEFAULT_TYPES[0], np.random.default_rng(1), 64).image
+    assert predictor.predict_mask(image).shape == (64, 64)

@@ -1,0 +1,118 @@
+"""The trust loop in-process: a model that never saw one image type is not promoted (and the
+report names that type), a better model is, and the matrix is filled incrementally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.definitions import defs
+from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.evaluation.cells import CellStore
+from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.storage import LocalObjectStore
+
+pytestmark = pytest.mark.integration
+
+TYPES = [
+    synthetic.ImageType.parse(n)
+    for n in ("color2d-choc_bar-conveyor-s1", "xray-praline-tray-s2", "darkfield-wafer-plain-s3")
+]
+HELD_OUT = "darkfield-wafer-plain-s3"
+TRAINING = {
+    "encoder_name": "resnet18",
+    "encoder_weights": None,
+    "input_size": 64,
+    "decoder_channels": [32, 16, 16, 8, 8],
+    "batch_size": 8,
+    "augment": False,
+    "learning_rate": 3e-3,
+    "early_stopping_patience": 0,
+}
+
+
+def _run(instance, settings, assets: list[str], config: dict) -> dg.ExecuteInProcessResult:
+    job = (
+        defs()
+        .resolve_implicit_global_asset_job_def()
+        .get_subset(asset_selection={dg.AssetKey(a) for a in assets})
+    )
+    result = job.execute_in_process(
+        run_config=config, instance=instance, resources=build_resources(settings)
+    )
+    assert result.success
+    return result
+
+
+def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    (event,) = [
+        e
+        for e in result.asset_materializations_for_node(asset)
+        if e.asset_key == dg.AssetKey(asset)
+    ]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    synthetic.generate(LocalObjectStore(settings.data_uri), TYPES, 30, size=64)
+    instance = dg.DagsterInstance.ephemeral()
+    gate = {"promotion": {"config": {"floor": 0.3, "min_samples": 3}}}
+    chain = ["image_catalog", "dataset_version", "mask_model", "compat_evaluation", "promotion"]
+
+    first = _run(
+        instance,
+        settings,
+        chain,
+        {"ops": {"mask_model": {"config": {**TRAINING, "epochs": 6}}, **gate}},
+    )
+    assert _meta(first, "promotion")["champion_after"] == "1"
+
+    held = _run(
+        instance,
+        settings,
+        chain,
+        {
+            "ops": {
+                "dataset_version": {"config": {"held_out_types": [HELD_OUT]}},
+                "mask_model": {"config": {**TRAINING, "epochs": 6}},
+                **gate,
+            }
+        },
+    )
+    promotion = _meta(held, "promotion")
+    assert promotion["promoted"] is False and promotion["champion_after"] == "1"
+    assert HELD_OUT in str(promotion["reasons"])
+    evaluation = _meta(held, "compat_evaluation")
+    assert evaluation["cells_computed"] == 3  # v2 on both versions, v1 on the new one
+
+    better = _run(
+        instance,
+        settings,
+        ["mask_model", "compat_evaluation", "promotion"],
+        {
+            "ops": {
+                "mask_model": {
+                    "config": {
+                        **TRAINING,
+                        "epochs": 12,
+                        "dataset_version": _first_version(settings),
+                    }
+                },
+                **gate,
+            }
+        },
+    )
+    assert _meta(better, "compat_evaluation")["cells_computed"] == 2
+    assert _meta(better, "promotion")["champion_after"] == "3", _meta(better, "promotion")
+    assert len(CellStore(LocalObjectStore(settings.work_uri)).existing()) == 6
+    assert instance.get_dynamic_partitions("model_versions") == ["1", "2", "3"]
+
+
+def _first_version(settings: Settings) -> str:
+    from maskfind_pipeline.data.version_store import VersionStore
+
+    return str(VersionStore(LocalObjectStore(settings.work_uri)).list()[0]["id"])
