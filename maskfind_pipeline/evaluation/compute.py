@@ -40,10 +40,11 @@ def plan_cells(
     challenger) and the last N dataset versions; `missing` are those not computed yet.
 
     So a new model is evaluated on the older dataset versions, and a new dataset version with
-    the older models; a run that died half-way is completed by the next one.
+    the older models; a run that died half-way is completed by the next one. Dataset versions
+    without test samples have nothing to evaluate and are left out.
     """
     models = [m.version for m in registry.versions()]
-    datasets = [str(card["id"]) for card in versions.list()]
+    datasets = [str(card["id"]) for card in versions.list() if _has_test_samples(card)]
     recent = set(models[-last_n:] if last_n else models)
     recent |= {
         a.version
@@ -53,6 +54,12 @@ def plan_cells(
     considered = datasets[-last_n:] if last_n else datasets
     wanted = sorted(Cell(m, d) for m in recent for d in considered)
     return MatrixPlan(sorted(recent, key=int), considered, wanted, cells.missing(wanted))
+
+
+def _has_test_samples(card: dict[str, object]) -> bool:
+    counts = card.get("counts", {})
+    assert isinstance(counts, dict)
+    return any(sum(by_split.get("test", {}).values()) for by_split in counts.values())
 
 
 def evaluate_cell(
