@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
-import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +15,9 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 
+from maskfind_pipeline.testing.processes import free_port, server_process
+
 _START_TIMEOUT_S = 30.0
-_STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,68 +85,15 @@ def s3_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[S3Server]:
         RuntimeError: If the server exits or does not answer within 30 s.
     """
     port = port or free_port(host)
+    url = f"http://{host}:{port}"
     with tempfile.TemporaryDirectory(prefix="moto-") as tmp:
         log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env_without_proxies(),
-            )
-        try:
-            _wait_until_up(process, host, port, log_path)
-            yield S3Server(f"http://{host}:{port}", process, log_path)
-        finally:
-            _stop(process)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Returns a TCP port on ``host`` that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _env_without_proxies() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], host: str, port: int, log: Path) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with code {process.returncode}:\n{_tail(log)}")
-        if _answers_http(host, port):
-            return
-        time.sleep(0.1)
-    _stop(process)
-    raise RuntimeError(f"moto server did not answer on {host}:{port} in time:\n{_tail(log)}")
-
-
-def _answers_http(host: str, port: int) -> bool:
-    conn = http.client.HTTPConnection(host, port, timeout=2)
-    try:
-        conn.request("GET", "/")
-        conn.getresponse().read()
-        return True
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def _tail(log: Path, nbytes: int = 4000) -> str:
-    return log.read_bytes()[-nbytes:].decode(errors="replace")
+        command = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
+        with server_process(
+            "moto server",
+            command,
+            health_url=f"{url}/",
+            log_path=log_path,
+            timeout_s=_START_TIMEOUT_S,
+        ) as process:
+            yield S3Server(url, process, log_path)

@@ -15,16 +15,7 @@ from maskfind_pipeline.defs.training.assets import mask_model
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
-
-TINY_TRAINING = {
-    "encoder_name": "resnet18",
-    "encoder_weights": None,
-    "input_size": 64,
-    "decoder_channels": [32, 16, 16, 8, 8],
-    "epochs": 2,
-    "batch_size": 8,
-    "augment": False,
-}
+from tests.support.models import TINY_TRAINING
 
 
 def test_mask_model_trains_registers_challenger_and_reloads(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
+from tests.support.models import TINY_TRAINING
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +23,7 @@ TYPES = [
     for n in ("color2d-choc_bar-conveyor-s1", "xray-praline-tray-s2", "darkfield-wafer-plain-s3")
 ]
 HELD_OUT = "darkfield-wafer-plain-s3"
-TRAINING = {
-    "encoder_name": "resnet18",
-    "encoder_weights": None,
-    "input_size": 64,
-    "decoder_channels": [32, 16, 16, 8, 8],
-    "batch_size": 8,
-    "augment": False,
-    "learning_rate": 3e-3,
-    "early_stopping_patience": 0,
-    "epochs": 8,
-}
+TRAINING = {**TINY_TRAINING, "learning_rate": 3e-3, "early_stopping_patience": 0, "epochs": 8}
 # The better model: the demo's offline-pretrained EfficientNet-Lite0 encoder, same budget.
 PRETRAINED = {
     **TRAINING,

@@ -14,21 +14,14 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.testing.webserver import chromium_render, dagster_webserver
+from tests.support.models import TINY_TRAINING
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-TRAINING = {
-    "encoder_name": "resnet18",
-    "encoder_weights": None,
-    "input_size": 64,
-    "decoder_channels": [32, 16, 16, 8, 8],
-    "epochs": 1,
-    "batch_size": 8,
-    "augment": False,
-}
+TRAINING = {**TINY_TRAINING, "epochs": 1}
 
 
 def test_ui_shows_assets_and_the_compat_heatmap(

@@ -5,6 +5,17 @@ from __future__ import annotations
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.registry.mlflow_registry import TrainingRecord
 
+# mask_model run config for tests: a small U-Net trained from scratch on 64 px images.
+TINY_TRAINING: dict[str, object] = {
+    "encoder_name": "resnet18",
+    "encoder_weights": None,
+    "input_size": 64,
+    "decoder_channels": [32, 16, 16, 8, 8],
+    "epochs": 2,
+    "batch_size": 8,
+    "augment": False,
+}
+
 TINY = ModelConfig(
     encoder_name="resnet18",
     encoder_weights=None,
