@@ -44,7 +44,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: schedule, loss, augmentation, early stopping, threshold policy."""
+    """How to train: schedule, loss, augmentation, early stopping, threshold policy.
+
+    Attributes:
+        failure_weight: training weight of `failure` samples; None uses the manifest's weights.
+        early_stopping_patience: epochs without a validation mIoU gain above `min_delta`
+            before stopping; 0 disables early stopping.
+        max_minutes: wall-clock budget of the training epochs (final validation, threshold
+            tuning and plots come on top); None for no budget.
+        allow_scratch: train from random encoder weights when pretrained ones are configured
+            but absent on this machine (otherwise that is an error).
+        device: "cuda", "cpu" or None for CUDA when available.
+        mixed_precision: bf16/fp16 autocast where the device supports it (see `ml.device`).
+    """
 
     epochs: int = 20
     batch_size: int = 16

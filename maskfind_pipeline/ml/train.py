@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+import pyarrow as pa
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from maskfind_pipeline.data.decoded import DecodedArrays
 from maskfind_pipeline.data.loader import AugmentConfig, MaskDataset, make_loaders
 from maskfind_pipeline.ml import plots
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
@@ -109,9 +111,20 @@ class TrainResult:
 
 
 def make_train_loaders(
-    manifest: Any, decoded: Any, train_config: TrainConfig, settings: DeviceSettings
+    manifest: pa.Table,
+    decoded: DecodedArrays,
+    train_config: TrainConfig,
+    settings: DeviceSettings | None = None,
 ) -> dict[str, DataLoader[dict[str, Any]]]:
-    """`make_loaders` with this config's batch size, workers, augmentation and seed."""
+    """`make_loaders` with this config's batch size, workers, augmentation and seed.
+
+    Args:
+        manifest: the dataset version's manifest.
+        decoded: its decoded arrays (`build_decoded`).
+        train_config: supplies batch size, workers, augmentation and seed.
+        settings: pins memory for a GPU; default `select_device(train_config.device)`.
+    """
+    settings = settings or select_device(train_config.device)
     return make_loaders(
         manifest,
         decoded,
@@ -243,12 +256,8 @@ class _Run:
         image_types: Sequence[str],
         sources: Sequence[str],
     ) -> None:
-        self.model, self.config, self.tc, self.settings = (
-            model,
-            model_config,
-            train_config,
-            settings,
-        )
+        self.model, self.config, self.tc = model, model_config, train_config
+        self.settings = settings
         self.image_types = np.asarray(image_types, dtype=object)
         self.sources = np.asarray(sources, dtype=object)
         self.loss_fn = make_loss(train_config.loss)

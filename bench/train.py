@@ -1,0 +1,247 @@
+"""Training throughput: the shipped loop vs. a naive loop, and vs. this machine's bf16 matmul.
+
+Both loops train the same architecture (a ResNet-34 U-Net from scratch by default) on the same
+synthetic train split at the same size and batch size, in the same run:
+
+- shipped: `maskfind_pipeline.ml.train.train` over `make_train_loaders` (decoded memory-mapped
+  cache, default augmentation), with the device rules of `ml.device` (channels_last, bf16
+  autocast where the CPU has native bf16, fused AdamW, glibc allocator tuning). Whole epochs
+  are timed, data loading included, validation not; the first epoch is not counted.
+- naive: float32, NCHW, each pair read from the store and decoded with PIL at every step,
+  `num_workers=0`, plain AdamW; one warm-up batch, then timed epochs.
+
+The naive epochs and the matmul timings run between the shipped epochs (from `on_epoch`), so
+a noisy neighbour on a shared machine hits all three alike; the best of each is reported, all
+values are printed. Achieved GFLOP/s counts a training step as 3x the forward FLOPs
+(`ml.model.forward_flops`) and is compared with a 2048x2048 bf16 `torch.matmul`.
+
+    python bench/train.py [--samples 104] [--size 256] [--batch-size 8] [--epochs 2]
+                          [--encoder resnet34] [--workers 0] [--no-augment]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.cache import ContentCache
+from maskfind_pipeline.data.decoded import build_decoded, resize_pair
+from maskfind_pipeline.data.images import decode_pair
+from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
+from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
+from maskfind_pipeline.ml.device import select_device
+from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
+from maskfind_pipeline.ml.train import EpochReport, make_loss, make_train_loaders, train
+from maskfind_pipeline.storage import LocalObjectStore
+
+VAL_EVERY = 13
+
+
+class NaiveDataset(Dataset[dict[str, Any]]):
+    """Reads and decodes one pair from the store on every access."""
+
+    def __init__(self, store: LocalObjectStore, rows: list[dict[str, Any]], size: int) -> None:
+        self.store, self.rows, self.size = store, rows, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        ext = row["image_key"].rpartition(".")[2]
+        pair = decode_pair(
+            self.store.get(row["image_key"]), self.store.get(row["mask_key"]), image_ext=ext
+        )
+        image, mask = resize_pair(pair.image, pair.mask, self.size)
+        return {
+            "image": torch.from_numpy(np.array(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(mask[None].astype(np.float32)),
+            "weight": torch.tensor(row["weight"], dtype=torch.float32),
+        }
+
+
+def main() -> None:
+    args = _parse()
+    config = ModelConfig(encoder_name=args.encoder, encoder_weights=None, input_size=args.size)
+    train_config = TrainConfig(
+        epochs=args.epochs + 1,
+        batch_size=args.batch_size,
+        augment=not args.no_augment,
+        num_workers=args.workers,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        store = LocalObjectStore(Path(tmp) / "store")
+        per_type = -(-args.samples // len(synthetic.DEFAULT_TYPES))
+        keys = synthetic.generate(store, synthetic.DEFAULT_TYPES, per_type, size=args.source_size)
+        manifest = _manifest(store, keys, args.source_size)
+        decoded = build_decoded(
+            manifest,
+            store,
+            ContentCache(Path(tmp) / "c"),
+            Path(tmp) / "d",
+            version_id="b",
+            size=args.size,
+        )
+        train_rows = [r for r in manifest.to_pylist() if r["split"] == "train"]
+        print(
+            f"{len(train_rows)} train images at {args.size}², batch {args.batch_size}, "
+            f"{config.encoder_name} U-Net from scratch, {torch.get_num_threads()} threads"
+        )
+        naive = NaiveLoop(config, train_config, store, train_rows, args.size)
+        rates = interleaved(config, train_config, manifest, decoded, naive)
+    _report(rates, 3 * forward_flops(config, args.size) / 1e9)
+
+
+class NaiveLoop:
+    """float32, NCHW, PIL decode from the store at every step, no workers, plain AdamW."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        train_config: TrainConfig,
+        store: LocalObjectStore,
+        rows: list[dict[str, Any]],
+        size: int,
+    ) -> None:
+        torch.manual_seed(0)
+        self.config = config
+        self.model = build_model(config, pretrained=False).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_config.learning_rate)
+        self.loss_fn = make_loss(train_config.loss)
+        self.loader = DataLoader(
+            NaiveDataset(store, rows, size), batch_size=train_config.batch_size, shuffle=True
+        )
+        self.step(next(iter(self.loader)))
+
+    def step(self, batch: dict[str, Any]) -> None:
+        logits = self.model(preprocess(batch["image"], self.config))
+        loss = self.loss_fn(logits, batch["mask"], batch["weight"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def epoch(self) -> float:
+        """Images per second of one epoch."""
+        start, images = time.perf_counter(), 0
+        for batch in self.loader:
+            self.step(batch)
+            images += len(batch["image"])
+        return images / (time.perf_counter() - start)
+
+
+def interleaved(
+    config: ModelConfig,
+    train_config: TrainConfig,
+    manifest: pa.Table,
+    decoded: Any,
+    naive: NaiveLoop,
+) -> dict[str, list[float]]:
+    """Shipped epochs with a naive epoch and a matmul timing between them (noise hits all)."""
+    rates: dict[str, list[float]] = {"shipped": [], "naive": [], "matmul": [bf16_matmul_gflops()]}
+
+    def between(report: EpochReport) -> None:
+        print(f"  shipped epoch {report.epoch}: {report.images_per_second:6.2f} images/s")
+        if report.epoch > 1:
+            rates["shipped"].append(report.images_per_second)
+        if report.epoch < report.epochs:
+            rates["naive"].append(naive.epoch())
+            print(f"  naive epoch:     {rates['naive'][-1]:6.2f} images/s")
+        rates["matmul"].append(bf16_matmul_gflops())
+
+    settings = select_device()
+    print(f"shipped settings: {settings.describe()}")
+    train(
+        config,
+        train_config,
+        make_train_loaders(manifest, decoded, train_config, settings),
+        image_types=manifest.column("image_type").to_pylist(),
+        sources=manifest.column("source").to_pylist(),
+        settings=settings,
+        on_epoch=between,
+        progress_bar=False,
+    )
+    return rates
+
+
+def _report(rates: dict[str, list[float]], gflop_per_image: float) -> None:
+    shipped, naive, matmul = (max(rates[k]) for k in ("shipped", "naive", "matmul"))
+    print(f"\nbest of each (all: {', '.join(f'{k}={_fmt(v)}' for k, v in rates.items())})")
+    print(f"naive loop    {naive:7.2f} images/s ({gflop_per_image * naive:6.0f} GFLOP/s)")
+    print(f"shipped loop  {shipped:7.2f} images/s ({gflop_per_image * shipped:6.0f} GFLOP/s)")
+    print(f"bf16 matmul   {matmul:7.0f} GFLOP/s (2048x2048)")
+    print(f"\nshipped / naive:                {shipped / naive:5.2f}x  (goal >= 2.3x)")
+    share = 100 * gflop_per_image * shipped / matmul
+    print(f"shipped GFLOP/s of bf16 matmul: {share:5.1f} %  (goal >= 70 %)")
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.1f}" for v in values) + "]"
+
+
+def bf16_matmul_gflops(side: int = 2048, repeats: int = 5) -> float:
+    """Best of `repeats` timings of 10 bf16 matmuls (after a warm-up), in GFLOP/s."""
+    a = torch.randn(side, side, dtype=torch.bfloat16)
+    b = torch.randn(side, side, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(10):
+            torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * side**3 * 10 / best / 1e9
+
+
+def _manifest(store: LocalObjectStore, keys: list[str], side: int) -> pa.Table:
+    rows = []
+    for i, key in enumerate(keys):
+        mask_key = key.rpartition(".")[0] + ".mask.png"
+        sha = hashlib.sha256(store.get(key)).hexdigest()
+        name = key.split("/")[1].rpartition(".")[0]
+        rows.append(
+            {
+                "sample_id": sha,
+                "source": "labeled",
+                "split": "val" if i % VAL_EVERY == 0 else "train",
+                "weight": 1.0,
+                "image_type": name.rsplit("-", 2)[0],
+                "image_id": name,
+                "image_key": key,
+                "mask_key": mask_key,
+                "image_sha256": sha,
+                "mask_sha256": hashlib.sha256(store.get(mask_key)).hexdigest(),
+                "width": side,
+                "height": side,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=104)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--source-size", type=int, default=320)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--encoder", default="resnet34")
+    parser.add_argument("--epochs", type=int, default=2, help="timed shipped epochs")
+    parser.add_argument("--workers", type=int, default=0, help="shipped loader workers")
+    parser.add_argument("--no-augment", action="store_true")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()
