@@ -40,8 +40,9 @@ from maskfind_pipeline.data.images import decode_pair
 from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
+from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
-from maskfind_pipeline.ml.train import EpochReport, make_loss, make_train_loaders, train
+from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 
 VAL_EVERY = 13

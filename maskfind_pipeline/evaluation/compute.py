@@ -15,9 +15,9 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
+from maskfind_pipeline.ml.inference import predict_probabilities
 from maskfind_pipeline.ml.metrics import evaluate
 from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.train import predict_probabilities
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
 from maskfind_pipeline.storage.base import ObjectStore

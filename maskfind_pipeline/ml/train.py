@@ -8,15 +8,13 @@ indices); the `image_types` and `sources` given to `train` are indexed by those 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -31,14 +29,20 @@ from maskfind_pipeline.ml.device import (
     select_device,
     tune_cpu_allocator,
 )
+from maskfind_pipeline.ml.inference import (
+    Batch,
+    Loader,
+    Predictions,
+    forward,
+    predict_probabilities,
+)
+from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate, iou_per_image, pixel_counts
-from maskfind_pipeline.ml.model import build_model, preprocess
+from maskfind_pipeline.ml.model import build_model
 from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
 from maskfind_pipeline.ml.threshold import ThresholdChoice, tune_threshold
 
-Batch = Mapping[str, Any]
 Progress = Callable[[str, int, int], None]
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StateDict = dict[str, torch.Tensor]
 
 
@@ -58,23 +62,6 @@ class EpochReport:
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items() if k != "epochs"}
-
-
-class Loader(Protocol):
-    """What training iterates: a sized iterable of batches (a `DataLoader` is one)."""
-
-    def __iter__(self) -> Iterator[Batch]: ...
-
-    def __len__(self) -> int: ...
-
-
-class Predictions(NamedTuple):
-    """Per-image outputs, in loader order: uint8 probabilities round(p*255) (N, H, W), uint8
-    0/1 masks (N, H, W) and the manifest row index of each image (N,)."""
-
-    probabilities: np.ndarray
-    masks: np.ndarray
-    indices: np.ndarray
 
 
 @dataclass
@@ -134,64 +121,6 @@ def make_train_loaders(
         seed=train_config.seed,
         pin_memory=settings.pin_memory,
     )
-
-
-def make_loss(name: str) -> LossFn:
-    """Loss of (logits, 0/1 masks, per-sample weights), computed in float32.
-
-    `dice_bce` = soft Dice (smp, over the batch) + weighted BCE; `bce` and `focal` weight each
-    sample's mean pixel loss; `dice` ignores the weights.
-    """
-    dice = smp.losses.DiceLoss("binary", from_logits=True)
-    focal = smp.losses.FocalLoss("binary", reduction="none")
-
-    def weighted(per_pixel: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        per_sample = per_pixel.flatten(1).mean(dim=1)
-        return (per_sample * weights).sum() / weights.sum().clamp_min(1e-8)
-
-    def bce(logits: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        per_pixel = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
-        return weighted(per_pixel, weights)
-
-    losses: dict[str, LossFn] = {
-        "bce": bce,
-        "dice": lambda logits, masks, _: dice(logits, masks),
-        "dice_bce": lambda logits, masks, w: dice(logits, masks) + bce(logits, masks, w),
-        "focal": lambda logits, masks, w: weighted(focal(logits, masks).view_as(masks), w),
-    }
-    if name not in losses:
-        raise ValueError(f"unknown loss {name!r}; use one of {sorted(losses)}")
-    return losses[name]
-
-
-@torch.inference_mode()
-def predict_probabilities(
-    model: nn.Module,
-    config: ModelConfig,
-    loader: Loader,
-    *,
-    settings: DeviceSettings | None = None,
-) -> Predictions:
-    """Sigmoid probabilities of every batch of `loader`, batched, without gradients.
-
-    The model is put in eval mode (and back into its previous mode afterwards); autocast and
-    channels_last follow `settings` (default: `select_device()` on the model's device).
-    """
-    device = next(model.parameters()).device
-    settings = settings or select_device(str(device))
-    was_training = model.training
-    model.eval()
-    probs, masks, indices = [], [], []
-    for batch in loader:
-        logits = _forward(model, config, batch["image"], settings)
-        quantised = torch.sigmoid(logits.float()).mul_(255).round_().to(torch.uint8)
-        probs.append(quantised[:, 0].cpu().numpy())
-        masks.append(batch["mask"][:, 0].to(torch.uint8).numpy())
-        indices.append(np.asarray(batch["index"], dtype=np.int64))
-    model.train(was_training)
-    if not probs:
-        raise ValueError("the loader yielded no batches")
-    return Predictions(np.concatenate(probs), np.concatenate(masks), np.concatenate(indices))
 
 
 def train(
@@ -330,7 +259,7 @@ class _Run:
         device = self.settings.device
         masks = batch["mask"].to(device, non_blocking=True)
         weights = self._weights(batch).to(device, non_blocking=True)
-        logits = _forward(self.model, self.config, batch["image"], self.settings)
+        logits = forward(self.model, self.config, batch["image"], self.settings)
         loss = self.loss_fn(logits.float(), masks, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -424,15 +353,6 @@ def _build(model_config: ModelConfig, train_config: TrainConfig) -> tuple[nn.Mod
         if not train_config.allow_scratch:
             raise
         return build_model(model_config, pretrained=False), False
-
-
-def _forward(
-    model: nn.Module, config: ModelConfig, images: torch.Tensor, settings: DeviceSettings
-) -> torch.Tensor:
-    images = images.to(settings.device, non_blocking=True)
-    inputs = preprocess(images.contiguous(memory_format=settings.memory_format), config)
-    with settings.autocast():
-        return model(inputs)
 
 
 def _scheduler(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def _registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry(settings.tracking_uri, artifact_location=settings.artifact_location)
 
 
-def _launch(job: str, config: dict[str, object]) -> bool:
+def _launch(job: str, config: Mapping[str, object]) -> bool:
     result = (
         defs()
         .resolve_job_def(job)

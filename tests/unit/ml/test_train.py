@@ -19,16 +19,11 @@ from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.ml import train as train_module
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.model import build_model
+from maskfind_pipeline.ml.inference import Predictions, predict_probabilities
+from maskfind_pipeline.ml.losses import make_loss
+from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR, PretrainedWeightsUnavailable
-from maskfind_pipeline.ml.train import (
-    EpochReport,
-    Predictions,
-    make_loss,
-    make_train_loaders,
-    predict_probabilities,
-    train,
-)
+from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 
 SIZE = 64
@@ -204,7 +199,7 @@ def test_predictions_are_quantised_sigmoids_in_loader_order(data: Data) -> None:
     model.eval()
     with torch.no_grad():
         batch = next(iter(loader))
-        reference = torch.sigmoid(model(train_module.preprocess(batch["image"], TINY)))[:, 0]
+        reference = torch.sigmoid(model(preprocess(batch["image"], TINY)))[:, 0]
     np.testing.assert_allclose(
         full.probabilities[:4] / 255, reference.numpy(), atol=0.5 / 255 + 1e-6
     )

@@ -1,0 +1,73 @@
+"""Batched inference over a loader: sigmoid probabilities, masks and manifest row indices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.model import preprocess
+
+Batch = Mapping[str, Any]
+
+
+class Loader(Protocol):
+    """What training iterates: a sized iterable of batches (a `DataLoader` is one)."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+
+class Predictions(NamedTuple):
+    """Per-image outputs, in loader order: uint8 probabilities round(p*255) (N, H, W), uint8
+    0/1 masks (N, H, W) and the manifest row index of each image (N,)."""
+
+    probabilities: np.ndarray
+    masks: np.ndarray
+    indices: np.ndarray
+
+
+def forward(
+    model: nn.Module, config: ModelConfig, images: torch.Tensor, settings: DeviceSettings
+) -> torch.Tensor:
+    """Logits of a uint8 batch with the model's preprocessing, memory format and autocast."""
+    images = images.to(settings.device, non_blocking=True)
+    inputs = preprocess(images.contiguous(memory_format=settings.memory_format), config)
+    with settings.autocast():
+        return model(inputs)
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: nn.Module,
+    config: ModelConfig,
+    loader: Loader,
+    *,
+    settings: DeviceSettings | None = None,
+) -> Predictions:
+    """Sigmoid probabilities of every batch of `loader`, batched, without gradients.
+
+    The model is put in eval mode (and back into its previous mode afterwards); autocast and
+    channels_last follow `settings` (default: `select_device()` on the model's device).
+    """
+    device = next(model.parameters()).device
+    settings = settings or select_device(str(device))
+    was_training = model.training
+    model.eval()
+    probs, masks, indices = [], [], []
+    for batch in loader:
+        logits = forward(model, config, batch["image"], settings)
+        quantised = torch.sigmoid(logits.float()).mul_(255).round_().to(torch.uint8)
+        probs.append(quantised[:, 0].cpu().numpy())
+        masks.append(batch["mask"][:, 0].to(torch.uint8).numpy())
+        indices.append(np.asarray(batch["index"], dtype=np.int64))
+    model.train(was_training)
+    if not probs:
+        raise ValueError("the loader yielded no batches")
+    return Predictions(np.concatenate(probs), np.concatenate(masks), np.concatenate(indices))
