@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/dataset.py
 	$(PY) bench/loader.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

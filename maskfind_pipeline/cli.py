@@ -125,11 +125,11 @@ def generate(
 
 
 @main.command()
-@click.option("--count", default=24, show_default=True, help="Labeled samples per image type.")
+@click.option("--count", default=40, show_default=True, help="Labeled samples per image type.")
 @click.option("--failures", default=3, show_default=True, help="Failures per type on night 2.")
 @click.option("--size", default=128, show_default=True, help="Image and model input size.")
-@click.option("--epochs", default=15, show_default=True)
-@click.option("--max-minutes", default=3.0, show_default=True, help="Training budget per night.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--max-minutes", default=2.5, show_default=True, help="Training budget per night.")
 def demo(count: int, failures: int, size: int, epochs: int, max_minutes: float) -> None:
     """Two nights on the embedded defaults: labeled data, then relabeled production failures.
 
@@ -179,7 +179,9 @@ def _demo_run_config(*, size: int, epochs: int, max_minutes: float) -> dict[str,
         "std": list(model.std),
         "input_size": size,
         "epochs": epochs,
-        "batch_size": 16,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "early_stopping_patience": 10,
         "max_minutes": max_minutes,
     }
     return {
