@@ -163,6 +163,7 @@ _SUMMARY_KEYS = (
     *("dataset_version", "created", "parent", "samples"),
     *("model_version", "val_miou", "threshold", "pretrained", "stop_reason"),
     *("cells_computed", "candidate", "champion_before", "champion_after", "promoted"),
+    *("miou", "n_images"),
 )
 _PRINTED_TABLES = ("diff_vs_parent", "matrix", "reasons")
 

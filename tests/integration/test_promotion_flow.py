@@ -115,3 +115,33 @@ def _first_version(settings: Settings) -> str:
     from maskfind_pipeline.data.version_store import VersionStore
 
     return str(VersionStore(LocalObjectStore(settings.work_uri)).list()[0]["id"])
+
+
+def test_older_models_score_lower_on_new_production_failures(tmp_path: Path) -> None:
+    """Failures of a kind the old model never saw enter a new dataset version: the old model on
+    the new test set scores lower on the failure source, the model trained with them higher."""
+    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(settings.data_uri)
+    synthetic.generate(data, TYPES[:2], 30, size=64)
+    instance = dg.DagsterInstance.ephemeral()
+    chain = ["image_catalog", "dataset_version", "mask_model", "compat_evaluation", "promotion"]
+    config = {
+        "ops": {
+            "mask_model": {"config": PRETRAINED},
+            "promotion": {"config": {"floor": 0.0, "tolerance": 1.0}},
+        }
+    }
+    _run(instance, settings, chain, config)
+    synthetic.generate_failures(
+        data, synthetic.UNSEEN_TYPES[:1], 40, failed_model_version="1", size=64
+    )
+    second = _run(instance, settings, chain, config)
+    new_version = str(_meta(second, "dataset_version")["dataset_version"])
+    cells = CellStore(LocalObjectStore(settings.work_uri)).read().to_pylist()
+    by_source = {
+        (r["model_version"], r["group"]): r["miou"]
+        for r in cells
+        if r["dataset_version"] == new_version and r["group_kind"] == "source"
+    }
+    assert by_source[("1", "failure")] < by_source[("1", "labeled")], by_source
+    assert by_source[("2", "failure")] > by_source[("1", "failure")], by_source
