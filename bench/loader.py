@@ -12,7 +12,6 @@ cached loader with the default training augmentation (`AugmentConfig(enabled=Tru
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded, resize_pair
 from maskfind_pipeline.data.images import decode_pair
 from maskfind_pipeline.data.loader import AugmentConfig, make_loaders
-from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.storage import LocalObjectStore
+from maskfind_pipeline.testing.manifests import manifest_of
 
 
 class NaiveDataset(Dataset[dict[str, Any]]):
@@ -133,28 +132,9 @@ def _one_pass(loader: DataLoader[dict[str, Any]]) -> int:
 
 
 def _manifest(store: LocalObjectStore, keys: list[str], side: int) -> pa.Table:
-    rows = []
-    for i, key in enumerate(keys):
-        mask_key = key.rpartition(".")[0] + ".mask.png"
-        image_sha = hashlib.sha256(store.get(key)).hexdigest()
-        name = key.split("/")[1].rpartition(".")[0]
-        rows.append(
-            {
-                "sample_id": image_sha,
-                "source": "labeled",
-                "split": {0: "val", 1: "test"}.get(i % 10, "train"),
-                "weight": 1.0,
-                "image_type": name.rsplit("-", 2)[0],
-                "image_id": name,
-                "image_key": key,
-                "mask_key": mask_key,
-                "image_sha256": image_sha,
-                "mask_sha256": hashlib.sha256(store.get(mask_key)).hexdigest(),
-                "width": side,
-                "height": side,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    return manifest_of(
+        store, keys, size=side, split=lambda i: {0: "val", 1: "test"}.get(i % 10, "train")
+    )
 
 
 def _report(rates: dict[str, float], workers: list[int]) -> None:

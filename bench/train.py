@@ -22,7 +22,6 @@ values are printed. Achieved GFLOP/s counts a training step as 3x the forward FL
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -37,13 +36,13 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded, resize_pair
 from maskfind_pipeline.data.images import decode_pair
-from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
+from maskfind_pipeline.testing.manifests import manifest_of
 
 VAL_EVERY = 13
 
@@ -205,28 +204,9 @@ def bf16_matmul_gflops(side: int = 2048, repeats: int = 5) -> float:
 
 
 def _manifest(store: LocalObjectStore, keys: list[str], side: int) -> pa.Table:
-    rows = []
-    for i, key in enumerate(keys):
-        mask_key = key.rpartition(".")[0] + ".mask.png"
-        sha = hashlib.sha256(store.get(key)).hexdigest()
-        name = key.split("/")[1].rpartition(".")[0]
-        rows.append(
-            {
-                "sample_id": sha,
-                "source": "labeled",
-                "split": "val" if i % VAL_EVERY == 0 else "train",
-                "weight": 1.0,
-                "image_type": name.rsplit("-", 2)[0],
-                "image_id": name,
-                "image_key": key,
-                "mask_key": mask_key,
-                "image_sha256": sha,
-                "mask_sha256": hashlib.sha256(store.get(mask_key)).hexdigest(),
-                "width": side,
-                "height": side,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    return manifest_of(
+        store, keys, size=side, split=lambda i: "val" if i % VAL_EVERY == 0 else "train"
+    )
 
 
 def _parse() -> argparse.Namespace:

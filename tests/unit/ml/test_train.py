@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -15,7 +14,6 @@ import torch
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
-from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.ml import train as train_module
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
@@ -25,6 +23,7 @@ from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR, PretrainedWeightsUnavailable
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
+from maskfind_pipeline.testing.manifests import manifest_of
 
 SIZE = 64
 TINY = ModelConfig(
@@ -62,7 +61,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     root = tmp_path_factory.mktemp("train")
     store = LocalObjectStore(root / "store")
     keys = synthetic.generate(store, synthetic.DEFAULT_TYPES[:4], 6, size=SIZE)
-    manifest = manifest_of(store, keys)
+    manifest = manifest_of(
+        store,
+        keys,
+        size=SIZE,
+        split=lambda i: "val" if i % 3 == 0 else "train",
+        failure=lambda i: i % 4 == 1,
+    )
     decoded = build_decoded(
         manifest, store, ContentCache(root / "cache"), root / "decoded", version_id="v", size=SIZE
     )
@@ -74,31 +79,6 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(WEIGHTS_ENV_VAR, raising=False)
-
-
-def manifest_of(store: LocalObjectStore, keys: list[str]) -> pa.Table:
-    rows = []
-    for i, key in enumerate(keys):
-        mask_key = key.rpartition(".")[0] + ".mask.png"
-        sha = hashlib.sha256(store.get(key)).hexdigest()
-        name = key.split("/")[1].rpartition(".")[0]
-        rows.append(
-            {
-                "sample_id": sha,
-                "source": "failure" if i % 4 == 1 else "labeled",
-                "split": "val" if i % 3 == 0 else "train",
-                "weight": 3.0 if i % 4 == 1 else 1.0,
-                "image_type": name.rsplit("-", 2)[0],
-                "image_id": name,
-                "image_key": key,
-                "mask_key": mask_key,
-                "image_sha256": sha,
-                "mask_sha256": hashlib.sha256(store.get(mask_key)).hexdigest(),
-                "width": SIZE,
-                "height": SIZE,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
 def test_training_end_to_end_learns_and_reports(data: Data) -> None:
