@@ -87,7 +87,8 @@ def test_contact_sheet_is_a_png(tmp_path: Path) -> None:
 
 
 def test_demo_runs_two_nights_and_makes_two_dataset_versions(tmp_path: Path) -> None:
-    out = _run("demo", "--count", "3", "--failures", "1", "--size", "64", home=tmp_path)
+    tiny = ("--count", "3", "--failures", "1", "--size", "64", "--epochs", "2")
+    out = _run("demo", *tiny, home=tmp_path)
     assert "night 1" in out and "night 2" in out and "FAILED" not in out
     samples = Catalog(LocalObjectStore(tmp_path / "work")).read().samples
     assert samples.num_rows == 40  # 10 types x (3 labeled + 1 failure)
@@ -95,5 +96,7 @@ def test_demo_runs_two_nights_and_makes_two_dataset_versions(tmp_path: Path) -> 
     assert len(versions) == 2 and versions[1]["parent"] == versions[0]["id"]
     assert "| failure | 1 | 0 | 0 |" in out  # the diff of night 2 shows the failures
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
-    rerun = _run("demo", "--count", "3", "--failures", "1", "--size", "64", home=tmp_path)
+    assert "model_version=1" in out and "model_version=2" in out and "pretrained=True" in out
+    assert "compat_evaluation: cells_computed=3" in out  # night 2: both directions
+    rerun = _run("demo", *tiny, home=tmp_path)
     assert "new_samples=0" in rerun and "created=False" in rerun
