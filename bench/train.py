@@ -27,15 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.cache import ContentCache
-from maskfind_pipeline.data.decoded import build_decoded, resize_pair
-from maskfind_pipeline.data.images import decode_pair
+from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.losses import make_loss
@@ -43,31 +41,9 @@ from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.testing.manifests import manifest_of
+from maskfind_pipeline.testing.naive import NaiveDataset
 
 VAL_EVERY = 13
-
-
-class NaiveDataset(Dataset[dict[str, Any]]):
-    """Reads and decodes one pair from the store on every access."""
-
-    def __init__(self, store: LocalObjectStore, rows: list[dict[str, Any]], size: int) -> None:
-        self.store, self.rows, self.size = store, rows, size
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.rows[index]
-        ext = row["image_key"].rpartition(".")[2]
-        pair = decode_pair(
-            self.store.get(row["image_key"]), self.store.get(row["mask_key"]), image_ext=ext
-        )
-        image, mask = resize_pair(pair.image, pair.mask, self.size)
-        return {
-            "image": torch.from_numpy(np.array(image.transpose(2, 0, 1))),
-            "mask": torch.from_numpy(mask[None].astype(np.float32)),
-            "weight": torch.tensor(row["weight"], dtype=torch.float32),
-        }
 
 
 def main() -> None:

@@ -91,6 +91,7 @@ class Catalog:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self._parts: dict[str, pa.Table] = {}  # parts are create-only: read each one once
 
     def read(self) -> CatalogTables:
         return CatalogTables(
@@ -111,11 +112,16 @@ class Catalog:
 
     def _read_parts(self, prefix: str, schema: pa.Schema) -> pa.Table:
         tables = [
-            pq.read_table(io.BytesIO(self.store.get(info.key))).cast(schema)
+            self._part(info.key, schema)
             for info in self.store.list(prefix)
             if info.key.endswith(".parquet")
         ]
         return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def _part(self, key: str, schema: pa.Schema) -> pa.Table:
+        if key not in self._parts:
+            self._parts[key] = pq.read_table(io.BytesIO(self.store.get(key))).cast(schema)
+        return self._parts[key]
 
 
 def to_parquet(table: pa.Table) -> bytes:

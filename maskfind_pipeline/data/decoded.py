@@ -197,10 +197,15 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     mask_u8 = mask.astype(np.uint8)
     if image.shape[:2] == (size, size):
         return image, mask_u8
-    box = (size, size)
-    resized = Image.fromarray(image).resize(box, Image.Resampling.BILINEAR)
-    small = Image.fromarray(mask_u8).resize(box, Image.Resampling.NEAREST)
-    return np.asarray(resized), np.asarray(small)
+    small = Image.fromarray(mask_u8).resize((size, size), Image.Resampling.NEAREST)
+    return resize_image(image, size), np.asarray(small)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB uint8 image to a square, PIL bilinear: the rule of the cache and inference."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _create(path: Path, shape: tuple[int, ...]) -> np.ndarray:

@@ -74,16 +74,6 @@ def decode_pair(
     return DecodedPair(to_rgb(image), mask, image_format, image_mode, transposed)
 
 
-def decode_image(
-    data: bytes, *, image_ext: str, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """Decode an unlabeled image (production stream) to RGB uint8 by the same rules."""
-    expected = _FORMAT_BY_EXT.get(image_ext.lower())
-    if expected is None:
-        raise InvalidImage(f"unsupported image extension .{image_ext}")
-    return to_rgb(_open(data, "image", expected, max_pixels)[0])
-
-
 def _open(
     data: bytes, what: str, expected_format: str, max_pixels: int
 ) -> tuple[Image.Image, str, str, bool]:

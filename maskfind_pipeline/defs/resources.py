@@ -1,6 +1,5 @@
 """Resources shared by every stage, built from `Settings` when the definitions load."""
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -45,10 +44,6 @@ class MlflowResource(dg.ConfigurableResource):
     def registry(self) -> "ModelRegistry":
         from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-                parents=True, exist_ok=True
-            )
         return ModelRegistry(
             self.tracking_uri,
             registry_uri=self.registry_uri,

@@ -62,56 +62,83 @@ def _has_test_samples(card: dict[str, object]) -> bool:
     return any(sum(by_split.get("test", {}).values()) for by_split in counts.values())
 
 
-def evaluate_cell(
-    cell: Cell,
-    *,
-    registry: ModelRegistry,
-    versions: VersionStore,
-    data_store: ObjectStore,
-    cache: ContentCache,
-    decoded_root: Path,
-    batch_size: int = 32,
-) -> list[dict[str, object]]:
-    """Metrics of one model version on one dataset version's test split, one row per group."""
-    model, config, weights = registry.download(cell.model_version)
-    predictor = Predictor.from_weights(config, weights, version=model.version)
-    manifest = versions.manifest(cell.dataset_version)
-    is_test = np.asarray(manifest.column("split").to_pylist(), dtype=object) == "test"
-    test = manifest.filter(pa.array(is_test))
-    if test.num_rows == 0:
-        raise ValueError(f"dataset version {cell.dataset_version} has no test samples")
-    decoded = build_decoded(
-        test,
-        data_store,
-        cache,
-        decoded_root,
-        version_id=f"{cell.dataset_version}-test",
-        size=config.input_size,
-    )
-    loader = make_loaders(test, decoded, batch_size=batch_size, augment=None, seed=0)["test"]
-    predictions = predict_probabilities(predictor.model, config, loader)
-    rows = np.asarray(predictions.indices)
-    types = np.asarray(test.column("image_type").to_pylist(), dtype=object)[rows]
-    sources = np.asarray(test.column("source").to_pylist(), dtype=object)[rows]
-    metrics = evaluate(
-        predictions.probabilities,
-        predictions.masks,
-        config.threshold,
-        image_types=list(types),
-        sources=list(sources),
-    )
-    now = datetime.now(UTC)
-    return [
-        {
-            **row,
-            "model_version": cell.model_version,
-            "dataset_version": cell.dataset_version,
-            "threshold": config.threshold,
-            "mlflow_run_id": None,
-            "evaluated_at": now,
-        }
-        for row in metrics.rows()
-    ]
+class CellEvaluator:
+    """Metrics of a model version on a dataset version's test split, one row per group.
+
+    Each model version is downloaded once and each dataset version read once per evaluator;
+    the test split is served from the version's decoded cache (the one training built at the
+    same input size, so evaluation usually decodes nothing).
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        versions: VersionStore,
+        data_store: ObjectStore,
+        cache: ContentCache,
+        decoded_root: Path,
+        batch_size: int = 32,
+    ) -> None:
+        self.registry, self.versions = registry, versions
+        self.data_store, self.cache, self.decoded_root = data_store, cache, decoded_root
+        self.batch_size = batch_size
+        self._predictors: dict[str, Predictor] = {}
+        self._manifests: dict[str, pa.Table] = {}
+
+    def __call__(self, cell: Cell) -> list[dict[str, object]]:
+        predictor = self._predictor(cell.model_version)
+        manifest = self._manifest(cell.dataset_version)
+        config = predictor.config
+        decoded = build_decoded(
+            manifest,
+            self.data_store,
+            self.cache,
+            self.decoded_root,
+            version_id=cell.dataset_version,
+            size=config.input_size,
+        )
+        loaders = make_loaders(manifest, decoded, batch_size=self.batch_size, augment=None, seed=0)
+        if "test" not in loaders:
+            raise ValueError(f"dataset version {cell.dataset_version} has no test samples")
+        predictions = predict_probabilities(predictor.model, config, loaders["test"])
+        rows = np.asarray(predictions.indices)
+        metrics = evaluate(
+            predictions.probabilities,
+            predictions.masks,
+            config.threshold,
+            image_types=list(_column(manifest, "image_type")[rows]),
+            sources=list(_column(manifest, "source")[rows]),
+        )
+        now = datetime.now(UTC)
+        return [
+            {
+                **row,
+                "model_version": cell.model_version,
+                "dataset_version": cell.dataset_version,
+                "threshold": config.threshold,
+                "mlflow_run_id": None,
+                "evaluated_at": now,
+            }
+            for row in metrics.rows()
+        ]
+
+    def _predictor(self, version: str) -> Predictor:
+        if version not in self._predictors:
+            model, config, weights = self.registry.download(version)
+            self._predictors[version] = Predictor.from_weights(
+                config, weights, version=model.version
+            )
+        return self._predictors[version]
+
+    def _manifest(self, dataset_version: str) -> pa.Table:
+        if dataset_version not in self._manifests:
+            self._manifests[dataset_version] = self.versions.manifest(dataset_version)
+        return self._manifests[dataset_version]
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table.column(name).to_pylist(), dtype=object)
 
 
 def log_cell_run(registry: ModelRegistry, cell: Cell, rows: list[dict[str, object]]) -> str:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from maskfind_pipeline.data.decoded import resize_image
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.model import build_model, preprocess
 
@@ -62,13 +62,12 @@ class Predictor:
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Product probability per pixel (H,W float32) for one RGB uint8 image (H,W,3).
 
-        The image is resized as the training cache resizes (PIL bilinear, `data.decoded`), and
+        The image is resized as the training cache resizes (`data.decoded.resize_image`), and
         the probabilities are resized back to the image's own size.
         """
         height, width = image.shape[:2]
         size = self.config.input_size
-        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-        tensor = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None]
+        tensor = torch.from_numpy(np.array(resize_image(image, size))).permute(2, 0, 1)[None]
         probs = torch.sigmoid(self.logits(tensor))
         restored = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
         return restored[0, 0].numpy().astype(np.float32)

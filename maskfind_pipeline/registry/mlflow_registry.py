@@ -75,6 +75,9 @@ class ModelRegistry:
         experiment: str = "maskfind",
         artifact_location: str | None = None,
     ) -> None:
+        for uri in (tracking_uri, registry_uri or ""):
+            if uri.startswith("sqlite:///"):  # the embedded store: its folder may not exist yet
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.tracking_uri = tracking_uri
         self.model_name = model_name

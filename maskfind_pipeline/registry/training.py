@@ -11,6 +11,7 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
+from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.predict import weights_to_bytes
 from maskfind_pipeline.ml.train import EpochReport, TrainResult, make_train_loaders, train
 from maskfind_pipeline.registry.mlflow_registry import (
@@ -51,8 +52,6 @@ def train_and_register(
     decoded = build_decoded(
         manifest, data_store, cache, decoded_root, version_id=vid, size=model_config.input_size
     )
-    from maskfind_pipeline.ml.device import select_device
-
     settings = select_device(train_config.device, mixed_precision=train_config.mixed_precision)
     loaders = make_train_loaders(manifest, decoded, train_config, settings)
     image_types = manifest.column("image_type").to_pylist()

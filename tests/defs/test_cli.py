@@ -46,34 +46,9 @@ def test_generate_writes_the_store_layout_with_tags(tmp_path: Path) -> None:
 
 
 def test_generate_failures_and_production(tmp_path: Path) -> None:
-    _run(
-        "generate",
-        "--to",
-        str(tmp_path),
-        "--types",
-        "1",
-        "--count",
-        "2",
-        "--size",
-        "64",
-        "--failures",
-        "7",
-        home=tmp_path,
-    )
-    _run(
-        "generate",
-        "--to",
-        str(tmp_path),
-        "--types",
-        "1",
-        "--count",
-        "2",
-        "--size",
-        "64",
-        "--production",
-        "2026-11-24",
-        home=tmp_path,
-    )
+    small = ("generate", "--to", str(tmp_path), "--types", "1", "--count", "2", "--size", "64")
+    _run(*small, "--failures", "7", home=tmp_path)
+    _run(*small, "--production", "2026-11-24", home=tmp_path)
     store = LocalObjectStore(tmp_path)
     failure = next(i.key for i in store.list("failures/") if not i.key.endswith(".mask.png"))
     assert store.tags(failure)["failed_model_version"] == "7"

@@ -24,7 +24,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def _registry(settings: Settings) -> ModelRegistry:
-    (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     return ModelRegistry(settings.tracking_uri, artifact_location=settings.artifact_location)
 
 

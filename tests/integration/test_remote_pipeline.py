@@ -14,7 +14,7 @@ from maskfind_pipeline.storage import open_store
 from maskfind_pipeline.testing.mlflow_server import MlflowServer
 from maskfind_pipeline.testing.s3server import S3Server
 from tests.conftest import new_bucket
-from tests.support.models import TINY_TRAINING
+from tests.support.models import nightly_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +39,7 @@ def test_nightly_runs_on_s3_and_an_mlflow_server(
     data = open_store(env["MASKFIND_DATA_URI"], endpoint_url=s3.endpoint_url)
     synthetic.generate(data, synthetic.DEFAULT_TYPES[:2], 20, size=64)
 
-    result = (
-        defs()
-        .resolve_job_def("nightly")
-        .execute_in_process(
-            run_config={
-                "ops": {
-                    "mask_model": {"config": TINY_TRAINING},
-                    "promotion": {"config": {"floor": 0.0}},
-                }
-            }
-        )
-    )
+    result = defs().resolve_job_def("nightly").execute_in_process(run_config=nightly_config())
     assert result.success
 
     work = open_store(env["MASKFIND_WORK_URI"], endpoint_url=s3.endpoint_url)

@@ -14,7 +14,7 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.testing.webserver import chromium_render, dagster_webserver
-from tests.support.models import TINY_TRAINING
+from tests.support.models import TINY_TRAINING, nightly_config
 
 pytestmark = [
     pytest.mark.integration,
@@ -41,12 +41,7 @@ def test_ui_shows_assets_and_the_compat_heatmap(
             defs()
             .resolve_job_def("nightly")
             .execute_in_process(
-                run_config={
-                    "ops": {
-                        "mask_model": {"config": TRAINING},
-                        "promotion": {"config": {"floor": 0.0}},
-                    }
-                },
+                run_config=nightly_config(TRAINING),
                 instance=instance,
             )
         )

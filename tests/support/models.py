@@ -16,6 +16,17 @@ TINY_TRAINING: dict[str, object] = {
     "augment": False,
 }
 
+
+def nightly_config(training: dict[str, object] | None = None) -> dict[str, object]:
+    """Run config of the nightly job for tests: tiny training, a gate that any model passes."""
+    return {
+        "ops": {
+            "mask_model": {"config": training or TINY_TRAINING},
+            "promotion": {"config": {"floor": 0.0}},
+        }
+    }
+
+
 TINY = ModelConfig(
     encoder_name="resnet18",
     encoder_weights=None,

@@ -54,17 +54,18 @@ def compat_evaluation(
     plan = compute.plan_cells(registry, versions, cells, last_n=config.last_n)
     context.instance.add_dynamic_partitions(str(MODEL_VERSIONS.name), plan.models)
 
+    evaluate_cell = compute.CellEvaluator(
+        registry=registry,
+        versions=versions,
+        data_store=data_store.open(),
+        cache=cache.open(),
+        decoded_root=Path(cache.root) / "decoded",
+        batch_size=config.batch_size,
+    )
+
     def evaluate(cell: Cell) -> list[dict[str, object]]:
         context.log.info(f"evaluating model v{cell.model_version} on {cell.dataset_version}")
-        rows = compute.evaluate_cell(
-            cell,
-            registry=registry,
-            versions=versions,
-            data_store=data_store.open(),
-            cache=cache.open(),
-            decoded_root=Path(cache.root) / "decoded",
-            batch_size=config.batch_size,
-        )
+        rows = evaluate_cell(cell)
         run_id = compute.log_cell_run(registry, cell, rows)
         return [{**row, "mlflow_run_id": run_id} for row in rows]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from maskfind_pipeline.storage.base import ObjectInfo, ObjectNotFound, ObjectStore
+from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 from maskfind_pipeline.synthetic import (
     DEFAULT_TYPES,
     PRODUCTS,
@@ -34,43 +34,18 @@ from maskfind_pipeline.synthetic.shapes import draw_product
 ALL_TYPES = DEFAULT_TYPES + UNSEEN_TYPES
 
 
-class MemoryStore(ObjectStore):
-    """A dict-backed store, enough for the writer."""
+@pytest.fixture
+def new_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], LocalObjectStore]:
+    """Fresh local stores (the embedded default store, not a fake)."""
+    return lambda: LocalObjectStore(tmp_path_factory.mktemp("store"))
 
-    uri = "memory://"
 
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.object_tags: dict[str, dict[str, str]] = {}
+def contents(store: ObjectStore) -> dict[str, bytes]:
+    return {info.key: store.get(info.key) for info in store.list()}
 
-    def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ObjectInfo]:
-        for key in sorted(k for k in self.objects if k.startswith(prefix)):
-            yield ObjectInfo(key, len(self.objects[key]), str(hash(self.objects[key])))
 
-    def get(self, key: str, *, if_match: str | None = None) -> bytes:
-        if key not in self.objects:
-            raise ObjectNotFound(key)
-        return self.objects[key]
-
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        tags: Mapping[str, str] | None = None,
-        create_only: bool = False,
-    ) -> None:
-        self.objects[key] = data
-        self.object_tags[key] = dict(tags or {})
-
-    def tags(self, key: str) -> dict[str, str]:
-        return self.object_tags[key]
-
-    def exists(self, key: str) -> bool:
-        return key in self.objects
-
-    def delete(self, key: str) -> None:
-        self.objects.pop(key, None)
+def tag_map(store: ObjectStore) -> dict[str, dict[str, str]]:
+    return {info.key: store.tags(info.key) for info in store.list()}
 
 
 def _render(image_type: ImageType, index: int, seed: int = 0, size: int = 64):
@@ -108,12 +83,14 @@ def test_grayscale_cameras_differ_inside_and_outside_the_mask() -> None:
         assert inside.std() > 0 and outside.std() > 0, image_type.name
 
 
-def test_adding_a_type_does_not_change_the_samples_of_others() -> None:
-    alone, with_more = MemoryStore(), MemoryStore()
+def test_adding_a_type_does_not_change_the_samples_of_others(
+    new_store: Callable[[], LocalObjectStore],
+) -> None:
+    alone, with_more = new_store(), new_store()
     generate(alone, [DEFAULT_TYPES[1]], 2, size=32)
     generate(with_more, [DEFAULT_TYPES[0], DEFAULT_TYPES[1]], 3, size=32)
-    for key, data in alone.objects.items():
-        assert with_more.objects[key] == data
+    for key, data in contents(alone).items():
+        assert contents(with_more)[key] == data
 
 
 def test_otsu_baseline_fails_on_the_task() -> None:
@@ -187,8 +164,10 @@ def test_encode_sample_uses_jpeg_for_colour_and_png_otherwise() -> None:
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(image_bytes))), sample.image)
 
 
-def test_generate_writes_the_labeled_layout_with_tags() -> None:
-    store, calls = MemoryStore(), []
+def test_generate_writes_the_labeled_layout_with_tags(
+    new_store: Callable[[], LocalObjectStore],
+) -> None:
+    store, calls = new_store(), []
     types = [DEFAULT_TYPES[0], DEFAULT_TYPES[1]]
     keys = generate(
         store, types, 2, seed=7, size=32, extra_tags={"batch": "b1"}, progress=calls.append
@@ -199,7 +178,7 @@ def test_generate_writes_the_labeled_layout_with_tags() -> None:
         for i in range(2)
     ]
     assert calls == [1, 2, 3, 4]
-    assert len(store.objects) == 8
+    assert len(contents(store)) == 8
     for key, image_type in zip(keys, [types[0]] * 2 + [types[1]] * 2, strict=True):
         tags = store.tags(key)
         assert tags["image_type"] == image_type.name and tags["batch"] == "b1"
@@ -213,36 +192,40 @@ def test_generate_writes_the_labeled_layout_with_tags() -> None:
         assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
 
 
-def test_generate_is_repeatable_and_extends_without_changes() -> None:
-    first, second = MemoryStore(), MemoryStore()
+def test_generate_is_repeatable_and_extends_without_changes(
+    new_store: Callable[[], LocalObjectStore],
+) -> None:
+    first, second = new_store(), new_store()
     generate(first, DEFAULT_TYPES[:2], 2, size=32)
     generate(second, DEFAULT_TYPES[:2], 1, size=32)
     generate(second, DEFAULT_TYPES[:2], 1, size=32, start_index=1)
-    assert first.objects == second.objects and first.object_tags == second.object_tags
+    assert contents(first) == contents(second) and tag_map(first) == tag_map(second)
 
 
-def test_generate_without_masks() -> None:
-    store = MemoryStore()
+def test_generate_without_masks(new_store: Callable[[], LocalObjectStore]) -> None:
+    store = new_store()
     keys = generate(store, DEFAULT_TYPES[:1], 2, size=32, with_masks=False, prefix="extra")
-    assert sorted(store.objects) == sorted(keys) and all(k.startswith("extra/") for k in keys)
+    assert sorted(contents(store)) == sorted(keys) and all(k.startswith("extra/") for k in keys)
 
 
-def test_generate_production_writes_one_day_without_masks() -> None:
-    store = MemoryStore()
+def test_generate_production_writes_one_day_without_masks(
+    new_store: Callable[[], LocalObjectStore],
+) -> None:
+    store = new_store()
     day = dt.date(2025, 3, 4)
     keys = generate_production(store, DEFAULT_TYPES[:2], 2, day=day, size=32)
-    assert sorted(store.objects) == sorted(keys) and len(keys) == 4
+    assert sorted(contents(store)) == sorted(keys) and len(keys) == 4
     assert all(k.startswith("production/2025-03-04/") for k in keys)
     assert all(store.tags(k)["captured_at"].startswith("2025-03-04T") for k in keys)
-    labeled = MemoryStore()
+    labeled = new_store()
     generate(labeled, DEFAULT_TYPES[:2], 2, size=32)
-    assert not set(store.objects.values()) & set(labeled.objects.values())
+    assert not set(contents(store).values()) & set(contents(labeled).values())
 
 
-def test_generate_failures_tags_the_failed_model() -> None:
-    store = MemoryStore()
+def test_generate_failures_tags_the_failed_model(new_store: Callable[[], LocalObjectStore]) -> None:
+    store = new_store()
     keys = generate_failures(store, DEFAULT_TYPES[:1], 2, failed_model_version="7", size=32)
-    assert all(k.startswith("failures/") for k in keys) and len(store.objects) == 4
+    assert all(k.startswith("failures/") for k in keys) and len(contents(store)) == 4
     for key in keys:
         tags = store.tags(key)
         assert tags["failed_model_version"] == "7" and tags["reported_at"] > tags["captured_at"]
@@ -256,8 +239,10 @@ def test_contact_sheet_has_one_tile_per_sample() -> None:
     assert render_contact_sheet(DEFAULT_TYPES[:2], per_type=1, size=32).width > 0
 
 
-def test_generate_writes_the_samples_render_sample_gives() -> None:
-    store, image_type = MemoryStore(), DEFAULT_TYPES[1]
+def test_generate_writes_the_samples_render_sample_gives(
+    new_store: Callable[[], LocalObjectStore],
+) -> None:
+    store, image_type = new_store(), DEFAULT_TYPES[1]
     (key,) = generate(store, [image_type], 1, seed=3, size=48)
     expected = render_sample(image_type, sample_rng(3, image_type, 0), 48)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(store.get(key)))), expected.image)
