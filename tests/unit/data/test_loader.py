@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +19,8 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import ContentMismatch, DecodedArrays, build_decoded
 from maskfind_pipeline.data.images import decode_pair
 from maskfind_pipeline.data.loader import AugmentConfig, MaskDataset, make_loaders
-from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.storage import LocalObjectStore
+from maskfind_pipeline.testing.manifests import manifest_of as make_manifest
 
 GENERATED, SIZE = 48, 32
 SPLIT_CYCLE = ("train", "train", "train", "val", "test")
@@ -36,27 +35,14 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalObjectStore, 
 
 
 def manifest_of(store: LocalObjectStore, image_keys: list[str]) -> pa.Table:
-    rows = []
-    for i, key in enumerate(image_keys):
-        mask_key = key.rpartition(".")[0] + ".mask.png"
-        image_sha = hashlib.sha256(store.get(key)).hexdigest()
-        rows.append(
-            {
-                "sample_id": image_sha,
-                "source": "labeled",
-                "split": SPLIT_CYCLE[i % len(SPLIT_CYCLE)],
-                "weight": 2.0 if i % 7 == 0 else 1.0,
-                "image_type": key.split("/")[1].rsplit("-", 2)[0],
-                "image_id": key.split("/")[1].rpartition(".")[0],
-                "image_key": key,
-                "mask_key": mask_key,
-                "image_sha256": image_sha,
-                "mask_sha256": hashlib.sha256(store.get(mask_key)).hexdigest(),
-                "width": GENERATED,
-                "height": GENERATED,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    return make_manifest(
+        store,
+        image_keys,
+        size=GENERATED,
+        split=lambda i: SPLIT_CYCLE[i % len(SPLIT_CYCLE)],
+        failure=lambda i: i % 7 == 0,
+        failure_weight=2.0,
+    )
 
 
 def build(
