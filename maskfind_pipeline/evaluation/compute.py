@@ -67,7 +67,8 @@ class CellEvaluator:
 
     Each model version is downloaded once and each dataset version read once per evaluator;
     the test split is served from the version's decoded cache (the one training built at the
-    same input size, so evaluation usually decodes nothing).
+    same input size, so evaluation usually decodes nothing). Models run on `device` (None:
+    CUDA when available) with `ml.device`'s precision rule.
     """
 
     def __init__(
@@ -79,10 +80,11 @@ class CellEvaluator:
         cache: ContentCache,
         decoded_root: Path,
         batch_size: int = 32,
+        device: str | None = None,
     ) -> None:
         self.registry, self.versions = registry, versions
         self.data_store, self.cache, self.decoded_root = data_store, cache, decoded_root
-        self.batch_size = batch_size
+        self.batch_size, self.device = batch_size, device
         self._predictors: dict[str, Predictor] = {}
         self._manifests: dict[str, pa.Table] = {}
 
@@ -101,7 +103,9 @@ class CellEvaluator:
         loaders = make_loaders(manifest, decoded, batch_size=self.batch_size, augment=None, seed=0)
         if "test" not in loaders:
             raise ValueError(f"dataset version {cell.dataset_version} has no test samples")
-        predictions = predict_probabilities(predictor.model, config, loaders["test"])
+        predictions = predict_probabilities(
+            predictor.model, config, loaders["test"], settings=predictor.settings
+        )
         rows = np.asarray(predictions.indices)
         metrics = evaluate(
             predictions.probabilities,
@@ -126,9 +130,8 @@ class CellEvaluator:
     def _predictor(self, version: str) -> Predictor:
         if version not in self._predictors:
             model, config, weights = self.registry.download(version)
-            self._predictors[version] = Predictor.from_weights(
-                config, weights, version=model.version
-            )
+            predictor = Predictor.from_weights(config, weights, version=model.version)
+            self._predictors[version] = predictor.to(self.device)
         return self._predictors[version]
 
     def _manifest(self, dataset_version: str) -> pa.Table:

@@ -50,6 +50,9 @@ class TrainConfig:
         failure_weight: training weight of `failure` samples; None uses the manifest's weights.
         early_stopping_patience: epochs without a validation mIoU gain above `min_delta`
             before stopping; 0 disables early stopping.
+        schedule: the learning-rate shape over training progress (`ml.train.lr_factor`):
+            progress is the share of `epochs` done or, where further along, of `max_minutes`
+            spent, so a run the budget cuts short still warms up and anneals.
         max_minutes: wall-clock budget of the training epochs (final validation, threshold
             tuning and plots come on top); None for no budget.
         allow_scratch: train from random encoder weights when pretrained ones are configured

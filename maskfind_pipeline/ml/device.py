@@ -9,7 +9,10 @@ The rule for mixed precision:
   (about 3x for a ResNet-34 U-Net on 2 Zen 5 cores); without them bfloat16 is emulated and slower
   than float32, so float32 is used. channels_last is always on: oneDNN's convolutions prefer it.
 
-Losses are computed in float32 outside the autocast region either way.
+Losses are computed in float32 outside the autocast region either way. On such a CPU, depthwise
+convolutions (EfficientNet's) still compute in float32: oneDNN's bfloat16 depthwise backward is
+3-8x slower than its float32 one, and keeping them in float32 makes a Lite0 U-Net train about
+28 % faster (`DeviceSettings.prepare`).
 
 On CPU, `tune_cpu_allocator` also keeps glibc from returning every freed activation buffer to
 the kernel: without it each training step maps, faults in and unmaps hundreds of megabytes
@@ -21,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import random
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,14 @@ class DeviceSettings:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """`model` on this device and memory format, with the CPU bfloat16 rule for depthwise
+        convolutions (module docstring) applied where it holds. Moves the model in place."""
+        model = model.to(self.device, memory_format=self.memory_format)  # pyright: ignore[reportCallIssue]
+        if self.device.type == "cpu" and self.autocast_dtype is torch.bfloat16:
+            depthwise_in_float32(model)
+        return model
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """The autocast context of these settings (a no-op for float32)."""
@@ -82,6 +95,35 @@ def select_device(device: str | None = None, *, mixed_precision: bool = True) ->
         return DeviceSettings(chosen, dtype, dtype is torch.float16, True, True)
     dtype = torch.bfloat16 if mixed_precision and cpu_has_native_bf16() else None
     return DeviceSettings(chosen, dtype, False, True, False)
+
+
+def depthwise_in_float32(model: nn.Module) -> int:
+    """Make every depthwise convolution of `model` compute in float32 under autocast.
+
+    Each such module's class is swapped for a subclass whose forward leaves the autocast region
+    (parameters, state-dict keys and results without autocast stay the same). Returns how many
+    modules were changed; calling it again changes none.
+    """
+    changed = 0
+    for module in model.modules():
+        depthwise = isinstance(module, nn.Conv2d) and 1 < module.groups == module.in_channels
+        if depthwise and not isinstance(module, _Float32Forward):
+            module.__class__ = _float32_class(type(module))  # pyright: ignore[reportAttributeAccessIssue]
+            changed += 1
+    return changed
+
+
+class _Float32Forward:
+    """Marks a module class made by `_float32_class`."""
+
+
+@functools.cache
+def _float32_class(cls: type[nn.Module]) -> type[nn.Module]:
+    def forward(self: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(inputs.device.type, enabled=False):
+            return cls.forward(self, inputs.float())
+
+    return type(f"Float32{cls.__name__}", (cls, _Float32Forward), {"forward": forward})
 
 
 def cpu_has_native_bf16() -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -14,7 +14,9 @@ from safetensors.torch import save as save_safetensors
 
 from maskfind_pipeline.data.decoded import resize_image
 from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.model import build_model, preprocess
+from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.inference import forward
+from maskfind_pipeline.ml.model import build_model
 
 
 class InvalidWeights(ValueError):
@@ -27,13 +29,23 @@ def weights_to_bytes(model: torch.nn.Module) -> bytes:
     return save_safetensors(state)
 
 
+def _exact_cpu() -> DeviceSettings:
+    return select_device("cpu", mixed_precision=False)
+
+
 @dataclass
 class Predictor:
-    """Segment uint8 RGB images of any size with a registered model version."""
+    """Segment uint8 RGB images of any size with a registered model version.
+
+    A loaded predictor computes in float32 on the CPU, so the same version always gives the
+    same logits (the golden test holds it to that); `to("cuda")` moves it to a GPU with the
+    training device's rules (autocast, channels_last).
+    """
 
     model: torch.nn.Module
     config: ModelConfig
     version: str = ""
+    settings: DeviceSettings = field(default_factory=_exact_cpu)
 
     @classmethod
     def from_weights(cls, config: ModelConfig, weights: bytes, *, version: str = "") -> Predictor:
@@ -52,11 +64,17 @@ class Predictor:
             )
         return cls(model.eval(), config, version)
 
+    def to(self, device: str | None = None, *, mixed_precision: bool = True) -> Predictor:
+        """This predictor on `device` (None: CUDA when available) with `ml.device`'s precision
+        rules; `mixed_precision=False` keeps float32. The model moves in place."""
+        settings = select_device(device, mixed_precision=mixed_precision)
+        return replace(self, model=settings.prepare(self.model), settings=settings)
+
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B,1,H,W) for uint8 images (B,3,H,W) already at the model's input size."""
-        batch = preprocess(images, self.config).contiguous(memory_format=torch.channels_last)
-        return self.model(batch).float()
+        """Logits (B,1,H,W), float32 on the predictor's device, for uint8 images (B,3,H,W)
+        already at the model's input size."""
+        return forward(self.model, self.config, images, self.settings).float()
 
     @torch.no_grad()
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -70,7 +88,7 @@ class Predictor:
         tensor = torch.from_numpy(np.array(resize_image(image, size))).permute(2, 0, 1)[None]
         probs = torch.sigmoid(self.logits(tensor))
         restored = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-        return restored[0, 0].numpy().astype(np.float32)
+        return restored[0, 0].cpu().numpy().astype(np.float32)
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
         """Boolean product mask (H,W) at the version's tuned threshold."""

@@ -7,6 +7,7 @@ indices); the `image_types` and `sources` given to `train` are indexed by those 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -167,7 +168,7 @@ def train(
     if settings.device.type == "cpu":
         tune_cpu_allocator()
     model, pretrained = _build(model_config, train_config)
-    model = _place(model, settings.device, settings.memory_format)
+    model = settings.prepare(model)
     run = _Run(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
     return run.finish(loaders["val"], pretrained)
@@ -214,7 +215,7 @@ class _Run:
         progress_bar: bool,
     ) -> None:
         steps = len(train_loader)
-        self.scheduler = _scheduler(self.optimizer, self.tc, steps * self.tc.epochs)
+        self.scheduler = _scheduler(self.optimizer, self.tc, self._progress(steps * self.tc.epochs))
         stale = 0
         for epoch in range(1, self.tc.epochs + 1):
             start = time.perf_counter()
@@ -239,23 +240,38 @@ class _Run:
             if self.stop_reason != "completed":
                 return
 
+    def _progress(self, total_steps: int) -> Callable[[int], float]:
+        """Progress after `step` steps: steps done / planned or, when a time budget is set and
+        further along, time spent / budget; so a run the budget cuts short still anneals."""
+        start = time.monotonic()
+
+        def progress(step: int) -> float:
+            done = step / max(total_steps, 1)
+            if self.deadline is None:
+                return done
+            return max(done, (time.monotonic() - start) / max(self.deadline - start, 1e-9))
+
+        return progress
+
     def _train_epoch(
         self, batches: Iterable[Batch], epoch: int, steps: int, progress: Progress | None
     ) -> tuple[float, int, bool]:
         self.model.train()
-        total, images, every = 0.0, 0, max(1, steps // 10)
+        # The loss sum stays on the device: reading it every step would stall a GPU's queue.
+        total = torch.zeros((), device=self.settings.device)
+        images, every = 0, max(1, steps // 10)
         for step, batch in enumerate(batches, start=1):
             total += self._step(batch) * len(batch["image"])
             images += len(batch["image"])
             if progress is not None and (step % every == 0 or step == steps):
                 progress(f"train epoch {epoch}/{self.tc.epochs}", step, steps)
             if self.deadline is not None and time.monotonic() > self.deadline:
-                return total / max(images, 1), images, True
+                return float(total) / max(images, 1), images, True
         if images == 0:
             raise ValueError("the train loader yielded no batches")
-        return total / images, images, False
+        return float(total) / images, images, False
 
-    def _step(self, batch: Batch) -> float:
+    def _step(self, batch: Batch) -> torch.Tensor:
         device = self.settings.device
         masks = batch["mask"].to(device, non_blocking=True)
         weights = self._weights(batch).to(device, non_blocking=True)
@@ -267,7 +283,7 @@ class _Run:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def _weights(self, batch: Batch) -> torch.Tensor:
         if self.tc.failure_weight is None:
@@ -356,17 +372,35 @@ def _build(model_config: ModelConfig, train_config: TrainConfig) -> tuple[nn.Mod
 
 
 def _scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, config: TrainConfig, progress: Callable[[int], float]
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.learning_rate, total_steps=max(total_steps, 1)
-        )
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    """The learning-rate schedule as a function of training progress (see `lr_factor`)."""
     if config.schedule == "constant":
         return None
-    raise ValueError(f"unknown schedule {config.schedule!r}")
+    if config.schedule not in ("onecycle", "cosine"):
+        raise ValueError(f"unknown schedule {config.schedule!r}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config.schedule, progress(step))
+    )
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Multiplier of the configured learning rate at `progress` (0 = start, 1 = end).
+
+    `onecycle` follows `torch.optim.lr_scheduler.OneCycleLR`'s defaults (cosine warm-up from
+    1/25 over the first 30 %, cosine annealing to 1/250000); `cosine` anneals from 1 to 0.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        return _cosine(1.0, 0.0, p)
+    warmup, start, end = 0.3, 1 / 25, 1 / 25 / 1e4
+    if p < warmup:
+        return _cosine(start, 1.0, p / warmup)
+    return _cosine(1.0, end, (p - warmup) / (1 - warmup))
+
+
+def _cosine(start: float, end: float, t: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
 
 def _place(model: nn.Module, device: torch.device, fmt: torch.memory_format) -> nn.Module:

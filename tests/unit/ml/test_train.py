@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -20,6 +22,7 @@ from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.inference import Predictions, predict_probabilities
 from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.model import build_model, preprocess
+from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR, PretrainedWeightsUnavailable
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
@@ -146,6 +149,43 @@ def test_the_time_budget_stops_after_a_batch(data: Data) -> None:
     assert result.stop_reason == "time_budget" and len(result.history) == 1
 
 
+class _Clock:
+    """`time` for the training module whose monotonic clock advances 1 s per reading."""
+
+    perf_counter = staticmethod(time.perf_counter)
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_run_cut_by_its_time_budget_still_anneals_the_learning_rate(
+    data: Data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_module, "time", _Clock())
+    config = TrainConfig(epochs=10_000, batch_size=4, learning_rate=1e-2, max_minutes=2)
+    result = train(TINY, config, data.loaders(config), **data.columns(), progress_bar=False)
+    rates = [h["learning_rate"] for h in result.history]
+    assert result.stop_reason == "time_budget" and 10 < len(rates) < 10_000
+    assert max(rates) > 0.9 * config.learning_rate, "the warm-up reached the peak"
+    assert rates[-1] < 0.01 * config.learning_rate, "annealed by the end of the budget"
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_lr_factor_shapes(schedule: str) -> None:
+    factors = [train_module.lr_factor(schedule, p / 100) for p in range(101)]
+    peak = int(np.argmax(factors))
+    assert factors[peak] == pytest.approx(1.0)
+    assert peak == (30 if schedule == "onecycle" else 0)
+    assert all(a <= b for a, b in itertools.pairwise(factors[: peak + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[peak:]))
+    assert factors[-1] < 1e-4
+    assert train_module.lr_factor(schedule, 2.0) == factors[-1], "progress is clamped"
+
+
 def test_missing_pretrained_weights_fail_unless_scratch_is_allowed(data: Data) -> None:
     wanted = ModelConfig(**{**TINY.__dict__, "encoder_weights": "imagenet"})
     config = TrainConfig(epochs=1, batch_size=8, max_minutes=1e-6, augment=False)
@@ -201,3 +241,39 @@ def test_sample_weights_scale_the_bce_part() -> None:
     assert make_loss("focal")(logits, masks, torch.ones(2)).ndim == 0
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("hinge")
+
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA path needs a GPU (bench/cuda_check.sh)"
+)
+
+
+@needs_cuda
+def test_cuda_training_uses_bf16_autocast_and_channels_last(data: Data) -> None:
+    settings = select_device("cuda")
+    assert settings.autocast_dtype is torch.bfloat16, "every GPU we train on has bf16"
+    assert settings.channels_last and settings.pin_memory and not settings.grad_scaler
+    config = replace(FAST, epochs=3, device="cuda")
+    loaders = make_train_loaders(data.manifest, data.decoded, config, settings)
+    result = train(TINY, config, loaders, **data.columns(), settings=settings, progress_bar=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.97 * losses[0]
+    assert result.device["device"].startswith("cuda") and result.device["precision"] == "bfloat16"
+    assert next(result.model.parameters()).device.type == "cpu", "the result is ready to save"
+
+
+@needs_cuda
+def test_a_predictor_on_cuda_agrees_with_the_exact_cpu_predictor() -> None:
+    torch.manual_seed(0)
+    weights = weights_to_bytes(build_model(TINY, pretrained=False))
+    images = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    expected = Predictor.from_weights(TINY, weights).logits(images)
+    exact = Predictor.from_weights(TINY, weights).to("cuda", mixed_precision=False)
+    torch.testing.assert_close(exact.logits(images).cpu(), expected, atol=1e-2, rtol=1e-2)
+    fast = Predictor.from_weights(TINY, weights).to("cuda")
+    assert fast.settings.autocast_dtype is torch.bfloat16
+    logits = fast.logits(images)
+    assert logits.device.type == "cuda" and logits.dtype == torch.float32
+    assert ((logits.cpu() > 0) == (expected > 0)).float().mean() > 0.95
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    assert fast.predict_mask(image).shape == (50, 70)
