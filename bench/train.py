@@ -13,10 +13,14 @@ synthetic train split at the same size and batch size, in the same run:
 The naive epochs and the matmul timings run between the shipped epochs (from `on_epoch`), so
 a noisy neighbour on a shared machine hits all three alike; the best of each is reported, all
 values are printed. Achieved GFLOP/s counts a training step as 3x the forward FLOPs
-(`ml.model.forward_flops`) and is compared with a 2048x2048 bf16 `torch.matmul`.
+(`ml.model.forward_flops`) and is compared with a bf16 `torch.matmul` on the same device
+(2048² on CPU, 8192² on a GPU).
+
+On a GPU (`--device cuda`, the default where one is visible) both loops run there: the naive
+one in float32 NCHW, the shipped one with bf16 autocast and channels_last.
 
     python bench/train.py [--samples 104] [--size 256] [--batch-size 8] [--epochs 2]
-                          [--encoder resnet34] [--workers 0] [--no-augment]
+                          [--encoder resnet34] [--workers 0] [--no-augment] [--device cpu]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
-from maskfind_pipeline.ml.device import select_device
+from maskfind_pipeline.ml.device import DeviceSettings, select_device
 from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
@@ -48,12 +52,14 @@ VAL_EVERY = 13
 
 def main() -> None:
     args = _parse()
+    settings = select_device(args.device)
     config = ModelConfig(encoder_name=args.encoder, encoder_weights=None, input_size=args.size)
     train_config = TrainConfig(
         epochs=args.epochs + 1,
         batch_size=args.batch_size,
         augment=not args.no_augment,
         num_workers=args.workers,
+        device=str(settings.device),
     )
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         store = LocalObjectStore(Path(tmp) / "store")
@@ -73,9 +79,9 @@ def main() -> None:
             f"{len(train_rows)} train images at {args.size}², batch {args.batch_size}, "
             f"{config.encoder_name} U-Net from scratch, {torch.get_num_threads()} threads"
         )
-        naive = NaiveLoop(config, train_config, store, train_rows, args.size)
-        rates = interleaved(config, train_config, manifest, decoded, naive)
-    _report(rates, 3 * forward_flops(config, args.size) / 1e9)
+        naive = NaiveLoop(config, train_config, store, train_rows, args.size, settings.device)
+        rates = interleaved(config, train_config, manifest, decoded, naive, settings)
+    _report(rates, 3 * forward_flops(config, args.size) / 1e9, _matmul_side(settings.device))
 
 
 class NaiveLoop:
@@ -88,10 +94,11 @@ class NaiveLoop:
         store: LocalObjectStore,
         rows: list[dict[str, Any]],
         size: int,
+        device: torch.device,
     ) -> None:
         torch.manual_seed(0)
-        self.config = config
-        self.model = build_model(config, pretrained=False).train()
+        self.config, self.device = config, device
+        self.model = build_model(config, pretrained=False).to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_config.learning_rate)
         self.loss_fn = make_loss(train_config.loss)
         self.loader = DataLoader(
@@ -100,6 +107,7 @@ class NaiveLoop:
         self.step(next(iter(self.loader)))
 
     def step(self, batch: dict[str, Any]) -> None:
+        batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
         logits = self.model(preprocess(batch["image"], self.config))
         loss = self.loss_fn(logits, batch["mask"], batch["weight"])
         self.optimizer.zero_grad(set_to_none=True)
@@ -112,6 +120,7 @@ class NaiveLoop:
         for batch in self.loader:
             self.step(batch)
             images += len(batch["image"])
+        _sync(self.device)
         return images / (time.perf_counter() - start)
 
 
@@ -121,9 +130,15 @@ def interleaved(
     manifest: pa.Table,
     decoded: Any,
     naive: NaiveLoop,
+    settings: DeviceSettings,
 ) -> dict[str, list[float]]:
     """Shipped epochs with a naive epoch and a matmul timing between them (noise hits all)."""
-    rates: dict[str, list[float]] = {"shipped": [], "naive": [], "matmul": [bf16_matmul_gflops()]}
+    device = settings.device
+    rates: dict[str, list[float]] = {
+        "shipped": [],
+        "naive": [],
+        "matmul": [bf16_matmul_gflops(device)],
+    }
 
     def between(report: EpochReport) -> None:
         print(f"  shipped epoch {report.epoch}: {report.images_per_second:6.2f} images/s")
@@ -132,9 +147,8 @@ def interleaved(
         if report.epoch < report.epochs:
             rates["naive"].append(naive.epoch())
             print(f"  naive epoch:     {rates['naive'][-1]:6.2f} images/s")
-        rates["matmul"].append(bf16_matmul_gflops())
+        rates["matmul"].append(bf16_matmul_gflops(device))
 
-    settings = select_device()
     print(f"shipped settings: {settings.describe()}")
     train(
         config,
@@ -149,12 +163,12 @@ def interleaved(
     return rates
 
 
-def _report(rates: dict[str, list[float]], gflop_per_image: float) -> None:
+def _report(rates: dict[str, list[float]], gflop_per_image: float, side: int) -> None:
     shipped, naive, matmul = (max(rates[k]) for k in ("shipped", "naive", "matmul"))
     print(f"\nbest of each (all: {', '.join(f'{k}={_fmt(v)}' for k, v in rates.items())})")
     print(f"naive loop    {naive:7.2f} images/s ({gflop_per_image * naive:6.0f} GFLOP/s)")
     print(f"shipped loop  {shipped:7.2f} images/s ({gflop_per_image * shipped:6.0f} GFLOP/s)")
-    print(f"bf16 matmul   {matmul:7.0f} GFLOP/s (2048x2048)")
+    print(f"bf16 matmul   {matmul:7.0f} GFLOP/s ({side}x{side})")
     print(f"\nshipped / naive:                {shipped / naive:5.2f}x  (goal >= 2.3x)")
     share = 100 * gflop_per_image * shipped / matmul
     print(f"shipped GFLOP/s of bf16 matmul: {share:5.1f} %  (goal >= 70 %)")
@@ -164,19 +178,31 @@ def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.1f}" for v in values) + "]"
 
 
-def bf16_matmul_gflops(side: int = 2048, repeats: int = 5) -> float:
+def bf16_matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     """Best of `repeats` timings of 10 bf16 matmuls (after a warm-up), in GFLOP/s."""
-    a = torch.randn(side, side, dtype=torch.bfloat16)
-    b = torch.randn(side, side, dtype=torch.bfloat16)
+    side = _matmul_side(device)
+    a = torch.randn(side, side, dtype=torch.bfloat16, device=device)
+    b = torch.randn(side, side, dtype=torch.bfloat16, device=device)
     for _ in range(3):
         torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         for _ in range(10):
             torch.matmul(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * side**3 * 10 / best / 1e9
+
+
+def _matmul_side(device: torch.device) -> int:
+    return 8192 if device.type == "cuda" else 2048
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _manifest(store: LocalObjectStore, keys: list[str], side: int) -> pa.Table:
@@ -197,6 +223,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="timed shipped epochs")
     parser.add_argument("--workers", type=int, default=0, help="shipped loader workers")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
     return parser.parse_args()
 
 
