@@ -125,7 +125,7 @@ def generate(
 
 
 @main.command()
-@click.option("--count", default=40, show_default=True, help="Labeled samples per image type.")
+@click.option("--count", default=150, show_default=True, help="Labeled samples per image type.")
 @click.option("--failures", default=3, show_default=True, help="Failures per type on night 2.")
 @click.option("--size", default=128, show_default=True, help="Image and model input size.")
 @click.option("--epochs", default=30, show_default=True)
