@@ -45,6 +45,7 @@ def main() -> None:
         early_stopping_patience=0,
         max_minutes=args.minutes,
         num_workers=args.workers,
+        augment=not args.no_augment,
     )
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         store = LocalObjectStore(Path(tmp) / "store")
@@ -113,6 +114,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--loss", default="dice_bce")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--no-augment", action="store_true")
     return parser.parse_args()
 
 
