@@ -57,23 +57,20 @@ def main() -> None:
     print(f"\nshipped / plain: {best['shipped'] / best['plain']:.2f}x")
 
 
-def _rate(forward: Callable[[], torch.Tensor], args: argparse.Namespace, device) -> float:
+def _rate(
+    forward: Callable[[], torch.Tensor], args: argparse.Namespace, device: torch.device
+) -> float:
     forward()
-    _sync(device)
+    torch.get_device_module(device).synchronize()
     start = time.perf_counter()
     for _ in range(args.batches):
         forward()
-    _sync(device)
+    torch.get_device_module(device).synchronize()
     return args.batches * args.batch_size / (time.perf_counter() - start)
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a > 0) == (b > 0)).float().mean())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _parse() -> argparse.Namespace:

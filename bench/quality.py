@@ -1,9 +1,10 @@
 """Quality on the synthetic demo data: validation mIoU reached within a training time budget.
 
-Generates `--per-type` labeled samples of each default image type at `--size`², splits them by
-content hash as a dataset version does (70/15/15), trains the demo's offline-pretrained
-EfficientNet-Lite0 U-Net for at most `--minutes`, and prints the best epoch's validation mIoU
-(at the tuned threshold) overall and per image type, and the test mIoU of the same model.
+Generates `--per-type` labeled samples of each default image type at `--size`², ingests them and
+builds a dataset version's manifest (content-hash splits 70/15/15), trains the demo's
+offline-pretrained EfficientNet-Lite0 U-Net for at most `--minutes`, and prints the best epoch's
+validation mIoU (at the tuned threshold) overall and per image type, and the test mIoU of the
+same model.
 
     python bench/quality.py [--per-type 50] [--size 128] [--minutes 3] [--lr 4e-3]
                             [--batch-size 32] [--epochs 60] [--loss dice_bce]
@@ -14,24 +15,22 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.cache import ContentCache
+from maskfind_pipeline.data.catalog import Catalog
 from maskfind_pipeline.data.decoded import build_decoded
+from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import make_loaders
-from maskfind_pipeline.data.versions import assign_splits
+from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
 from maskfind_pipeline.ml.config import TrainConfig
-from maskfind_pipeline.ml.inference import predict_probabilities
-from maskfind_pipeline.ml.metrics import evaluate
+from maskfind_pipeline.ml.inference import evaluate_loader
 from maskfind_pipeline.ml.model import demo_model_config
 from maskfind_pipeline.ml.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.manifests import manifest_of
 
 
 def main() -> None:
@@ -48,31 +47,27 @@ def main() -> None:
         augment=not args.no_augment,
     )
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        store = LocalObjectStore(Path(tmp) / "store")
-        keys = synthetic.generate(store, synthetic.DEFAULT_TYPES, args.per_type, size=args.size)
-        manifest = manifest_of(store, keys, size=args.size)
-        splits = assign_splits(manifest.column("sample_id"), (0.70, 0.15, 0.15))
-        field = manifest.schema.get_field_index("split")
-        manifest = manifest.set_column(field, "split", pa.array(splits, pa.string()))
+        store = LocalObjectStore(Path(tmp) / "data")
+        synthetic.generate(store, synthetic.DEFAULT_TYPES, args.per_type, size=args.size)
+        cache = ContentCache(Path(tmp) / "cache")
+        catalog = Catalog(LocalObjectStore(Path(tmp) / "work"))
+        samples = ingest(store, catalog, run_id="quality", cache=cache).new_samples
+        manifest = build_snapshot(samples, VersionConfig()).manifest
         decoded = build_decoded(
-            manifest,
-            store,
-            ContentCache(Path(tmp) / "c"),
-            Path(tmp) / "d",
-            version_id="q",
-            size=args.size,
+            manifest, store, cache, Path(tmp) / "decoded", version_id="quality", size=args.size
         )
-        types = manifest.column("image_type").to_pylist()
-        sources = manifest.column("source").to_pylist()
-        counts = {s: int((splits == s).sum()) for s in ("train", "val", "test")}
+        columns = {
+            "image_types": manifest.column("image_type").to_pylist(),
+            "sources": manifest.column("source").to_pylist(),
+        }
+        counts = dict(Counter(manifest.column("split").to_pylist()))
         print(f"{len(synthetic.DEFAULT_TYPES)} types x {args.per_type} at {args.size}²: {counts}")
         start = time.perf_counter()
         result = train(
             config,
             tc,
             make_train_loaders(manifest, decoded, tc),
-            image_types=types,
-            sources=sources,
+            **columns,
             progress_bar=False,
             on_epoch=lambda r: print(
                 f"  epoch {r.epoch:3d} loss {r.train_loss:.4f} val@0.5 {r.val_miou:.4f} "
@@ -81,15 +76,7 @@ def main() -> None:
         )
         seconds = time.perf_counter() - start
         test = make_loaders(manifest, decoded, batch_size=64, augment=None, seed=0)["test"]
-        predictions = predict_probabilities(result.model, result.config, test)
-        rows = np.asarray(predictions.indices)
-        test_metrics = evaluate(
-            predictions.probabilities,
-            predictions.masks,
-            result.config.threshold,
-            image_types=[types[i] for i in rows],
-            sources=[sources[i] for i in rows],
-        )
+        test_metrics = evaluate_loader(result.model, result.config, test, **columns)
     val = result.val_metrics
     print(
         f"\n{len(result.history)} epochs in {seconds:.0f} s ({result.stop_reason}), best epoch "
@@ -97,7 +84,8 @@ def main() -> None:
     )
     print(f"{'image type':<28} {'val mIoU':>9} {'test mIoU':>9}")
     for name, group in sorted(val.by_image_type.items()):
-        print(f"{name:<28} {group.miou:9.4f} {test_metrics.by_image_type[name].miou:9.4f}")
+        tested = test_metrics.by_image_type.get(name)
+        print(f"{name:<28} {group.miou:9.4f} {tested.miou if tested else float('nan'):9.4f}")
     print(f"{'overall':<28} {val.overall.miou:9.4f} {test_metrics.overall.miou:9.4f}")
     print(f"\nvalidation mIoU {val.overall.miou:.4f} (goal >= 0.97)")
 

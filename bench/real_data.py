@@ -27,8 +27,7 @@ from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
 from maskfind_pipeline.ml.config import TrainConfig
-from maskfind_pipeline.ml.inference import predict_probabilities
-from maskfind_pipeline.ml.metrics import evaluate
+from maskfind_pipeline.ml.inference import evaluate_loader
 from maskfind_pipeline.ml.model import demo_model_config
 from maskfind_pipeline.ml.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
@@ -81,13 +80,12 @@ def direction(catalog: pa.Table, trained: str, store, cache, root, args) -> dict
     )
     seconds = time.perf_counter() - start
     test = make_loaders(manifest, decoded, batch_size=32, augment=None, seed=0)["test"]
-    predictions = predict_probabilities(result.model, result.config, test)
-    metrics = evaluate(
-        predictions.probabilities,
-        predictions.masks,
-        result.config.threshold,
-        image_types=list(types[predictions.indices]),
-        sources=["labeled"] * len(predictions.indices),
+    metrics = evaluate_loader(
+        result.model,
+        result.config,
+        test,
+        image_types=list(types),
+        sources=manifest.column("source").to_pylist(),
     )
     unseen = next(t for t in SETS if t != trained)
     return {

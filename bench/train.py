@@ -120,7 +120,7 @@ class NaiveLoop:
         for batch in self.loader:
             self.step(batch)
             images += len(batch["image"])
-        _sync(self.device)
+        torch.get_device_module(self.device).synchronize()
         return images / (time.perf_counter() - start)
 
 
@@ -187,22 +187,17 @@ def bf16_matmul_gflops(device: torch.device, repeats: int = 5) -> float:
         torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        torch.get_device_module(device).synchronize()
         start = time.perf_counter()
         for _ in range(10):
             torch.matmul(a, b)
-        _sync(device)
+        torch.get_device_module(device).synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * side**3 * 10 / best / 1e9
 
 
 def _matmul_side(device: torch.device) -> int:
     return 8192 if device.type == "cuda" else 2048
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _manifest(store: LocalObjectStore, keys: list[str], side: int) -> pa.Table:

@@ -15,8 +15,7 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
-from maskfind_pipeline.ml.inference import predict_probabilities
-from maskfind_pipeline.ml.metrics import evaluate
+from maskfind_pipeline.ml.inference import evaluate_loader
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
@@ -103,16 +102,13 @@ class CellEvaluator:
         loaders = make_loaders(manifest, decoded, batch_size=self.batch_size, augment=None, seed=0)
         if "test" not in loaders:
             raise ValueError(f"dataset version {cell.dataset_version} has no test samples")
-        predictions = predict_probabilities(
-            predictor.model, config, loaders["test"], settings=predictor.settings
-        )
-        rows = np.asarray(predictions.indices)
-        metrics = evaluate(
-            predictions.probabilities,
-            predictions.masks,
-            config.threshold,
-            image_types=list(_column(manifest, "image_type")[rows]),
-            sources=list(_column(manifest, "source")[rows]),
+        metrics = evaluate_loader(
+            predictor.model,
+            config,
+            loaders["test"],
+            image_types=manifest.column("image_type").to_pylist(),
+            sources=manifest.column("source").to_pylist(),
+            settings=predictor.settings,
         )
         now = datetime.now(UTC)
         return [
@@ -138,10 +134,6 @@ class CellEvaluator:
         if dataset_version not in self._manifests:
             self._manifests[dataset_version] = self.versions.manifest(dataset_version)
         return self._manifests[dataset_version]
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(table.column(name).to_pylist(), dtype=object)
 
 
 def log_cell_run(registry: ModelRegistry, cell: Cell, rows: list[dict[str, object]]) -> str:

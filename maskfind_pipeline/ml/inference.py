@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -11,6 +11,7 @@ from torch import nn
 
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate
 from maskfind_pipeline.ml.model import preprocess
 
 Batch = Mapping[str, Any]
@@ -71,3 +72,27 @@ def predict_probabilities(
     if not probs:
         raise ValueError("the loader yielded no batches")
     return Predictions(np.concatenate(probs), np.concatenate(masks), np.concatenate(indices))
+
+
+def evaluate_loader(
+    model: nn.Module,
+    config: ModelConfig,
+    loader: Loader,
+    *,
+    image_types: Sequence[str],
+    sources: Sequence[str],
+    settings: DeviceSettings | None = None,
+) -> EvaluationMetrics:
+    """Metrics of `model` at `config.threshold` on every batch of `loader` (e.g. a test split).
+
+    `image_types` and `sources` are indexed by manifest row, as batches carry row indices.
+    """
+    predictions = predict_probabilities(model, config, loader, settings=settings)
+    rows = predictions.indices
+    return evaluate(
+        predictions.probabilities,
+        predictions.masks,
+        config.threshold,
+        image_types=np.asarray(image_types, dtype=object)[rows].tolist(),
+        sources=np.asarray(sources, dtype=object)[rows].tolist(),
+    )
