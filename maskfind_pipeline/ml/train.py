@@ -199,9 +199,8 @@ class _Run:
         )
         self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.grad_scaler)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.deadline = (
-            time.monotonic() + 60 * train_config.max_minutes if train_config.max_minutes else None
-        )
+        self.started = time.monotonic()
+        self.budget_s = 60 * train_config.max_minutes if train_config.max_minutes else None
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, StateDict, Predictions] | None = None
         self.stop_reason = "completed"
@@ -215,7 +214,8 @@ class _Run:
         progress_bar: bool,
     ) -> None:
         steps = len(train_loader)
-        self.scheduler = _scheduler(self.optimizer, self.tc, self._progress(steps * self.tc.epochs))
+        planned = steps * self.tc.epochs
+        self.scheduler = _scheduler(self.optimizer, self.tc, lambda s: self._progress(s, planned))
         stale = 0
         for epoch in range(1, self.tc.epochs + 1):
             start = time.perf_counter()
@@ -240,18 +240,13 @@ class _Run:
             if self.stop_reason != "completed":
                 return
 
-    def _progress(self, total_steps: int) -> Callable[[int], float]:
-        """Progress after `step` steps: steps done / planned or, when a time budget is set and
-        further along, time spent / budget; so a run the budget cuts short still anneals."""
-        start = time.monotonic()
-
-        def progress(step: int) -> float:
-            done = step / max(total_steps, 1)
-            if self.deadline is None:
-                return done
-            return max(done, (time.monotonic() - start) / max(self.deadline - start, 1e-9))
-
-        return progress
+    def _progress(self, step: int, planned_steps: int) -> float:
+        """Steps done / planned or, when a time budget is set and further along, time spent /
+        budget: so a run the budget cuts short still warms up and anneals."""
+        done = step / max(planned_steps, 1)
+        if self.budget_s is None:
+            return done
+        return max(done, (time.monotonic() - self.started) / self.budget_s)
 
     def _train_epoch(
         self, batches: Iterable[Batch], epoch: int, steps: int, progress: Progress | None
@@ -265,7 +260,7 @@ class _Run:
             images += len(batch["image"])
             if progress is not None and (step % every == 0 or step == steps):
                 progress(f"train epoch {epoch}/{self.tc.epochs}", step, steps)
-            if self.deadline is not None and time.monotonic() > self.deadline:
+            if self.budget_s is not None and time.monotonic() - self.started > self.budget_s:
                 return float(total) / max(images, 1), images, True
         if images == 0:
             raise ValueError("the train loader yielded no batches")

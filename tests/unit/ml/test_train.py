@@ -166,7 +166,9 @@ def test_a_run_cut_by_its_time_budget_still_anneals_the_learning_rate(
     data: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(train_module, "time", _Clock())
-    config = TrainConfig(epochs=10_000, batch_size=4, learning_rate=1e-2, max_minutes=2)
+    config = TrainConfig(
+        epochs=10_000, batch_size=4, learning_rate=1e-2, max_minutes=2, early_stopping_patience=0
+    )
     result = train(TINY, config, data.loaders(config), **data.columns(), progress_bar=False)
     rates = [h["learning_rate"] for h in result.history]
     assert result.stop_reason == "time_budget" and 10 < len(rates) < 10_000
