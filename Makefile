@@ -40,10 +40,10 @@ ui: install
 	$(VENV)/bin/maskfind ui
 
 bench: install
-	$(PY) bench/ingest.py
-	$(PY) bench/dataset.py
-	$(PY) bench/loader.py
-	$(PY) bench/train.py
+	$(PY) -m bench.ingest
+	$(PY) -m bench.dataset
+	$(PY) -m bench.loader
+	$(PY) -m bench.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -12,6 +12,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c 'import torch, torchvision, segmentation_models_pytorch as smp
 print("torch", torch.__version__, "torchvision", torchvision.__version__, "smp", smp.__version__)'
 "$PY" -m pytest --noconftest -q -p no:cacheprovider -rA tests/unit/ml/test_train.py -k cuda
-"$PY" bench/predict.py --device cuda --batches 20
-"$PY" bench/train.py --device cuda --samples 1040 --batch-size 32 --workers 8
-"$PY" bench/quality.py --minutes "${QUALITY_MINUTES:-3}" --workers 6
+"$PY" -m bench.predict --device cuda --batches 20
+"$PY" -m bench.train --device cuda --samples 1040 --batch-size 32 --workers 8
+"$PY" -m bench.quality --minutes "${QUALITY_MINUTES:-3}" --workers 6

@@ -6,7 +6,7 @@ snapshot (splits, weights, content id), publishing it (Parquet manifest + card, 
 a local work store, and reading it back verified (sha256 + id). The baseline is the 100k run of
 the same code in the same invocation; the printed scaling factor is time(1M) / time(100k).
 
-    python bench/dataset.py [--sizes 100000 1000000]
+    python -m bench.dataset [--sizes 100000 1000000]
 
 The loader half of the benchmark (cached loader vs PIL decode on every access) is
 bench/loader.py; `make bench` runs both.
@@ -26,7 +26,7 @@ import time
 def make_catalog(rows: int, path: str) -> None:
     import pyarrow.parquet as pq
 
-    from maskfind_pipeline.testing.catalogs import fake_catalog
+    from tests.support.catalogs import fake_catalog
 
     types = [f"t{i}" for i in range(40)]
     pq.write_table(fake_catalog(rows, failure_fraction=0.05, image_types=types), path)

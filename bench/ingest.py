@@ -9,7 +9,7 @@ Three measurements on the same generated pairs:
   2. The same two without the proxy (loopback: both CPU-bound on this machine).
   3. The local-directory store: concurrent ingest vs. one worker.
 
-    python bench/ingest.py --pairs 2000 --size 256 --latency-ms 20
+    python -m bench.ingest --pairs 2000 --size 256 --latency-ms 20
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from maskfind_pipeline.data.ingest import IngestOptions, ingest
 from maskfind_pipeline.data.tags import parse_tags
 from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 from maskfind_pipeline.storage.s3 import S3ObjectStore
-from maskfind_pipeline.testing.netproxy import FaultProxy
-from maskfind_pipeline.testing.s3server import S3Server, s3_server
+from tests.support.netproxy import FaultProxy
+from tests.support.s3server import S3Server, s3_server
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ naive one reads image and mask bytes from the local store and decodes and resize
 every access. Also printed: the one-off build time of the cache, the time to reopen it, and the
 cached loader with the default training augmentation (`AugmentConfig(enabled=True)`).
 
-    python bench/loader.py [--samples 500] [--source-size 512] [--size 256] [--passes 3]
+    python -m bench.loader [--samples 500] [--source-size 512] [--size 256] [--passes 3]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import AugmentConfig, make_loaders
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.manifests import manifest_of
-from maskfind_pipeline.testing.naive import NaiveDataset
+from tests.support.manifests import manifest_of
+from tests.support.naive import NaiveDataset
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ device, so only the forward pass is timed:
 
 The two alternate `--rounds` times; the best round of each is reported.
 
-    python bench/predict.py [--size 256] [--batch-size 32] [--batches 10] [--device cpu]
+    python -m bench.predict [--size 256] [--batch-size 32] [--batches 10] [--device cpu]
 """
 
 from __future__ import annotations

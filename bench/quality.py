@@ -6,7 +6,7 @@ offline-pretrained EfficientNet-Lite0 U-Net for at most `--minutes`, and prints 
 validation mIoU (at the tuned threshold) overall and per image type, and the test mIoU of the
 same model.
 
-    python bench/quality.py [--per-type 50] [--size 128] [--minutes 3] [--lr 4e-3]
+    python -m bench.quality [--per-type 50] [--size 128] [--minutes 3] [--lr 4e-3]
                             [--batch-size 32] [--epochs 60] [--loss dice_bce]
 """
 

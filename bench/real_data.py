@@ -6,7 +6,7 @@ other set is all test. The demo's offline-pretrained EfficientNet-Lite0 U-Net is
 time budget, its threshold tuned on val; reported: mIoU on the training type's own test split
 (seen) and on every image of the other type (unseen).
 
-    python bench/real_data.py [--size 128] [--minutes 2.5]
+    python -m bench.real_data [--size 128] [--minutes 2.5]
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ values are printed. Achieved GFLOP/s counts a training step as 3x the forward FL
 On a GPU (`--device cuda`, the default where one is visible) both loops run there: the naive
 one in float32 NCHW, the shipped one with bf16 autocast and channels_last.
 
-    python bench/train.py [--samples 104] [--size 256] [--batch-size 8] [--epochs 2]
+    python -m bench.train [--samples 104] [--size 256] [--batch-size 8] [--epochs 2]
                           [--encoder resnet34] [--workers 0] [--no-augment] [--device cpu]
 """
 
@@ -44,8 +44,8 @@ from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.manifests import manifest_of
-from maskfind_pipeline.testing.naive import NaiveDataset
+from tests.support.manifests import manifest_of
+from tests.support.naive import NaiveDataset
 
 VAL_EVERY = 13
 

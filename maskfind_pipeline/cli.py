@@ -237,11 +237,14 @@ def ui(port: int, host: str) -> None:
 @click.argument("name", default="ingest")
 @click.pass_context
 def bench(ctx: click.Context, name: str) -> None:
-    """Run bench/<NAME>.py (extra arguments are passed on)."""
+    """Run bench/<NAME>.py as `python -m bench.NAME` (extra arguments are passed on).
+
+    Benchmarks live in the source checkout, beside the test helpers they share."""
     script = PROJECT_ROOT / "bench" / f"{name}.py"
     if not script.exists():
-        raise click.UsageError(f"no benchmark {script}")
-    sys.exit(subprocess.call([sys.executable, str(script), *ctx.args], cwd=PROJECT_ROOT))
+        raise click.UsageError(f"no benchmark {script} (benchmarks need a source checkout)")
+    command = [sys.executable, "-m", f"bench.{name}", *ctx.args]
+    sys.exit(subprocess.call(command, cwd=PROJECT_ROOT))
 
 
 @contextmanager

@@ -9,8 +9,8 @@ import pytest
 
 from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 from maskfind_pipeline.storage.s3 import S3ObjectStore
-from maskfind_pipeline.testing.mlflow_server import MlflowServer, mlflow_server
-from maskfind_pipeline.testing.s3server import S3Server, s3_server
+from tests.support.mlflow_server import MlflowServer, mlflow_server
+from tests.support.s3server import S3Server, s3_server
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,10 @@ from maskfind_pipeline.data.catalog import Catalog
 from maskfind_pipeline.data.ingest import IngestOptions, ingest
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.storage.s3 import S3ObjectStore, StoreUnavailable
-from maskfind_pipeline.testing.netproxy import FaultProxy
-from maskfind_pipeline.testing.s3server import S3Server
 from tests.conftest import s3_store
 from tests.support.images import encode, pair_bytes, product_image
+from tests.support.netproxy import FaultProxy
+from tests.support.s3server import S3Server
 from tests.support.stores import put_pair, reasons, run_ingest
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
 from maskfind_pipeline.registry.promotion import CHAMPION, promote, rollback
-from maskfind_pipeline.testing.mlflow_server import MlflowServer
+from tests.support.mlflow_server import MlflowServer
 from tests.support.models import TINY, tiny_record
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.storage import open_store
-from maskfind_pipeline.testing.mlflow_server import MlflowServer
-from maskfind_pipeline.testing.s3server import S3Server
 from tests.conftest import new_bucket
+from tests.support.mlflow_server import MlflowServer
 from tests.support.models import nightly_config
+from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
 

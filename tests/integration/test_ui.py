@@ -13,8 +13,8 @@ import pytest
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.webserver import chromium_render, dagster_webserver
 from tests.support.models import TINY_TRAINING, nightly_config
+from tests.support.webserver import chromium_render, dagster_webserver
 
 pytestmark = [
     pytest.mark.integration,

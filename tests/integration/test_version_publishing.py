@@ -14,9 +14,9 @@ import pytest
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.catalogs import fake_catalog
-from maskfind_pipeline.testing.s3server import S3Server
 from tests.conftest import new_bucket
+from tests.support.catalogs import fake_catalog
+from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import time
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
 from maskfind_pipeline.storage import ObjectStore, open_store
-from maskfind_pipeline.testing.catalogs import fake_catalog
+from tests.support.catalogs import fake_catalog
 
 
 def _die() -> None:

@@ -20,7 +20,7 @@ from maskfind_pipeline.data.decoded import ContentMismatch, DecodedArrays, build
 from maskfind_pipeline.data.images import decode_pair
 from maskfind_pipeline.data.loader import AugmentConfig, MaskDataset, make_loaders
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.manifests import manifest_of as make_manifest
+from tests.support.manifests import manifest_of as make_manifest
 
 GENERATED, SIZE = 48, 32
 SPLIT_CYCLE = ("train", "train", "train", "val", "test")

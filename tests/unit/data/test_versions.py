@@ -17,7 +17,7 @@ from maskfind_pipeline.data.versions import (
     diff,
 )
 from maskfind_pipeline.storage import ObjectStore
-from maskfind_pipeline.testing.catalogs import fake_catalog
+from tests.support.catalogs import fake_catalog
 
 
 def _splits(table: pa.Table) -> dict[str, str]:

@@ -26,7 +26,7 @@ from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR, PretrainedWeightsUnavailable
 from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
-from maskfind_pipeline.testing.manifests import manifest_of
+from tests.support.manifests import manifest_of
 
 SIZE = 64
 TINY = ModelConfig(

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from types import TracebackType
 
-from maskfind_pipeline.testing.httpwire import Body, Head, read_body, read_head
+from tests.support.httpwire import Body, Head, read_body, read_head
 
 _HOST = "127.0.0.1"
 _STREAM_LIMIT = 1 << 20

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskfind_pipeline.testing.processes import free_port, server_process
+from tests.support.processes import free_port, server_process
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, FlexibleChecksumError, ResponseStreamingError
 
-from maskfind_pipeline.testing.netproxy import FaultProxy
-from maskfind_pipeline.testing.s3server import S3Server, s3_server
+from tests.support.netproxy import FaultProxy
+from tests.support.s3server import S3Server, s3_server
 
 pytestmark = pytest.mark.integration
 

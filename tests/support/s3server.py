@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 
-from maskfind_pipeline.testing.processes import free_port, server_process
+from tests.support.processes import free_port, server_process
 
 _START_TIMEOUT_S = 30.0
 

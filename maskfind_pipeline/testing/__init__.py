@@ -1,1 +1,0 @@
-"""Helpers that start servers and inject faults for tests and benchmarks."""
