@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +16,7 @@ from maskfind_pipeline.data.ingest import IngestOptions, ingest
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.storage.s3 import S3ObjectStore, StoreUnavailable
 from tests.conftest import s3_store
+from tests.support.fswrites import record_writes, snapshot
 from tests.support.images import encode, pair_bytes, product_image
 from tests.support.netproxy import FaultProxy
 from tests.support.s3server import S3Server
@@ -119,13 +120,15 @@ def test_thousands_of_objects_listed_a_few_per_page_are_each_ingested_once(
 
 
 def test_unsafe_keys_from_the_server_are_quarantined_and_never_touch_disk(
-    s3: S3Server, tmp_path: Path, work
+    s3: S3Server, tmp_path: Path
 ) -> None:
     store = s3_store(s3)
-    image, _ = pair_bytes()
+    fine_image, fine_mask = pair_bytes()
+    unsafe_image, _ = pair_bytes(seed=9)  # other bytes: in the cache they would show
     client = s3.client()
     bad = [
         "labeled/../escape.png",
+        "labeled/../../../../escape.png",
         "labeled/./dot.png",
         "labeled//double.png",
         "labeled/" + "x" * 300 + ".png",
@@ -133,46 +136,84 @@ def test_unsafe_keys_from_the_server_are_quarantined_and_never_touch_disk(
     ]
     for key in bad:
         client.put_object(
-            Bucket=store.bucket, Key="root/" + key, Body=image, Tagging="image_type=cam-a"
+            Bucket=store.bucket, Key="root/" + key, Body=unsafe_image, Tagging="image_type=cam-a"
         )
-    put_pair(store, "fine")
-    cache = ContentCache(tmp_path / "cache")
-    report = ingest(store, Catalog(work), run_id="r", cache=cache)
+    put_pair(store, "fine", image=fine_image, mask=fine_mask)
+    # deeper than any `..` above, so that an escape by `..` still lands in the scanned tmp_path
+    nest = tmp_path.joinpath("a", "b", "c", "d", "e")
+    nest.mkdir(parents=True)
+    cache_root, work_root = nest / "cache", nest / "work"
+    before = snapshot(tmp_path)
+    with record_writes() as log:
+        report = ingest(
+            store,
+            Catalog(LocalObjectStore(work_root)),
+            run_id="r",
+            cache=ContentCache(cache_root),
+        )
     assert [r["image_id"] for r in report.new_rows] == ["fine"]
     refused = reasons(report)
     listed = {info.key for info in store.list("labeled/")}
     for key in listed - {"labeled/fine.png", "labeled/fine.mask.png"}:
         assert key in refused, key
     assert any("invalid key" in reason for reason in refused.values())
-    outside = [p for p in tmp_path.rglob("*") if "escape" in p.name or "double" in p.name]
-    assert outside == []
+    roots = (cache_root, work_root)
+    assert log.outside(*roots) == []
+    created = snapshot(tmp_path) - before
+    assert [p for p in created if not any(p.is_relative_to(root) for root in roots)] == []
+    # inside the roots, only the fine pair's bytes and the catalog's parts
+    row = report.new_rows[0]
+    shas = (str(row["image_sha256"]), str(row["mask_sha256"]))
+    assert _files(created, cache_root) == {f"{sha[:2]}/{sha}" for sha in shas}
+    parts = _files(created, work_root)
+    assert parts and all(_CATALOG_PART.fullmatch(part) for part in parts), parts
+
+
+_CATALOG_PART = re.compile(r"catalog/(samples|quarantine)/part-[^/]+\.parquet")
+
+
+def _files(paths: set[Path], root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in paths if p.is_relative_to(root) and p.is_file()}
 
 
 def _unique_png(i: int) -> bytes:
     return encode(product_image(8, 8, seed=i))
 
 
-def test_concurrent_ingest_beats_sequential_through_latency(
-    s3: S3Server, proxy: FaultProxy, work, tmp_path: Path
+def test_concurrent_ingest_overlaps_its_requests_and_sequential_ingest_never_does(
+    s3: S3Server, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     store = s3_store(s3, endpoint_url=proxy.endpoint_url)
-    for i in range(40):
+    pairs = 16
+    for i in range(pairs):
         put_pair(store, f"p{i}", seed=i)
-    proxy.clear()
-    proxy.delay_s = 0.02
-    try:
-        start = time.perf_counter()
-        ingest(
-            store,
-            Catalog(LocalObjectStore(tmp_path / "w1")),
-            run_id="seq",
-            options=IngestOptions(max_workers=1),
+
+    def run(workers: int, hold: int, timeout_s: float) -> tuple[list[dict[str, object]], int]:
+        proxy.clear()
+        # Object GETs wait at the proxy until `hold` of them are there together (or `timeout_s`
+        # passes): overlap the client attempts is then seen however slow the machine is.
+        proxy.hold(hold, timeout_s=timeout_s, path_contains=".png")
+        work = LocalObjectStore(tmp_path / f"work-{workers}")
+        report = ingest(
+            store, Catalog(work), run_id=f"w{workers}", options=IngestOptions(max_workers=workers)
         )
-        sequential = time.perf_counter() - start
-        start = time.perf_counter()
-        report = ingest(store, Catalog(work), run_id="par", options=IngestOptions(max_workers=16))
-        concurrent = time.perf_counter() - start
-    finally:
-        proxy.delay_s = 0.0
-    assert len(report.new_rows) == 40
-    assert concurrent * 3 < sequential, (concurrent, sequential)
+        assert proxy.requests_seen >= 3 * pairs  # image, mask and tags of each pair
+        assert len(report.new_rows) == pairs
+        return _comparable(Catalog(work).read().samples.to_pylist()), proxy.peak_in_flight
+
+    # Sequentially, a second request is never sent before the first is answered: held 1 s
+    # (a client that overlapped anyway would show it), the peak stays 1.
+    sequential_rows, sequential_peak = run(1, hold=2, timeout_s=1.0)
+    assert sequential_peak == 1
+    concurrent_rows, concurrent_peak = run(16, hold=8, timeout_s=60.0)
+    assert proxy.holds_met == 1 and concurrent_peak >= 8, concurrent_peak
+    assert concurrent_rows == sequential_rows
+
+
+def _comparable(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Catalog rows without what differs between two runs of the same ingest, in key order."""
+    varying = {"ingested_at", "ingest_run"}
+    return sorted(
+        ({k: v for k, v in row.items() if k not in varying} for row in rows),
+        key=lambda row: str(row["image_key"]),
+    )

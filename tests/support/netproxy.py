@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import socket
 import struct
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from tests.support.httpwire import Body, Head, read_body, read_head
@@ -35,11 +36,23 @@ class _Fault:
     code: str = ""
 
     def matches(self, method: str, target: str) -> bool:
-        return (
-            self.remaining > 0
-            and (self.method is None or self.method.upper() == method)
-            and (self.path_contains is None or self.path_contains in target)
-        )
+        return self.remaining > 0 and _matches(self.method, self.path_contains, method, target)
+
+
+@dataclass
+class _Hold:
+    count: int
+    timeout_s: float
+    path_contains: str | None
+    method: str | None
+    waiting: int = 0
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _matches(want_method: str | None, path_contains: str | None, method: str, target: str) -> bool:
+    return (want_method is None or want_method.upper() == method) and (
+        path_contains is None or path_contains in target
+    )
 
 
 class FaultProxy:
@@ -54,9 +67,13 @@ class FaultProxy:
     whose target (path and query) contains ``path_contains`` (None: any). Body faults
     apply only to 2xx responses with a non-empty body. All methods are thread-safe.
 
+    A request is *in flight* from when the proxy has read it whole until it starts to write
+    the response, so a client that waits for each response before it sends its next request
+    never has more than one in flight; ``peak_in_flight`` counts how many were at once.
+
     Attributes:
         delay_s: Seconds each request waits before it is relayed; settable at any time.
-            Waits overlap across connections, like network latency.
+            Waits overlap across connections, like network latency (``peak_delayed``).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, *, delay_s: float = 0.0) -> None:
@@ -65,6 +82,10 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._requests_seen = 0
+        self._in_flight = self._peak_in_flight = 0
+        self._delayed = self._peak_delayed = 0
+        self._hold: _Hold | None = None
+        self._holds_met = 0
         self._faults_applied: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -88,6 +109,30 @@ class FaultProxy:
         """Number of requests received since start or the last ``clear()``."""
         with self._lock:
             return self._requests_seen
+
+    @property
+    def in_flight(self) -> int:
+        """Number of requests in flight now (see the class docstring)."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most requests in flight at once since start or the last ``clear()``."""
+        with self._lock:
+            return self._peak_in_flight
+
+    @property
+    def peak_delayed(self) -> int:
+        """Most requests waiting out ``delay_s`` at once since start or the last ``clear()``."""
+        with self._lock:
+            return self._peak_delayed
+
+    @property
+    def holds_met(self) -> int:
+        """Number of ``hold()`` calls whose count was reached (rather than timing out)."""
+        with self._lock:
+            return self._holds_met
 
     @property
     def faults_applied(self) -> dict[str, int]:
@@ -122,12 +167,43 @@ class FaultProxy:
         """Answers with ``status`` and an S3 XML error ``code`` without asking upstream."""
         self._add(_Fault(RESPOND_STATUS, times, path_contains, method, status=status, code=code))
 
+    def hold(
+        self,
+        count: int,
+        *,
+        timeout_s: float = 30.0,
+        path_contains: str | None = None,
+        method: str | None = "GET",
+    ) -> None:
+        """Holds matching requests in flight until ``count`` of them wait together, then
+        releases them all; once ``timeout_s`` has passed since a request began to wait, releases
+        the waiting ones instead. Applies once, before the delay and any fault; a later ``hold``
+        or ``clear()`` releases an unmet one. Where a client does send ``count`` requests at
+        once, they are then certain to be in flight together however slow the machine; a client
+        that never does is held once, for ``timeout_s``, and ``holds_met`` stays 0."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            replaced, self._hold = self._hold, _Hold(count, timeout_s, path_contains, method)
+        self._release(replaced)
+
     def clear(self) -> None:
-        """Removes all faults and zeroes the counters."""
+        """Removes all faults and any hold (releasing what it holds) and zeroes the counters
+        (the peaks restart from what is in flight or delayed now)."""
         with self._lock:
             self._faults.clear()
             self._requests_seen = 0
+            self._peak_in_flight = self._in_flight
+            self._peak_delayed = self._delayed
+            self._holds_met = 0
             self._faults_applied.clear()
+            hold, self._hold = self._hold, None
+        self._release(hold)
+
+    def _release(self, hold: _Hold | None) -> None:
+        loop = self._loop
+        if hold is not None and loop is not None:
+            loop.call_soon_threadsafe(hold.event.set)
 
     def start(self) -> FaultProxy:
         """Starts listening on a free loopback port in a background thread."""
@@ -175,9 +251,49 @@ class FaultProxy:
                     return fault
         return None
 
-    def _count_request(self) -> None:
+    def _begin_request(self) -> None:
         with self._lock:
             self._requests_seen += 1
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
+    def _end_request(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    async def _wait_for_hold(self, method: str, target: str) -> None:
+        with self._lock:
+            hold = self._hold
+            if hold is None or not _matches(hold.method, hold.path_contains, method, target):
+                return
+            hold.waiting += 1
+            met = hold.waiting >= hold.count
+            if met:
+                self._hold = None
+                self._holds_met += 1
+        if met:
+            hold.event.set()
+            return
+        try:
+            await asyncio.wait_for(hold.event.wait(), hold.timeout_s)
+        except TimeoutError:
+            with self._lock:
+                if self._hold is hold:
+                    self._hold = None
+            hold.event.set()
+
+    async def _wait_delay(self) -> None:
+        delay = self.delay_s
+        if delay <= 0:
+            return
+        with self._lock:
+            self._delayed += 1
+            self._peak_delayed = max(self._peak_delayed, self._delayed)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            with self._lock:
+                self._delayed -= 1
 
     async def _listen(self) -> asyncio.Server:
         return await asyncio.start_server(self._handle, _HOST, 0, backlog=1024, limit=_STREAM_LIMIT)
@@ -215,21 +331,26 @@ class FaultProxy:
             writer.write(_CONTINUE)
             head = head.without("expect")
         body = await read_body(reader, head)
-        self._count_request()
-        if self.delay_s > 0:
-            await asyncio.sleep(self.delay_s)
-        fault = self._take((RESPOND_STATUS,), head.method, head.target)
+        exchanged: tuple[Head, Body] | None = None
+        self._begin_request()
+        try:
+            await self._wait_for_hold(head.method, head.target)
+            await self._wait_delay()
+            fault = self._take((RESPOND_STATUS,), head.method, head.target)
+            if fault is None:
+                with contextlib.suppress(*_CLIENT_ERRORS):
+                    exchanged = await upstream.exchange(head.raw + body.raw, head.method)
+        finally:
+            self._end_request()
         if fault is not None:
             writer.write(_error_response(fault, head.method))
             await writer.drain()
             return not head.closes
-        try:
-            response, response_body = await upstream.exchange(head.raw + body.raw, head.method)
-        except _CLIENT_ERRORS:
+        if exchanged is None:
             writer.write(_BAD_GATEWAY)
             await writer.drain()
             return False
-        return await self._respond(writer, head, response, response_body)
+        return await self._respond(writer, head, *exchanged)
 
     async def _respond(
         self, writer: asyncio.StreamWriter, request: Head, head: Head, body: Body

@@ -111,17 +111,52 @@ def test_list_with_pagination(s3: Any) -> None:
     assert sorted(key for page in listed for key in page) == sorted(keys)
 
 
-def test_delay_applies_per_request_and_overlaps(s3: Any, proxy: FaultProxy) -> None:
+def test_delay_applies_to_each_request_and_delays_overlap(s3: Any, proxy: FaultProxy) -> None:
     _put(s3, "delay", b"x")
     proxy.delay_s = 0.05
     start = time.perf_counter()
-    _get(s3, "delay")
-    assert time.perf_counter() - start >= 0.05
-    start = time.perf_counter()
+    assert _get(s3, "delay") == b"x"
+    assert time.perf_counter() - start >= 0.05  # a lower bound: a slow machine only adds to it
+    assert proxy.peak_delayed == 1
+    proxy.clear()
+    # Released together, the 20 requests all start their delay before any one's can end: the
+    # peak counts how many waited at once (1 if the delay blocked the proxy, however fast).
+    proxy.hold(20, path_contains="/delay")
     with ThreadPoolExecutor(20) as pool:
         bodies = list(pool.map(lambda _: _get(s3, "delay"), range(20)))
     assert bodies == [b"x"] * 20
-    assert time.perf_counter() - start < 10 * 0.05
+    assert proxy.holds_met == 1
+    assert proxy.peak_delayed >= 2
+
+
+def test_in_flight_counts_concurrent_requests_and_sequential_ones_never_overlap(
+    s3: Any, proxy: FaultProxy
+) -> None:
+    _put(s3, "count", b"c")
+    proxy.clear()
+    for _ in range(5):
+        assert _get(s3, "count") == b"c"
+    assert (proxy.requests_seen, proxy.peak_in_flight, proxy.in_flight) == (5, 1, 0)
+    proxy.hold(8, path_contains="/count")
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda _: _get(s3, "count"), range(8))) == [b"c"] * 8
+    assert (proxy.holds_met, proxy.peak_in_flight, proxy.in_flight) == (1, 8, 0)
+    assert proxy.requests_seen == 13
+
+
+def test_an_unmet_hold_releases_after_its_timeout_and_a_later_one_is_met(
+    s3: Any, proxy: FaultProxy
+) -> None:
+    _put(s3, "lone", b"l")
+    proxy.hold(2, timeout_s=0.2, path_contains="/lone")
+    start = time.perf_counter()
+    assert _get(s3, "lone") == b"l"
+    assert time.perf_counter() - start >= 0.2  # a lower bound again
+    assert proxy.holds_met == 0
+    proxy.hold(2, timeout_s=60, path_contains="/lone")
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda _: _get(s3, "lone"), range(2))) == [b"l"] * 2
+    assert proxy.holds_met == 1
 
 
 def test_moto_returns_checksum_on_get(s3: Any) -> None:

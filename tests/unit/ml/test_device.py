@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.device import DeviceSettings, depthwise_in_float32, select_device
+from maskfind_pipeline.ml.device import (
+    DeviceSettings,
+    cpu_has_native_bf16,
+    depthwise_in_float32,
+    select_device,
+)
 
 
 def _net() -> nn.Sequential:
@@ -65,3 +70,64 @@ def test_prepare_applies_the_rule_only_to_bf16_on_cpu(
     first = net[0]
     assert isinstance(first, nn.Conv2d)
     assert first.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _onednn_reports(monkeypatch: pytest.MonkeyPatch, answer: bool | type[Exception]) -> None:
+    """Make oneDNN's bfloat16 query (what `cpu_has_native_bf16` asks) answer `answer`, or raise
+    it, whatever this machine's CPU is."""
+
+    def query() -> bool:
+        if isinstance(answer, bool):
+            return answer
+        raise answer("no oneDNN here")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", query, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "mixed_precision", "autocast_dtype"),
+    [
+        (True, True, torch.bfloat16),
+        (False, True, None),
+        (True, False, None),
+        (False, False, None),
+    ],
+    ids=["bf16-cpu", "plain-cpu", "bf16-cpu-float32", "plain-cpu-float32"],
+)
+def test_cpu_settings_follow_the_bf16_rule(
+    monkeypatch: pytest.MonkeyPatch,
+    native_bf16: bool,
+    mixed_precision: bool,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    _onednn_reports(monkeypatch, native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    settings = select_device(None, mixed_precision=mixed_precision)
+    assert settings == DeviceSettings(
+        device=torch.device("cpu"),
+        autocast_dtype=autocast_dtype,
+        grad_scaler=False,
+        channels_last=True,
+        pin_memory=False,
+    )
+    assert settings.memory_format is torch.channels_last
+    precision = "bfloat16" if autocast_dtype is torch.bfloat16 else "float32"
+    assert settings.describe() | {"threads": "-"} == {
+        "device": "cpu",
+        "precision": precision,
+        "channels_last": "true",
+        "threads": "-",
+    }
+    linear = nn.Linear(4, 2)
+    with settings.autocast():
+        out = linear(torch.randn(3, 4))
+    assert out.dtype == (autocast_dtype or torch.float32)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, AttributeError])
+def test_a_cpu_without_an_answer_from_onednn_trains_in_float32(
+    monkeypatch: pytest.MonkeyPatch, failure: type[Exception]
+) -> None:
+    _onednn_reports(monkeypatch, failure)
+    assert not cpu_has_native_bf16()
+    assert select_device("cpu").autocast_dtype is None
