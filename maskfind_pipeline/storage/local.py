@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
@@ -59,11 +61,15 @@ class LocalObjectStore(ObjectStore):
         create_only: bool = False,
     ) -> None:
         path = self._path(key)
-        if create_only and path.exists():
-            raise ObjectExists(key)
-        if tags is not None:
-            self._write(self._path(tags_sidecar_key(key)), json.dumps(dict(tags)).encode())
-        self._write(path, data, create_only=create_only)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Create-only writers of one folder take turns, so the one that loses the race to the
+        # object never touches the winner's tags sidecar.
+        with _exclusive(path.parent) if create_only else contextlib.nullcontext():
+            if create_only and path.exists():
+                raise ObjectExists(key)
+            if tags is not None:
+                self._write(self._path(tags_sidecar_key(key)), json.dumps(dict(tags)).encode())
+            self._write(path, data, create_only=create_only)
 
     def tags(self, key: str) -> dict[str, str]:
         if not self._path(key).exists():
@@ -107,6 +113,17 @@ class LocalObjectStore(ObjectStore):
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `folder` (flock), held for the block, across processes."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _etag(stat: os.stat_result) -> str:
