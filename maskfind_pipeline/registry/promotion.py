@@ -37,29 +37,37 @@ def promote(
     evidence: Sequence[dict[str, object]] = (),
     forced: bool = False,
 ) -> AliasMove:
-    """Make `candidate` the champion after verifying its weights' sha256."""
+    """Make `candidate` the champion after verifying its weights' sha256.
+
+    The record (previous champion, who, why, evidence) is written before the alias moves, so a
+    crash between the two leaves either the old champion in place or a new one that can be
+    rolled back; `promoted_at` is written last and marks a completed move.
+    """
     registry.download(candidate)
     current = registry.alias_or_none(CHAMPION)
     previous = current.version if current else None
     if previous == str(candidate):
         return AliasMove(str(candidate), previous, actor, "already champion")
-    registry.set_alias(CHAMPION, str(candidate))
     registry.tag_version(
         str(candidate),
         {
-            "promoted_at": datetime.now(UTC).isoformat(),
+            "previous_champion": previous or "",
             "promoted_by": actor,
             "promotion_reason": reason,
-            "previous_champion": previous or "",
             "promotion_forced": str(forced).lower(),
             "gate_evidence": json.dumps(list(evidence), default=str)[:_MAX_TAG],
         },
     )
+    registry.set_alias(CHAMPION, str(candidate))
+    registry.tag_version(str(candidate), {"promoted_at": datetime.now(UTC).isoformat()})
     return AliasMove(str(candidate), previous, actor, reason)
 
 
 def rollback(registry: ModelRegistry, *, actor: str, reason: str) -> AliasMove:
-    """Give `champion` back to the version it replaced; a clear error when there is none."""
+    """Give `champion` back to the version it replaced; a clear error when there is none.
+
+    As in `promote`, who and why are recorded before the alias moves, the time after it.
+    """
     current = registry.get(CHAMPION)
     previous = current.tags.get("previous_champion", "")
     if not previous:
@@ -67,16 +75,9 @@ def rollback(registry: ModelRegistry, *, actor: str, reason: str) -> AliasMove:
             f"champion v{current.version} replaced no earlier champion: nothing to roll back to"
         )
     registry.download(previous)
+    registry.tag_version(current.version, {"rolled_back_by": actor, "rollback_reason": reason})
     registry.set_alias(CHAMPION, previous)
-    registry.tag_version(
-        current.version,
-        {
-            "rolled_back_at": datetime.now(UTC).isoformat(),
-            "rolled_back_by": actor,
-            "rollback_reason": reason,
-        },
-    )
-    registry.tag_version(
-        previous, {"restored_at": datetime.now(UTC).isoformat(), "restored_by": actor}
-    )
+    now = datetime.now(UTC).isoformat()
+    registry.tag_version(current.version, {"rolled_back_at": now})
+    registry.tag_version(previous, {"restored_at": now, "restored_by": actor})
     return AliasMove(previous, current.version, actor, reason)

@@ -60,3 +60,53 @@ def test_promoting_a_deleted_version_fails_and_keeps_the_champion(registry: Mode
     with pytest.raises(RegistryError, match=f"no version '{v2}'"):
         promote(registry, v2, actor="alice", reason="try")
     assert registry.get(CHAMPION).version == v1
+
+
+class Crash(Exception):
+    """Stands for the process dying at one write to the registry."""
+
+
+class CrashAt:
+    """Counts the registry writes it wraps and raises `Crash` at the n-th."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.writes = n, 0
+
+    def wrap(self, write):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self.writes += 1
+            if self.writes == self.n:
+                raise Crash(f"died at write {self.n}")
+            return write(*args, **kwargs)
+
+        return wrapper
+
+
+def test_a_crash_at_any_write_of_a_promotion_can_be_rolled_back(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever registry write the process dies at, the champion is either the old one or a
+    new one that `rollback` returns to the old one; and the promotion can simply be retried."""
+    v1 = registry.log_training(tiny_record(seed=1)).version
+    promote(registry, v1, actor="schedule", reason="first")
+    client = registry.client
+    originals = {
+        n: getattr(client, n) for n in ("set_model_version_tag", "set_registered_model_alias")
+    }
+    crashed_at = []
+    for crash_at in range(1, 9):  # a promotion makes 7 writes: past the last, none crashes
+        candidate = registry.log_training(tiny_record(seed=crash_at + 1)).version
+        crash = CrashAt(crash_at)
+        for name, write in originals.items():
+            monkeypatch.setattr(client, name, crash.wrap(write))
+        try:
+            promote(registry, candidate, actor="schedule", reason="gate passed")
+        except Crash:
+            crashed_at.append(crash_at)
+        monkeypatch.undo()
+        if registry.get(CHAMPION).version == candidate:
+            assert rollback(registry, actor="ops", reason="after a crash").champion == v1
+        assert registry.get(CHAMPION).version == v1, f"crash at write {crash_at}"
+    assert crashed_at == list(range(1, 8))
+    promote(registry, candidate, actor="schedule", reason="retry")
+    assert registry.get(CHAMPION).tags["previous_champion"] == v1
