@@ -16,26 +16,25 @@ import argparse
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.catalog import Catalog
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
-from maskfind_pipeline.ml.config import TrainConfig
+from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
 from maskfind_pipeline.ml.inference import evaluate_loader
-from maskfind_pipeline.ml.model import demo_model_config
 from maskfind_pipeline.ml.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 
 
 def main() -> None:
     args = _parse()
-    config = replace(demo_model_config(), input_size=args.size)
+    config = demo_model_spec(args.size)
     tc = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -44,7 +43,7 @@ def main() -> None:
         early_stopping_patience=0,
         max_minutes=args.minutes,
         num_workers=args.workers,
-        augment=not args.no_augment,
+        augment=AugmentConfig(enabled=not args.no_augment),
     )
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         store = LocalObjectStore(Path(tmp) / "data")

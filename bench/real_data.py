@@ -26,9 +26,8 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
-from maskfind_pipeline.ml.config import TrainConfig
+from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
 from maskfind_pipeline.ml.inference import evaluate_loader
-from maskfind_pipeline.ml.model import demo_model_config
 from maskfind_pipeline.ml.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 
@@ -56,8 +55,7 @@ def direction(catalog: pa.Table, trained: str, store, cache, root, args) -> dict
         manifest.schema.field("split"),
         pa.array(splits, pa.string()),
     )
-    config = demo_model_config()
-    config = type(config)(**{**config.__dict__, "input_size": args.size})
+    config = demo_model_spec(args.size)
     decoded = build_decoded(
         manifest, store, cache, root, version_id=f"real-{trained}", size=args.size
     )

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
@@ -57,7 +58,7 @@ def main() -> None:
     train_config = TrainConfig(
         epochs=args.epochs + 1,
         batch_size=args.batch_size,
-        augment=not args.no_augment,
+        augment=AugmentConfig(enabled=not args.no_augment),
         num_workers=args.workers,
         device=str(settings.device),
     )

@@ -169,26 +169,26 @@ _PRINTED_TABLES = ("diff_vs_parent", "matrix", "reasons")
 
 
 def _demo_run_config(*, size: int, epochs: int, max_minutes: float) -> dict[str, Any]:
-    from maskfind_pipeline.ml.model import demo_model_config
+    """The nightly job's run config for the demo, built from the core settings."""
+    from maskfind_pipeline.evaluation.gate import GatePolicy
+    from maskfind_pipeline.flows.settings import TrainingSettings
+    from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
 
-    model = demo_model_config()
-    training = {
-        "encoder_name": model.encoder_name,
-        "encoder_weights": model.encoder_weights,
-        "decoder_channels": list(model.decoder_channels),
-        "mean": list(model.mean),
-        "std": list(model.std),
-        "input_size": size,
-        "epochs": epochs,
-        "batch_size": 32,
-        "learning_rate": 3e-3,
-        "early_stopping_patience": 10,
-        "max_minutes": max_minutes,
-    }
+    training = TrainingSettings(
+        model=demo_model_spec(size),
+        train=TrainConfig(
+            epochs=epochs,
+            batch_size=32,
+            learning_rate=3e-3,
+            early_stopping_patience=10,
+            max_minutes=max_minutes,
+        ),
+    )
+    gate = GatePolicy(floor=0.5, min_samples=3)
     return {
         "ops": {
-            "mask_model": {"config": training},
-            "promotion": {"config": {"floor": 0.5, "min_samples": 3}},
+            "mask_model": {"config": training.model_dump(mode="json")},
+            "promotion": {"config": gate.model_dump(mode="json")},
         }
     }
 

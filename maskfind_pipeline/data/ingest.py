@@ -13,6 +13,7 @@ from itertools import chain
 
 import pyarrow as pa
 
+from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.catalog import (
     CATALOG_SCHEMA,
@@ -35,15 +36,19 @@ from maskfind_pipeline.storage.keys import Source
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class IngestOptions:
+class IngestOptions(CoreConfig):
     """How ingest reads the store: concurrency, batch and page sizes, the pixel limit."""
 
     max_workers: int = 16
+    """Pairs fetched, decoded and hashed at the same time."""
     batch_size: int = 1000
+    """Pairs per committed catalog part (a crash keeps every finished batch)."""
     page_size: int = 1000
+    """Keys per listing request."""
     max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images with more pixels are refused before decoding."""
     sources: tuple[Source, ...] = (Source.LABELED, Source.FAILURE)
+    """The prefixes to ingest."""
 
 
 @dataclass

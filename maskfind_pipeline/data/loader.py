@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,41 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.decoded import DecodedArrays
 from maskfind_pipeline.data.manifest import SPLITS
 
 Sample = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation, applied jointly to image and mask; off unless `enabled`.
-
-    Attributes:
-        enabled: whether to augment at all.
-        flip_p: probability of each of a horizontal and a vertical flip.
-        rotate90: rotate by a random multiple of 90 degrees.
-        affine_p: probability of a small affine warp (degrees, translate, scale below).
-        degrees: the affine's maximal rotation.
-        translate: the affine's maximal shift, as a fraction of the side.
-        scale: the affine's maximal zoom in or out, as a fraction.
-        brightness: colour jitter on the image only, as in `v2.ColorJitter`.
-        contrast: as in `v2.ColorJitter`.
-        saturation: as in `v2.ColorJitter`.
-        hue: as in `v2.ColorJitter` (at most 0.5; costly, about 1.5 ms per 256² image).
-    """
-
-    enabled: bool = False
-    flip_p: float = 0.5
-    rotate90: bool = True
-    affine_p: float = 0.3
-    degrees: float = 10.0
-    translate: float = 0.05
-    scale: float = 0.1
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.1
-    hue: float = 0.0
 
 
 class RandomRot90(v2.Transform):

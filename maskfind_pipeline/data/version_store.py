@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,7 +69,7 @@ class VersionStore:
             "samples": snapshot.manifest.num_rows,
             "catalog_rows": catalog_rows,
             "counts": counts(snapshot.manifest),
-            "config": asdict(snapshot.config),
+            "config": snapshot.config.to_dict(),
             "warnings": snapshot.warnings,
             "code_version": code_version,
         }
@@ -114,7 +114,7 @@ class VersionStore:
                 f"corrupt dataset version {vid}: manifest sha256 does not match its card"
             )
         table = pq.read_table(io.BytesIO(data)).cast(MANIFEST_SCHEMA)
-        if version_id(table, VersionConfig(**_config_args(card["config"]))) != vid:
+        if version_id(table, VersionConfig.model_validate(card["config"])) != vid:
             raise CorruptVersion(f"corrupt dataset version {vid}: content does not hash to its id")
         return table
 
@@ -157,11 +157,3 @@ class VersionStore:
     @staticmethod
     def _manifest_key(vid: str) -> str:
         return f"{PREFIX}{vid}/manifest.parquet"
-
-
-def _config_args(config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "fractions": tuple(config["fractions"]),
-        "failure_weight": float(config["failure_weight"]),
-        "held_out_types": tuple(config["held_out_types"]),
-    }

@@ -6,11 +6,13 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+from pydantic import model_validator
 
+from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA, SPLITS
 
 _ID_COLUMNS = ("sample_id", "mask_sha256", "split", "weight", "image_type", "source", "image_key")
@@ -20,21 +22,29 @@ class EmptyCatalog(ValueError):
     """The catalog holds nothing a dataset version could be made of."""
 
 
-@dataclass(frozen=True)
-class VersionConfig:
+class VersionConfig(CoreConfig):
     """How a catalog becomes a version. Changing any field changes the version id."""
 
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    """Shares of train, validation and test; a sample's split is a pure function of its hash."""
     failure_weight: float = 3.0
+    """Training weight of relabeled production failures (labeled samples weigh 1)."""
     held_out_types: tuple[str, ...] = ()
+    """Image types kept out of train and val (their test samples stay), for unseen-type tests."""
 
-    def __post_init__(self) -> None:
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions):
+    @model_validator(mode="after")
+    def _valid(self) -> VersionConfig:
+        if any(f < 0 for f in self.fractions):
             raise ValueError(f"fractions must be three non-negative numbers, got {self.fractions}")
         if abs(sum(self.fractions) - 1.0) > 1e-6:
             raise ValueError(f"fractions must add up to 1, got {self.fractions}")
         if self.failure_weight <= 0:
             raise ValueError(f"failure_weight must be positive, got {self.failure_weight}")
+        return self
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-able fields: what the version id hashes and the card records."""
+        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def build_snapshot(catalog: pa.Table, config: VersionConfig) -> Snapshot:
 
 def version_id(manifest: pa.Table, config: VersionConfig) -> str:
     """`ds-` + 16 hex digits of a hash over the manifest's defining columns and the config."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     for name in _ID_COLUMNS:
         column = manifest.column(name).combine_chunks()
         digest.update(name.encode())

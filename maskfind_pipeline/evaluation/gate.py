@@ -7,15 +7,20 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from maskfind_pipeline.core_config import CoreConfig
 
-@dataclass(frozen=True)
-class GatePolicy:
+
+class GatePolicy(CoreConfig):
     """Per-type tolerance, the minimum test images for a type to count, the no-champion floor."""
 
     tolerance: float = 0.01
+    """How far below the champion's mIoU an image type may fall on any dataset version."""
     min_samples: int = 5
+    """Test images an image type needs on a dataset version for its comparison to count."""
     overall_tolerance: float = 0.0
+    """How far below the champion's overall mIoU the candidate may fall on any version."""
     floor: float = 0.8
+    """With no champion yet: the overall mIoU the candidate needs on every dataset version."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,11 @@ class GateDecision:
 def decide(
     cells: pa.Table, candidate: str, champion: str | None, policy: GatePolicy
 ) -> GateDecision:
-    """Compare `candidate` with `champion` on every dataset version both were evaluated on."""
+    """Compare `candidate` with `champion` on every dataset version the champion was evaluated on.
+
+    A dataset version the champion has cells on and the candidate has none blocks promotion:
+    the candidate must be evaluated there first, never compared on a convenient subset.
+    """
     rows = cells.to_pylist()
     cand = _index(rows, candidate)
     if not cand:
@@ -44,6 +53,11 @@ def decide(
         return GateDecision(
             False, [f"no dataset version has cells of both {candidate} and champion {champion}"]
         )
+    unevaluated = [
+        f"candidate {candidate} has no evaluation on {dataset}, where champion {champion} has "
+        "one: evaluate it there first (compat_evaluation)"
+        for dataset in sorted({d for d, _, _ in champ} - set(shared))
+    ]
     regressions, evidence = [], []
     for (dataset, kind, group), c in sorted(cand.items()):
         o = champ.get((dataset, kind, group))
@@ -68,8 +82,10 @@ def decide(
         f"{r['champion_miou']:.4f} (delta {r['delta']:+.4f})"
         for r in regressions
     ]
+    reasons += unevaluated
+    passed = not regressions and not unevaluated
     return GateDecision(
-        not regressions, reasons or ["no regression on any dataset version"], regressions, evidence
+        passed, reasons or ["no regression on any dataset version"], regressions, evidence
     )
 
 

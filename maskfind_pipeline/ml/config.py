@@ -2,81 +2,117 @@
 
 `ModelConfig` is stored as JSON next to the weights of every registered model version: it is
 all that is needed to rebuild the architecture and preprocess inputs, so loading a model never
-unpickles code.
+unpickles code. `ModelSpec` is the part a person chooses before training; `ModelConfig` adds the
+decision threshold that training tunes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from maskfind_pipeline.core_config import CoreConfig
+from maskfind_pipeline.data.augment_config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEMO_ENCODER = "tu-tf_efficientnet_lite0"
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture, preprocessing and decision threshold of a mask model."""
+class ModelSpec(CoreConfig):
+    """What to build: architecture, encoder and its weights, input size, normalisation."""
 
     arch: str = "Unet"
+    """smp architecture taking a list of decoder channels: Unet, UnetPlusPlus or MAnet."""
     encoder_name: str = "resnet34"
+    """smp encoder name (`tu-<timm name>` for timm encoders)."""
     encoder_weights: str | None = "imagenet"
+    """Pretrained encoder weights, read from a local source only; null trains from scratch."""
     encoder_weights_path: str | None = None
+    """A local weights file (.safetensors or a plain state dict); default: the environment
+    variable MASKFIND_ENCODER_WEIGHTS, then the Hugging Face cache, then bundled weights."""
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    """Decoder channels per stage; their count is the encoder depth."""
     input_size: int = 256
+    """Square side, in pixels, the model sees (images are resized to it)."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean of the encoder's normalisation, on [0, 1] pixels."""
     std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation of the encoder's normalisation."""
+
+
+def demo_model_spec(input_size: int = 256) -> ModelSpec:
+    """A small U-Net on EfficientNet-Lite0, pretrained offline from a bundled ImageNet file."""
+    return ModelSpec(
+        encoder_name=DEMO_ENCODER,
+        decoder_channels=(128, 64, 32, 16, 16),
+        input_size=input_size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
+class ModelConfig(ModelSpec):
+    """A trained model's spec and decision threshold: what is stored beside its weights."""
+
     threshold: float = 0.5
+    """Probability at or above which a pixel is product (tuned on validation by training)."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
+        """Parse a stored config; keys this version does not know are ignored."""
         raw: dict[str, Any] = json.loads(text)
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        for key in ("decoder_channels", "mean", "std"):
-            if key in known:
-                known[key] = tuple(known[key])
-        return cls(**known)
+        return cls.model_validate({k: v for k, v in raw.items() if k in cls.model_fields})
+
+    @classmethod
+    def of(cls, spec: ModelSpec, threshold: float) -> ModelConfig:
+        """`spec` with a decision threshold."""
+        return cls.model_validate({**spec.model_dump(), "threshold": threshold})
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: schedule, loss, augmentation, early stopping, threshold policy.
-
-    Attributes:
-        failure_weight: training weight of `failure` samples; None uses the manifest's weights.
-        early_stopping_patience: epochs without a validation mIoU gain above `min_delta`
-            before stopping; 0 disables early stopping.
-        schedule: the learning-rate shape over training progress (`ml.train.lr_factor`):
-            progress is the share of `epochs` done or, where further along, of `max_minutes`
-            spent, so a run the budget cuts short still warms up and anneals.
-        max_minutes: wall-clock budget of the training epochs (final validation, threshold
-            tuning and plots come on top); None for no budget.
-        allow_scratch: train from random encoder weights when pretrained ones are configured
-            but absent on this machine (otherwise that is an error).
-        device: "cuda", "cpu" or None for CUDA when available.
-        mixed_precision: bf16/fp16 autocast where the device supports it (see `ml.device`).
-    """
+class TrainConfig(CoreConfig):
+    """How to train: schedule, loss, augmentation, early stopping, threshold policy, device."""
 
     epochs: int = 20
+    """Passes over the train split (fewer if early stopping or the time budget ends it)."""
     batch_size: int = 16
+    """Images per optimisation step."""
     learning_rate: float = 1e-3
+    """Peak learning rate of AdamW."""
     weight_decay: float = 1e-4
+    """AdamW's decoupled weight decay."""
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    """Learning-rate shape over training progress: the share of `epochs` done or, where further
+    along, of `max_minutes` spent, so a run the budget cuts short still warms up and anneals."""
     loss: Literal["dice_bce", "bce", "dice", "focal"] = "dice_bce"
-    augment: bool = True
+    """Training loss."""
+    augment: AugmentConfig = AugmentConfig()
+    """Augmentation of the train split."""
     failure_weight: float | None = None
+    """Training weight of `failure` samples; null uses the dataset version's weights."""
     early_stopping_patience: int = 5
-    threshold_policy: Literal["max_iou", "min_recall"] = "max_iou"
-    min_recall: float = 0.99
-    num_workers: int = 0
-    seed: int = 0
-    max_minutes: float | None = None
+    """Epochs without a validation mIoU gain above `min_delta` before stopping; 0 disables it."""
     min_delta: float = 1e-4
+    """The smallest validation mIoU gain that counts as an improvement."""
+    threshold_policy: Literal["max_iou", "min_recall"] = "max_iou"
+    """How the decision threshold is tuned on validation: best mean IoU, or the highest
+    threshold that keeps pixel recall at least `min_recall`."""
+    min_recall: float = 0.99
+    """The recall target of the `min_recall` policy."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    seed: int = 0
+    """Seeds weights, shuffling and augmentation."""
+    max_minutes: float | None = None
+    """Wall-clock budget of the training epochs (final validation, threshold tuning and plots
+    come on top); null for no budget."""
     allow_scratch: bool = False
+    """Train from random encoder weights when pretrained ones are configured but absent on this
+    machine (otherwise that is an error)."""
     device: str | None = None
+    """"cuda", "cpu" or null for CUDA when available."""
     mixed_precision: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    """bf16/fp16 autocast where the device supports it (see `ml.device`)."""

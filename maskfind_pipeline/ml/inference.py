@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate
 from maskfind_pipeline.ml.model import preprocess
@@ -35,7 +35,7 @@ class Predictions(NamedTuple):
 
 
 def forward(
-    model: nn.Module, config: ModelConfig, images: torch.Tensor, settings: DeviceSettings
+    model: nn.Module, config: ModelSpec, images: torch.Tensor, settings: DeviceSettings
 ) -> torch.Tensor:
     """Logits of a uint8 batch with the model's preprocessing, memory format and autocast."""
     images = images.to(settings.device, non_blocking=True)
@@ -47,7 +47,7 @@ def forward(
 @torch.inference_mode()
 def predict_probabilities(
     model: nn.Module,
-    config: ModelConfig,
+    config: ModelSpec,
     loader: Loader,
     *,
     settings: DeviceSettings | None = None,

@@ -1,4 +1,4 @@
-"""The mask model: its architecture from a `ModelConfig` and the one definition of its input."""
+"""The mask model: its architecture from a `ModelSpec` and the one definition of its input."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import segmentation_models_pytorch as smp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.config import ModelSpec
 from maskfind_pipeline.ml.pretrained import load_encoder_weights
 
 _log = logging.getLogger(__name__)
 
 LIST_DECODER_ARCHS = ("unet", "unetplusplus", "manet")
-DEMO_ENCODER = "tu-tf_efficientnet_lite0"
 
 
-def build_model(config: ModelConfig, *, pretrained: bool = True) -> torch.nn.Module:
+def build_model(config: ModelSpec, *, pretrained: bool = True) -> torch.nn.Module:
     """Build the segmentation model described by `config` (3 input channels, 1 logit channel).
 
     The encoder depth follows `len(config.decoder_channels)`. Nothing is downloaded: with
@@ -51,7 +50,7 @@ def build_model(config: ModelConfig, *, pretrained: bool = True) -> torch.nn.Mod
     return model
 
 
-def preprocess(images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+def preprocess(images: torch.Tensor, config: ModelSpec) -> torch.Tensor:
     """Model input from uint8 RGB images: scaled to [0, 1], normalised by `config.mean`/`std`.
 
     Runs on the images' device and keeps their memory format (channels_last stays so).
@@ -77,7 +76,7 @@ def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) ->
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def forward_flops(config: ModelConfig, input_size: int | tuple[int, int] | None = None) -> float:
+def forward_flops(config: ModelSpec, input_size: int | tuple[int, int] | None = None) -> float:
     """FLOPs of one forward pass of one image (multiply-add counted as 2), on CPU.
 
     Args:
@@ -91,15 +90,3 @@ def forward_flops(config: ModelConfig, input_size: int | tuple[int, int] | None 
     with torch.no_grad(), counter:
         model(torch.zeros(1, 3, height, width))
     return float(counter.get_total_flops())
-
-
-def demo_model_config() -> ModelConfig:
-    """A small U-Net on EfficientNet-Lite0, pretrained offline from a bundled ImageNet file."""
-    return ModelConfig(
-        arch="Unet",
-        encoder_name=DEMO_ENCODER,
-        encoder_weights="imagenet",
-        decoder_channels=(128, 64, 32, 16, 16),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    )

@@ -2,7 +2,7 @@
 
 `load_encoder_weights` fills `model.encoder` from the first of these sources that exists:
 
-1. **An explicit weights file**: `ModelConfig.encoder_weights_path`, else the environment variable
+1. **An explicit weights file**: `ModelSpec.encoder_weights_path`, else the environment variable
    `MASKFIND_ENCODER_WEIGHTS`. A `.safetensors` file, or any other file holding a plain state dict
    (read with `torch.load(..., weights_only=True)`: pickled code is refused, never run). Its keys
    and shapes must match `model.encoder.state_dict()` exactly; otherwise the error lists the
@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from segmentation_models_pytorch.encoders.timm_universal import TimmUniversalEncoder
 
-from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.config import ModelSpec
 
 WEIGHTS_ENV_VAR = "MASKFIND_ENCODER_WEIGHTS"
 HUB_FILENAME = "model.safetensors"
@@ -63,7 +63,7 @@ class PretrainedWeightsUnavailable(PretrainedWeightsError):
     """No source of pretrained encoder weights exists on this machine."""
 
 
-def load_encoder_weights(model: torch.nn.Module, config: ModelConfig) -> str | None:
+def load_encoder_weights(model: torch.nn.Module, config: ModelSpec) -> str | None:
     """Load pretrained weights into `model.encoder` from the first available local source.
 
     Args:
@@ -94,7 +94,7 @@ def load_encoder_weights(model: torch.nn.Module, config: ModelConfig) -> str | N
     raise PretrainedWeightsUnavailable(_unavailable_message(config, repo_id, revision))
 
 
-def hub_location(config: ModelConfig) -> tuple[str, str | None]:
+def hub_location(config: ModelSpec) -> tuple[str, str | None]:
     """The Hugging Face repo id and revision smp or timm would download the encoder weights from.
 
     Raises:
@@ -253,7 +253,7 @@ def _as_state_dict(loaded: object, path: Path) -> StateDict:
     return dict(loaded)
 
 
-def _unavailable_message(config: ModelConfig, repo_id: str, revision: str | None) -> str:
+def _unavailable_message(config: ModelSpec, repo_id: str, revision: str | None) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub (default HF_HUB_CACHE)"
     pinned = f" --revision {revision}" if revision else ""
     return (
@@ -262,7 +262,7 @@ def _unavailable_message(config: ModelConfig, repo_id: str, revision: str | None
         f"(a) pre-fill the Hugging Face cache {cache} with repo {repo_id} at revision "
         f"{revision or 'main'} (file {HUB_FILENAME}), e.g. on a machine with internet "
         f"`hf download {repo_id} {HUB_FILENAME} config.json{pinned}` and copy the cache; or "
-        f"(b) set {WEIGHTS_ENV_VAR} or ModelConfig.encoder_weights_path to a .safetensors or "
+        f"(b) set {WEIGHTS_ENV_VAR} or encoder_weights_path to a .safetensors or "
         "state-dict file of the encoder. Or set encoder_weights=None to train from scratch."
     )
 

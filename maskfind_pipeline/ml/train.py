@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from maskfind_pipeline.data.decoded import DecodedArrays
-from maskfind_pipeline.data.loader import AugmentConfig, MaskDataset, make_loaders
+from maskfind_pipeline.data.loader import MaskDataset, make_loaders
 from maskfind_pipeline.ml import plots
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
+from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.device import (
     DeviceSettings,
     seed_everything,
@@ -71,7 +71,7 @@ class TrainResult:
 
     Attributes:
         model: the best epoch's model, on CPU, in eval mode.
-        config: `model_config` with the tuned threshold.
+        config: the model spec with the tuned threshold.
         history: one `EpochReport.as_dict()` per epoch run.
         val_metrics: validation metrics of the best model at the tuned threshold.
         threshold: the tuning result, with the full threshold curve.
@@ -118,14 +118,14 @@ def make_train_loaders(
         decoded,
         batch_size=train_config.batch_size,
         num_workers=train_config.num_workers,
-        augment=AugmentConfig(enabled=train_config.augment),
+        augment=train_config.augment,
         seed=train_config.seed,
         pin_memory=settings.pin_memory,
     )
 
 
 def train(
-    model_config: ModelConfig,
+    model_config: ModelSpec,
     train_config: TrainConfig,
     loaders: Mapping[str, Loader],
     *,
@@ -144,7 +144,7 @@ def train(
     threshold tuning and plots come on top.
 
     Args:
-        model_config: the architecture (threshold is replaced by the tuned one).
+        model_config: the architecture (a `ModelConfig`'s threshold is replaced by the tuned one).
         train_config: the hyper-parameters.
         loaders: at least `train` and `val` (e.g. from `make_train_loaders`).
         image_types: the image type of every manifest row (batches carry row indices).
@@ -180,7 +180,7 @@ class _Run:
     def __init__(
         self,
         model: nn.Module,
-        model_config: ModelConfig,
+        model_config: ModelSpec,
         train_config: TrainConfig,
         settings: DeviceSettings,
         image_types: Sequence[str],
@@ -324,7 +324,7 @@ class _Run:
         metrics = evaluate(probs, masks, choice.threshold, image_types=types, sources=sources)
         return TrainResult(
             model=model,
-            config=replace(self.config, threshold=choice.threshold),
+            config=ModelConfig.of(self.config, choice.threshold),
             history=self.history,
             val_metrics=metrics,
             threshold=choice,
@@ -356,7 +356,7 @@ class _Run:
         }
 
 
-def _build(model_config: ModelConfig, train_config: TrainConfig) -> tuple[nn.Module, bool]:
+def _build(model_config: ModelSpec, train_config: TrainConfig) -> tuple[nn.Module, bool]:
     pretrained = model_config.encoder_weights is not None
     try:
         return build_model(model_config, pretrained=pretrained), pretrained

@@ -1,6 +1,5 @@
 """A deterministic generator of synthetic factory images with exact product masks."""
 
-from maskfind_pipeline.synthetic.baseline import iou, otsu_iou
 from maskfind_pipeline.synthetic.contact_sheet import contact_sheet, render_contact_sheet
 from maskfind_pipeline.synthetic.render import Sample, render_sample
 from maskfind_pipeline.synthetic.types import (
@@ -35,8 +34,6 @@ __all__ = [
     "generate",
     "generate_failures",
     "generate_production",
-    "iou",
-    "otsu_iou",
     "render_contact_sheet",
     "render_sample",
     "resolve_types",

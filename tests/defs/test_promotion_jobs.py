@@ -52,7 +52,8 @@ def test_manual_promotion_respects_the_gate_unless_forced_and_rollback_restores(
     cells.write(Cell(v2, "ds-a"), _rows(v2, "ds-a", 0.80, {"wafer": (0.70, 10)}))
 
     assert _launch(
-        "promote_model", {"version": v1, "reason": "first", "requested_by": "ana", "floor": 0.5}
+        "promote_model",
+        {"version": v1, "reason": "first", "requested_by": "ana", "gate": {"floor": 0.5}},
     )
     assert registry.get("champion").version == v1
 

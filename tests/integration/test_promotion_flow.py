@@ -12,9 +12,10 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.evaluation.cells import CellStore
+from maskfind_pipeline.ml.config import demo_model_spec
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
-from tests.support.models import TINY_TRAINING
+from tests.support.models import tiny_training
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +24,11 @@ TYPES = [
     for n in ("color2d-choc_bar-conveyor-s1", "xray-praline-tray-s2", "darkfield-wafer-plain-s3")
 ]
 HELD_OUT = "darkfield-wafer-plain-s3"
-TRAINING = {**TINY_TRAINING, "learning_rate": 3e-3, "early_stopping_patience": 0, "epochs": 8}
+HYPER = {"learning_rate": 3e-3, "early_stopping_patience": 0, "epochs": 8}
+TRAINING = tiny_training(**HYPER)
 # The better model: the demo's offline-pretrained EfficientNet-Lite0 encoder, same budget.
-PRETRAINED = {
-    **TRAINING,
-    "encoder_name": "tu-tf_efficientnet_lite0",
-    "encoder_weights": "imagenet",
-    "decoder_channels": [64, 32, 16, 16, 8],
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.5, 0.5, 0.5],
-}
+LITE0 = demo_model_spec(64).model_copy(update={"decoder_channels": (64, 32, 16, 16, 8)})
+PRETRAINED = tiny_training(LITE0, **HYPER)
 
 
 def _run(instance, settings, assets: list[str], config: dict) -> dg.ExecuteInProcessResult:

@@ -13,7 +13,7 @@ import pytest
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.storage import LocalObjectStore
-from tests.support.models import TINY_TRAINING, nightly_config
+from tests.support.models import nightly_config, tiny_training
 from tests.support.webserver import chromium_render, dagster_webserver
 
 pytestmark = [
@@ -21,7 +21,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-TRAINING = {**TINY_TRAINING, "epochs": 1}
+TRAINING = tiny_training(epochs=1)
 
 
 def test_ui_shows_assets_and_the_compat_heatmap(

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-from maskfind_pipeline.ml.config import ModelConfig
+from typing import Any
+
+from maskfind_pipeline.data.augment_config import AugmentConfig
+from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.registry.mlflow_registry import TrainingRecord
 
-# mask_model run config for tests: a small U-Net trained from scratch on 64 px images.
-TINY_TRAINING: dict[str, object] = {
-    "encoder_name": "resnet18",
-    "encoder_weights": None,
-    "input_size": 64,
-    "decoder_channels": [32, 16, 16, 8, 8],
-    "epochs": 2,
-    "batch_size": 8,
-    "augment": False,
-}
+TINY_SPEC = ModelSpec(
+    encoder_name="resnet18",
+    encoder_weights=None,
+    input_size=64,
+    decoder_channels=(32, 16, 16, 8, 8),
+)
+TINY_TRAIN = TrainConfig(epochs=2, batch_size=8, augment=AugmentConfig(enabled=False))
 
 
-def nightly_config(training: dict[str, object] | None = None) -> dict[str, object]:
+def tiny_training(model: ModelSpec = TINY_SPEC, **train: Any) -> dict[str, Any]:
+    """mask_model run config for tests: a small U-Net trained from scratch on 64 px images;
+    keyword arguments override `TrainConfig` fields."""
+    config = TrainConfig.model_validate({**TINY_TRAIN.model_dump(), **train})
+    return TrainingSettings(model=model, train=config).model_dump(mode="json")
+
+
+TINY_TRAINING = tiny_training()
+
+
+def nightly_config(training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run config of the nightly job for tests: tiny training, a gate that any model passes."""
     return {
         "ops": {

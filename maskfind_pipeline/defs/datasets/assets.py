@@ -3,15 +3,14 @@
 from typing import Any, cast
 
 import dagster as dg
-from pydantic import Field
 
-from maskfind_pipeline.data.catalog import Catalog
-from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
-from maskfind_pipeline.data.version_store import VersionStore
-from maskfind_pipeline.data.versions import EmptyCatalog, VersionConfig, build_snapshot, diff
+from maskfind_pipeline.data.version_checks import CheckOutcome
+from maskfind_pipeline.data.versions import EmptyCatalog, VersionConfig
+from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.partitions import DATASET_VERSIONS
 from maskfind_pipeline.defs.resources import ObjectStoreResource
+from maskfind_pipeline.flows.datasets import publish_dataset_version
 from maskfind_pipeline.version import code_version
 
 CHECKS = (
@@ -32,21 +31,9 @@ dataset_versions = dg.AssetSpec(
 )
 
 
-class DatasetConfig(dg.Config):
-    """How the catalog becomes a version; changing any field yields a new version id."""
-
-    train_fraction: float = 0.70
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    failure_weight: float = 3.0
-    held_out_types: list[str] = Field(default_factory=list)
-
-    def to_core(self) -> VersionConfig:
-        return VersionConfig(
-            fractions=(self.train_fraction, self.val_fraction, self.test_fraction),
-            failure_weight=self.failure_weight,
-            held_out_types=tuple(sorted(self.held_out_types)),
-        )
+class DatasetConfig(run_config_for(VersionConfig)):
+    """How the catalog becomes a version (`data.versions.VersionConfig`); changing any field
+    yields a new version id."""
 
 
 @dg.asset(
@@ -60,43 +47,31 @@ def dataset_version(
 ) -> dg.MaterializeResult:
     """Snapshot the current catalog: stable hash-based splits, failures included and weighted.
     The id comes from the content, so the same catalog never makes a second version."""
-    store = work_store.open()
-    tables = Catalog(store).read()
-    current = tables.current_samples()
     try:
-        snapshot = build_snapshot(current, config.to_core())
+        outcome = publish_dataset_version(
+            work_store.open(), core_of(config, VersionConfig), code_version=code_version()
+        )
     except EmptyCatalog as exc:
         raise dg.Failure(description=str(exc)) from exc
-    versions = VersionStore(store)
-    published = versions.publish(
-        snapshot, catalog_rows=current.num_rows, code_version=code_version()
-    )
-    vid, card = published.version_id, published.card
-    manifest = versions.manifest(vid)
-    parent = versions.manifest(card["parent"]) if card["parent"] else None
+    vid, card = outcome.version_id, outcome.card
     context.instance.add_dynamic_partitions(str(DATASET_VERSIONS.name), [vid])
-    if published.created:
+    if outcome.created:
         context.log_event(
             dg.AssetMaterialization(
                 "dataset_versions", partition=vid, metadata=_card_metadata(card)
             )
         )
-    failures = sum(1 for s in current.column("source").to_pylist() if s == "failure")
-    outcomes = [
-        *check_version(manifest, catalog_failures=failures),
-        CheckOutcome("manifest_checksum", True, "manifest sha256 and id verified"),
-    ]
     return dg.MaterializeResult(
         metadata={
             "dataset_version": vid,
-            "created": published.created,
+            "created": outcome.created,
             **_card_metadata(card),
-            "diff_vs_parent": markdown_table(diff(parent, manifest), limit=100),
+            "diff_vs_parent": markdown_table(outcome.diff, limit=100),
             "warnings": dg.MetadataValue.md(
                 "\n".join(f"- {w}" for w in card["warnings"]) or "_none_"
             ),
         },
-        check_results=[_check_result(o) for o in outcomes],
+        check_results=[_check_result(o) for o in outcome.checks],
         tags={"maskfind/dataset_version": vid},
     )
 

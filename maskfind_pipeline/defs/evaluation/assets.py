@@ -11,10 +11,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import COMPAT_CELLS, MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
+from maskfind_pipeline.flows.settings import EvaluationOptions
 
 compat_cells = dg.AssetSpec(
     "compat_cells",
@@ -26,11 +28,8 @@ compat_cells = dg.AssetSpec(
 )
 
 
-class EvaluationConfig(dg.Config):
-    """How much of the matrix to keep filled."""
-
-    last_n: int | None = None
-    batch_size: int = 32
+class EvaluationConfig(run_config_for(EvaluationOptions)):
+    """How much of the matrix to keep filled (`flows.settings.EvaluationOptions`)."""
 
 
 @dg.asset(group_name="evaluation", deps=["mask_model", "dataset_version"], kinds={"parquet"})
@@ -45,29 +44,9 @@ def compat_evaluation(
     """Every model (last N, champion, challenger) on every dataset version's test split, per
     image type and source; only missing cells are computed."""
     from maskfind_pipeline.data.version_store import VersionStore
-    from maskfind_pipeline.evaluation import compute
     from maskfind_pipeline.evaluation.cells import Cell, CellStore
-    from maskfind_pipeline.evaluation.report import heatmap_png, matrix_markdown, type_deltas
-
-    work, registry = work_store.open(), mlflow.registry()
-    versions, cells = VersionStore(work), CellStore(work)
-    plan = compute.plan_cells(registry, versions, cells, last_n=config.last_n)
-    context.instance.add_dynamic_partitions(str(MODEL_VERSIONS.name), plan.models)
-
-    evaluate_cell = compute.CellEvaluator(
-        registry=registry,
-        versions=versions,
-        data_store=data_store.open(),
-        cache=cache.open(),
-        decoded_root=Path(cache.root) / "decoded",
-        batch_size=config.batch_size,
-    )
-
-    def evaluate(cell: Cell) -> list[dict[str, object]]:
-        context.log.info(f"evaluating model v{cell.model_version} on {cell.dataset_version}")
-        rows = evaluate_cell(cell)
-        run_id = compute.log_cell_run(registry, cell, rows)
-        return [{**row, "mlflow_run_id": run_id} for row in rows]
+    from maskfind_pipeline.evaluation.report import heatmap_png, matrix_markdown
+    from maskfind_pipeline.flows.evaluation import update_matrix
 
     def record(cell: Cell, rows: list[dict[str, object]]) -> None:
         overall = next(r for r in rows if r["group_kind"] == "overall")
@@ -85,19 +64,29 @@ def compat_evaluation(
             )
         )
 
-    written = compute.fill_matrix(plan, cells, evaluate, record)
-    table = cells.read(plan.wanted)
-    champion, challenger = registry.alias_or_none("champion"), registry.alias_or_none("challenger")
-    deltas = (
-        type_deltas(table, challenger.version, champion.version) if champion and challenger else []
+    work = work_store.open()
+    outcome = update_matrix(
+        core_of(config, EvaluationOptions),
+        registry=mlflow.registry(),
+        versions=VersionStore(work),
+        cells=CellStore(work),
+        data_store=data_store.open(),
+        cache=cache.open(),
+        decoded_root=Path(cache.root) / "decoded",
+        on_plan=lambda plan: context.instance.add_dynamic_partitions(
+            str(MODEL_VERSIONS.name), plan.models
+        ),
+        on_cell=record,
+        log=context.log.info,
     )
+    plan, table = outcome.plan, outcome.table
     return dg.MaterializeResult(
         metadata={
-            "cells_computed": len(written),
+            "cells_computed": len(outcome.written),
             "cells_total": len(plan.wanted),
             "models": ", ".join(f"v{m}" for m in plan.models),
             "matrix": dg.MetadataValue.md(matrix_markdown(table)),
-            "challenger_vs_champion": markdown_table(deltas, limit=200),
+            "challenger_vs_champion": markdown_table(outcome.deltas, limit=200),
             **png_metadata(
                 heatmap_png(table, dataset_order=plan.datasets),
                 title="heatmap",

@@ -4,21 +4,17 @@ from collections import Counter
 
 import dagster as dg
 
-from maskfind_pipeline.data.catalog import Catalog
-from maskfind_pipeline.data.ingest import IngestOptions, ingest, summarize
+from maskfind_pipeline.data.ingest import IngestOptions
+from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import counts_table, markdown_table
 from maskfind_pipeline.defs.resources import CacheResource, ObjectStoreResource
+from maskfind_pipeline.flows.ingest import ingest_catalog
 
 _PREVIEW_COLUMNS = ("image_key", "image_type", "source", "width", "height", "mask_fraction")
 
 
-class IngestConfig(dg.Config):
-    """Concurrency and limits of one ingest run."""
-
-    max_workers: int = 16
-    batch_size: int = 1000
-    page_size: int = 1000
-    max_pixels: int = 40_000_000
+class IngestConfig(run_config_for(IngestOptions)):
+    """Concurrency and limits of one ingest run (`data.ingest.IngestOptions`)."""
 
 
 @dg.asset(
@@ -35,29 +31,25 @@ def image_catalog(
 ) -> dg.MaterializeResult:
     """Every valid image/mask pair under labeled/ and failures/, deduplicated by content hash;
     what fails validation goes to the quarantine table with a reason."""
-    catalog = Catalog(work_store.open())
-    report = ingest(
+    outcome = ingest_catalog(
         data_store.open(),
-        catalog,
+        work_store.open(),
+        cache.open(),
+        core_of(config, IngestOptions),
         run_id=context.run.run_id,
-        options=IngestOptions(
-            config.max_workers, config.batch_size, config.page_size, config.max_pixels
-        ),
-        cache=cache.open(),
         progress=lambda done, total: context.log.info(f"ingest: {done}/{total} pairs checked"),
     )
-    current = catalog.read().current_samples()
-    summary = summarize(report)
+    report, samples, summary = outcome.report, outcome.samples, outcome.summary
     preview = report.new_samples.select(list(_PREVIEW_COLUMNS)).slice(0, 20).to_pylist()
     return dg.MaterializeResult(
         metadata={
             **{name: dg.MetadataValue.int(value) for name, value in report.counts().items()},
-            "catalog_samples": dg.MetadataValue.int(current.num_rows),
+            "catalog_samples": dg.MetadataValue.int(samples.num_rows),
             "catalog_by_image_type": counts_table(
-                Counter(current.column("image_type").to_pylist()), "image_type"
+                Counter(samples.column("image_type").to_pylist()), "image_type"
             ),
             "catalog_by_source": counts_table(
-                Counter(current.column("source").to_pylist()), "source"
+                Counter(samples.column("source").to_pylist()), "source"
             ),
             "new_by_image_type": counts_table(summary["by_image_type"], "image_type"),
             "quarantined_by_stage": counts_table(summary["refused_by_stage"], "stage"),

@@ -2,25 +2,19 @@
 
 import dagster as dg
 
+from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
-from maskfind_pipeline.defs.promotion.assets import GateConfig
 from maskfind_pipeline.defs.resources import MlflowResource, ObjectStoreResource
+from maskfind_pipeline.flows.settings import ManualPromotion, RollbackRequest
 
 
-class ManualPromotionConfig(GateConfig):
-    """Promote a version by hand: the gate still runs; `force` overrides a failed gate."""
-
-    version: str
-    reason: str
-    requested_by: str
-    force: bool = False
+class ManualPromotionConfig(run_config_for(ManualPromotion)):
+    """Promote a version by hand (`flows.settings.ManualPromotion`): the gate still runs;
+    `force` overrides a failed gate."""
 
 
-class RollbackConfig(dg.Config):
-    """Give `champion` back to the version it replaced."""
-
-    reason: str
-    requested_by: str
+class RollbackConfig(run_config_for(RollbackRequest)):
+    """Give `champion` back to the version it replaced (`flows.settings.RollbackRequest`)."""
 
 
 @dg.op
@@ -31,33 +25,19 @@ def promote_version(
     mlflow: MlflowResource,
 ) -> None:
     from maskfind_pipeline.evaluation.cells import CellStore
-    from maskfind_pipeline.evaluation.gate import decide
-    from maskfind_pipeline.registry.promotion import CHAMPION, promote
+    from maskfind_pipeline.flows.promotion import PromotionRefused, promote_by_hand
 
-    if not config.reason.strip():
-        raise dg.Failure(description="a manual promotion needs a reason")
-    registry = mlflow.registry()
-    registry.get(config.version)
-    champion = registry.alias_or_none(CHAMPION)
-    decision = decide(
-        CellStore(work_store.open()).read(),
-        config.version,
-        champion.version if champion else None,
-        config.policy(),
-    )
-    if not decision.passed and not config.force:
-        raise dg.Failure(
-            description="gate failed: " + "; ".join(decision.reasons),
-            metadata={"regressions": markdown_table(decision.regressions)},
+    try:
+        move, decision = promote_by_hand(
+            mlflow.registry(), CellStore(work_store.open()), core_of(config, ManualPromotion)
         )
-    move = promote(
-        registry,
-        config.version,
-        actor=f"{config.requested_by} (manual)",
-        reason=config.reason,
-        evidence=decision.evidence,
-        forced=not decision.passed,
-    )
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    except PromotionRefused as exc:
+        raise dg.Failure(
+            description=str(exc),
+            metadata={"regressions": markdown_table(exc.decision.regressions)},
+        ) from exc
     context.log.info(
         f"champion: v{move.previous or '-'} -> v{move.champion} "
         f"({'forced past a failed gate' if not decision.passed else 'gate passed'})"
@@ -70,8 +50,9 @@ def rollback_champion(
 ) -> None:
     from maskfind_pipeline.registry.promotion import rollback
 
+    request = core_of(config, RollbackRequest)
     move = rollback(
-        mlflow.registry(), actor=f"{config.requested_by} (manual)", reason=config.reason
+        mlflow.registry(), actor=f"{request.requested_by} (manual)", reason=request.reason
     )
     context.log.info(f"champion rolled back: v{move.previous} -> v{move.champion}")
 

@@ -3,70 +3,19 @@
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 
+from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
+from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.version import code_version
 
 
-class TrainingConfig(dg.Config):
-    """Architecture and hyper-parameters; the defaults are the production model."""
-
-    dataset_version: str | None = Field(None, description="Default: the latest version.")
-    encoder_name: str = "resnet34"
-    encoder_weights: str | None = Field("imagenet", description="null: train from scratch.")
-    encoder_weights_path: str | None = None
-    decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
-    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
-    input_size: int = 256
-    epochs: int = 20
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    schedule: str = "onecycle"
-    loss: str = "dice_bce"
-    augment: bool = True
-    failure_weight: float | None = Field(None, description="Override the version's weights.")
-    early_stopping_patience: int = 5
-    threshold_policy: str = "max_iou"
-    min_recall: float = 0.99
-    num_workers: int = 0
-    seed: int = 0
-    max_minutes: float | None = None
-    allow_scratch: bool = False
-
-    def to_model_config(self) -> ModelConfig:
-        return ModelConfig(
-            encoder_name=self.encoder_name,
-            encoder_weights=self.encoder_weights,
-            encoder_weights_path=self.encoder_weights_path,
-            decoder_channels=tuple(self.decoder_channels),
-            input_size=self.input_size,
-            mean=(self.mean[0], self.mean[1], self.mean[2]),
-            std=(self.std[0], self.std[1], self.std[2]),
-        )
-
-    def to_train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            schedule=self.schedule,  # type: ignore[arg-type]
-            loss=self.loss,  # type: ignore[arg-type]
-            augment=self.augment,
-            failure_weight=self.failure_weight,
-            early_stopping_patience=self.early_stopping_patience,
-            threshold_policy=self.threshold_policy,  # type: ignore[arg-type]
-            min_recall=self.min_recall,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            max_minutes=self.max_minutes,
-            allow_scratch=self.allow_scratch,
-        )
+class TrainingConfig(run_config_for(TrainingSettings)):
+    """Dataset version, architecture and hyper-parameters (`flows.settings.TrainingSettings`);
+    the defaults are the production model."""
 
 
 @dg.asset(
@@ -87,7 +36,7 @@ def mask_model(
     """A U-Net trained on a dataset version, its threshold tuned on validation, registered in
     MLflow with alias `challenger`."""
     from maskfind_pipeline.data.version_store import VersionStore
-    from maskfind_pipeline.registry.training import train_and_register
+    from maskfind_pipeline.flows.training import train_and_register
 
     def on_epoch(report) -> None:
         context.log.info(
@@ -96,14 +45,12 @@ def mask_model(
         )
 
     outcome = train_and_register(
+        core_of(config, TrainingSettings),
         versions=VersionStore(work_store.open()),
         data_store=data_store.open(),
         cache=cache.open(),
         decoded_root=Path(cache.root) / "decoded",
         registry=mlflow.registry(),
-        model_config=config.to_model_config(),
-        train_config=config.to_train_config(),
-        dataset_version=config.dataset_version,
         on_epoch=on_epoch,
         tags={"code_version": code_version(), "dagster_run_id": context.run.run_id},
     )

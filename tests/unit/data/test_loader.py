@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,11 @@ from PIL import Image
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data import decoded as decoded_module
+from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import ContentMismatch, DecodedArrays, build_decoded
 from maskfind_pipeline.data.images import decode_pair
-from maskfind_pipeline.data.loader import AugmentConfig, MaskDataset, make_loaders
+from maskfind_pipeline.data.loader import MaskDataset, make_loaders
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.manifests import manifest_of as make_manifest
 
@@ -196,7 +196,7 @@ def test_items_are_uint8_images_binary_masks_and_weights(source, tmp_path: Path)
 
 def test_a_deterministic_flip_moves_image_and_mask_together(source, tmp_path: Path) -> None:
     arrays = build(source, tmp_path)
-    config = replace(GEOMETRY_ONLY, flip_p=1.0, rotate90=False, affine_p=0.0)
+    config = GEOMETRY_ONLY.model_copy(update=dict(flip_p=1.0, rotate90=False, affine_p=0.0))
     item = MaskDataset(arrays, [0], augment=config)[0]
     flipped = np.flip(arrays.images[0], axis=(0, 1)).transpose(2, 0, 1)
     np.testing.assert_array_equal(item["image"].numpy(), flipped)
@@ -210,7 +210,7 @@ def dihedral(array: np.ndarray) -> list[np.ndarray]:
 
 def test_flips_and_rotations_apply_the_same_transform_to_both(source, tmp_path: Path) -> None:
     arrays = build(source, tmp_path)
-    config = replace(GEOMETRY_ONLY, affine_p=0.0)
+    config = GEOMETRY_ONLY.model_copy(update=dict(affine_p=0.0))
     dataset = MaskDataset(arrays, range(len(arrays)), augment=config)
     torch.manual_seed(0)
     seen = set()
@@ -233,7 +233,7 @@ def test_affine_and_colour_keep_the_mask_binary_and_aligned(tmp_path: Path) -> N
         m[y : y + 24, x : x + 20] = 1
     images = np.repeat((masks * 255)[..., None], 3, axis=3)
     arrays = DecodedArrays(tmp_path, images, masks, tuple(str(i) for i in range(8)))
-    config = replace(GEOMETRY_ONLY, affine_p=1.0, degrees=20)
+    config = GEOMETRY_ONLY.model_copy(update=dict(affine_p=1.0, degrees=20))
     torch.manual_seed(1)
     for item in MaskDataset(arrays, range(8), augment=config):
         mask = item["mask"][0].numpy()

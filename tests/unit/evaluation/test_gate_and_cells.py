@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from maskfind_pipeline.evaluation.cells import CELL_SCHEMA, Cell, CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy, decide
+from maskfind_pipeline.evaluation.planning import plan_cells
 from maskfind_pipeline.storage import ObjectStore
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -100,6 +101,33 @@ def test_without_a_champion_the_floor_applies() -> None:
 
 def test_a_candidate_without_cells_never_passes() -> None:
     assert not decide(_table(_rows("1", "ds-a", 0.9, {})), "2", "1", GatePolicy()).passed
+
+
+def test_a_dataset_version_the_candidate_was_never_evaluated_on_blocks() -> None:
+    cells = _table(
+        _rows("1", "ds-a", 0.90, {"x": (0.90, 10)}),
+        _rows("1", "ds-b", 0.80, {"x": (0.80, 10)}),
+        _rows("2", "ds-a", 0.95, {"x": (0.95, 10)}),
+    )
+    decision = decide(cells, "2", "1", GatePolicy())
+    assert not decision.passed
+    assert any("no evaluation on ds-b" in r for r in decision.reasons), decision.reasons
+    with_b = pa.concat_tables([cells, _table(_rows("2", "ds-b", 0.85, {"x": (0.85, 10)}))])
+    assert decide(with_b, "2", "1", GatePolicy()).passed
+
+
+def test_the_champion_and_challenger_are_planned_on_every_dataset_version() -> None:
+    cards = [{"id": d, "counts": {"x": {"test": {"labeled": 3}}}} for d in ("d1", "d2", "d3")]
+    cards.append({"id": "d4", "counts": {"x": {"train": {"labeled": 3}}}})  # nothing to test
+    plan = plan_cells(["1", "2", "3", "4"], cards, [Cell("4", "d3")], pinned=["1"], last_n=2)
+    assert plan.models == ["1", "3", "4"]
+    assert plan.datasets == ["d1", "d2", "d3"]
+    assert {c.dataset_version for c in plan.wanted if c.model_version == "1"} == {"d1", "d2", "d3"}
+    assert {c.dataset_version for c in plan.wanted if c.model_version == "3"} == {"d2", "d3"}
+    assert Cell("4", "d3") in plan.wanted and Cell("4", "d3") not in plan.missing
+    assert len(plan.missing) == len(plan.wanted) - 1
+    everything = plan_cells(["1", "2"], cards, [], pinned=[], last_n=None)
+    assert len(everything.wanted) == 2 * 3
 
 
 def test_cell_store_is_incremental_and_create_once(store: ObjectStore) -> None:

@@ -3,11 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
 from maskfind_pipeline.ml.model import (
     build_model,
     count_parameters,
-    demo_model_config,
     forward_flops,
     preprocess,
 )
@@ -27,7 +26,7 @@ def uint8_images(batch: int = 2, size: int = 64) -> torch.Tensor:
     return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("config", [SCRATCH, demo_model_config()], ids=["resnet34", "lite0"])
+@pytest.mark.parametrize("config", [SCRATCH, demo_model_spec()], ids=["resnet34", "lite0"])
 def test_output_is_one_logit_per_pixel(config: ModelConfig) -> None:
     model = build_model(config).eval()
     with torch.no_grad():
@@ -61,7 +60,7 @@ def test_preprocess_is_the_manual_normalisation() -> None:
 def test_preprocess_keeps_channels_last_and_the_input_untouched() -> None:
     images = uint8_images().contiguous(memory_format=torch.channels_last)
     before = images.clone()
-    out = preprocess(images, demo_model_config())
+    out = preprocess(images, demo_model_spec())
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(images, before)
 
@@ -82,14 +81,15 @@ def test_count_parameters_counts_only_trainable_on_request() -> None:
 
 
 def test_forward_flops_grow_with_the_pixel_count() -> None:
-    small = forward_flops(demo_model_config(), 64)
+    small = forward_flops(demo_model_spec(), 64)
     assert small > 1e8
-    assert forward_flops(demo_model_config(), (128, 64)) == pytest.approx(2 * small, rel=0.01)
+    assert forward_flops(demo_model_spec(), (128, 64)) == pytest.approx(2 * small, rel=0.01)
 
 
 def test_demo_config_is_the_offline_lite0_unet() -> None:
-    config = demo_model_config()
+    config = demo_model_spec()
     assert config.encoder_name == "tu-tf_efficientnet_lite0"
     assert config.encoder_weights == "imagenet"
     assert config.mean == config.std == (0.5, 0.5, 0.5)
-    assert ModelConfig.from_json(config.to_json()) == config
+    stored = ModelConfig.of(config, 0.42)
+    assert ModelConfig.from_json(stored.to_json()) == stored and stored.threshold == 0.42

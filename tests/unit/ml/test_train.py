@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.ml import train as train_module
@@ -35,7 +36,10 @@ TINY = ModelConfig(
     input_size=SIZE,
     decoder_channels=(32, 16, 16, 8, 8),
 )
-FAST = TrainConfig(epochs=2, batch_size=4, learning_rate=3e-3, augment=False, schedule="constant")
+NO_AUGMENT = AugmentConfig(enabled=False)
+FAST = TrainConfig(
+    epochs=2, batch_size=4, learning_rate=3e-3, augment=NO_AUGMENT, schedule="constant"
+)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -125,7 +129,7 @@ def test_the_best_epoch_is_restored_and_early_stopping_stops(data: Data, monkeyp
         return _with_iou(real(model, *args, **kwargs), next(scores))
 
     monkeypatch.setattr(train_module, "predict_probabilities", scripted)
-    config = TrainConfig(epochs=5, batch_size=4, early_stopping_patience=1, augment=False)
+    config = TrainConfig(epochs=5, batch_size=4, early_stopping_patience=1, augment=NO_AUGMENT)
     result = train(TINY, config, data.loaders(config), **data.columns(), progress_bar=False)
     assert len(result.history) == 3 and result.stop_reason == "early_stopping"
     assert result.best_epoch == 2
@@ -144,7 +148,7 @@ def _with_iou(predictions: Predictions, score: float) -> Predictions:
 
 
 def test_the_time_budget_stops_after_a_batch(data: Data) -> None:
-    config = TrainConfig(epochs=5, batch_size=4, max_minutes=1e-6, augment=False)
+    config = TrainConfig(epochs=5, batch_size=4, max_minutes=1e-6, augment=NO_AUGMENT)
     result = train(TINY, config, data.loaders(config), **data.columns(), progress_bar=False)
     assert result.stop_reason == "time_budget" and len(result.history) == 1
 
@@ -190,7 +194,7 @@ def test_lr_factor_shapes(schedule: str) -> None:
 
 def test_missing_pretrained_weights_fail_unless_scratch_is_allowed(data: Data) -> None:
     wanted = ModelConfig(**{**TINY.__dict__, "encoder_weights": "imagenet"})
-    config = TrainConfig(epochs=1, batch_size=8, max_minutes=1e-6, augment=False)
+    config = TrainConfig(epochs=1, batch_size=8, max_minutes=1e-6, augment=NO_AUGMENT)
     with pytest.raises(PretrainedWeightsUnavailable):
         train(wanted, config, data.loaders(config), **data.columns(), progress_bar=False)
     scratch = TrainConfig(**{**config.__dict__, "allow_scratch": True})
@@ -255,7 +259,7 @@ def test_cuda_training_uses_bf16_autocast_and_channels_last(data: Data) -> None:
     settings = select_device("cuda")
     assert settings.autocast_dtype is torch.bfloat16, "every GPU we train on has bf16"
     assert settings.channels_last and settings.pin_memory and not settings.grad_scaler
-    config = replace(FAST, epochs=3, device="cuda")
+    config = FAST.model_copy(update={"epochs": 3, "device": "cuda"})
     loaders = make_train_loaders(data.manifest, data.decoded, config, settings)
     result = train(TINY, config, loaders, **data.columns(), settings=settings, progress_bar=False)
     losses = [h["train_loss"] for h in result.history]

@@ -21,8 +21,6 @@ from maskfind_pipeline.synthetic import (
     generate,
     generate_failures,
     generate_production,
-    iou,
-    otsu_iou,
     render_contact_sheet,
     render_sample,
     resolve_types,
@@ -30,6 +28,7 @@ from maskfind_pipeline.synthetic import (
 )
 from maskfind_pipeline.synthetic import scene as scene_module
 from maskfind_pipeline.synthetic.shapes import draw_product
+from tests.support.otsu import iou, otsu_iou
 
 ALL_TYPES = DEFAULT_TYPES + UNSEEN_TYPES
 

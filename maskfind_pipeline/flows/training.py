@@ -1,4 +1,4 @@
-"""Train on one dataset version and register the result: the core of the `mask_model` asset."""
+"""Train on one dataset version and register the result with alias `challenger`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
+from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.predict import weights_to_bytes
 from maskfind_pipeline.ml.train import EpochReport, TrainResult, make_train_loaders, train
@@ -19,6 +19,7 @@ from maskfind_pipeline.registry.mlflow_registry import (
     RegisteredModel,
     TrainingRecord,
 )
+from maskfind_pipeline.registry.promotion import CHALLENGER
 from maskfind_pipeline.storage.base import ObjectStore
 
 
@@ -33,51 +34,48 @@ class TrainingOutcome:
 
 
 def train_and_register(
+    settings: TrainingSettings,
     *,
     versions: VersionStore,
     data_store: ObjectStore,
     cache: ContentCache,
     decoded_root: Path,
     registry: ModelRegistry,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    dataset_version: str | None = None,
     tags: Mapping[str, str] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> TrainingOutcome:
-    """Train on `dataset_version` (default: the latest), register it with alias `challenger`."""
-    vid = dataset_version or _latest(versions)
+    """Train on `settings.dataset_version` (default: the latest), register it as `challenger`.
+
+    Raises:
+        LookupError: no dataset version has been published yet.
+    """
+    vid = settings.dataset_version or _latest(versions)
+    model_spec, config = settings.model, settings.train
     manifest = versions.manifest(vid)
     decoded = build_decoded(
-        manifest, data_store, cache, decoded_root, version_id=vid, size=model_config.input_size
+        manifest, data_store, cache, decoded_root, version_id=vid, size=model_spec.input_size
     )
-    settings = select_device(train_config.device, mixed_precision=train_config.mixed_precision)
-    loaders = make_train_loaders(manifest, decoded, train_config, settings)
+    device = select_device(config.device, mixed_precision=config.mixed_precision)
     image_types = manifest.column("image_type").to_pylist()
     result = train(
-        model_config,
-        train_config,
-        loaders,
+        model_spec,
+        config,
+        make_train_loaders(manifest, decoded, config, device),
         image_types=image_types,
         sources=manifest.column("source").to_pylist(),
-        settings=settings,
+        settings=device,
         on_epoch=on_epoch,
         progress=progress,
         progress_bar=progress is None,
     )
-    seen = sorted(
-        set(
-            t
-            for t, s in zip(image_types, manifest.column("split").to_pylist(), strict=True)
-            if s == "train"
-        )
-    )
+    splits = manifest.column("split").to_pylist()
+    seen = sorted({t for t, s in zip(image_types, splits, strict=True) if s == "train"})
     record = TrainingRecord(
         config=result.config,
         weights=weights_to_bytes(result.model),
         dataset_version=vid,
-        params=_params(model_config, train_config, vid, result),
+        params=_params(settings, vid, result),
         history=result.history,
         metrics=result.metrics(),
         plots=result.plots,
@@ -89,7 +87,8 @@ def train_and_register(
             **(tags or {}),
         },
     )
-    return TrainingOutcome(registry.log_training(record, alias="challenger"), result, vid, seen)
+    registered = registry.log_training(record, alias=CHALLENGER)
+    return TrainingOutcome(registered, result, vid, seen)
 
 
 def _latest(versions: VersionStore) -> str:
@@ -101,13 +100,24 @@ def _latest(versions: VersionStore) -> str:
     return str(card["id"])
 
 
-def _params(
-    model: ModelConfig, config: TrainConfig, vid: str, result: TrainResult
-) -> dict[str, Any]:
-    params = {f"model.{k}": v for k, v in model.__dict__.items()}
-    params |= {f"train.{k}": v for k, v in config.__dict__.items() if k != "extra"}
-    params |= {"dataset_version": vid, "device": result.device, "best_epoch": result.best_epoch}
-    return params
+def _params(settings: TrainingSettings, vid: str, result: TrainResult) -> dict[str, Any]:
+    """Flat MLflow params: `model.<field>`, `train.<field>`, `train.augment.<field>`, ..."""
+    params = _flatten(settings.model_dump(mode="json", exclude={"dataset_version"}))
+    return params | {
+        "dataset_version": vid,
+        "device": result.device,
+        "best_epoch": result.best_epoch,
+    }
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _curve(result: TrainResult) -> dict[str, Any]:

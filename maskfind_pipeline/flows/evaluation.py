@@ -1,4 +1,4 @@
-"""Compute matrix cells: a registered model version on a dataset version's test split."""
+"""Evaluate registered models on dataset versions' test splits: the compatibility matrix."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
+from maskfind_pipeline.evaluation.planning import CellRows, MatrixPlan, fill_matrix, plan_cells
+from maskfind_pipeline.evaluation.report import type_deltas
+from maskfind_pipeline.flows.settings import EvaluationOptions
 from maskfind_pipeline.ml.inference import evaluate_loader
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
@@ -23,42 +26,63 @@ from maskfind_pipeline.storage.base import ObjectStore
 
 
 @dataclass(frozen=True)
-class MatrixPlan:
-    """Which cells the matrix should have now, and which of them are missing."""
+class MatrixOutcome:
+    """The plan, the cells this call computed, the wanted cells' table, challenger vs champion."""
 
-    models: list[str]
-    datasets: list[str]
-    wanted: list[Cell]
-    missing: list[Cell]
-
-
-def plan_cells(
-    registry: ModelRegistry, versions: VersionStore, cells: CellStore, *, last_n: int | None
-) -> MatrixPlan:
-    """Every (model, dataset version) cell among the last N models (plus champion and
-    challenger) and the last N dataset versions; `missing` are those not computed yet.
-
-    So a new model is evaluated on the older dataset versions, and a new dataset version with
-    the older models; a run that died half-way is completed by the next one. Dataset versions
-    without test samples have nothing to evaluate and are left out.
-    """
-    models = [m.version for m in registry.versions()]
-    datasets = [str(card["id"]) for card in versions.list() if _has_test_samples(card)]
-    recent = set(models[-last_n:] if last_n else models)
-    recent |= {
-        a.version
-        for a in (registry.alias_or_none(CHAMPION), registry.alias_or_none(CHALLENGER))
-        if a is not None
-    }
-    considered = datasets[-last_n:] if last_n else datasets
-    wanted = sorted(Cell(m, d) for m in recent for d in considered)
-    return MatrixPlan(sorted(recent, key=int), considered, wanted, cells.missing(wanted))
+    plan: MatrixPlan
+    written: list[Cell]
+    table: pa.Table
+    deltas: list[dict[str, object]]
 
 
-def _has_test_samples(card: dict[str, object]) -> bool:
-    counts = card.get("counts", {})
-    assert isinstance(counts, dict)
-    return any(sum(by_split.get("test", {}).values()) for by_split in counts.values())
+def update_matrix(
+    options: EvaluationOptions,
+    *,
+    registry: ModelRegistry,
+    versions: VersionStore,
+    cells: CellStore,
+    data_store: ObjectStore,
+    cache: ContentCache,
+    decoded_root: Path,
+    on_plan: Callable[[MatrixPlan], None] | None = None,
+    on_cell: Callable[[Cell, CellRows], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> MatrixOutcome:
+    """Compute every missing cell of the matrix (see `plan_cells`), log each to MLflow."""
+    champion, challenger = registry.alias_or_none(CHAMPION), registry.alias_or_none(CHALLENGER)
+    pinned = [m.version for m in (champion, challenger) if m is not None]
+    plan = plan_cells(
+        [m.version for m in registry.versions()],
+        versions.list(),
+        cells.existing(),
+        pinned=pinned,
+        last_n=options.last_n,
+    )
+    if on_plan:
+        on_plan(plan)
+    evaluate_cell = CellEvaluator(
+        registry=registry,
+        versions=versions,
+        data_store=data_store,
+        cache=cache,
+        decoded_root=decoded_root,
+        batch_size=options.batch_size,
+        device=options.device,
+    )
+
+    def evaluate(cell: Cell) -> CellRows:
+        if log:
+            log(f"evaluating model v{cell.model_version} on {cell.dataset_version}")
+        rows = evaluate_cell(cell)
+        run_id = log_cell_run(registry, cell, rows)
+        return [{**row, "mlflow_run_id": run_id} for row in rows]
+
+    written = fill_matrix(plan, cells, evaluate, on_cell)
+    table = cells.read(plan.wanted)
+    deltas = (
+        type_deltas(table, challenger.version, champion.version) if champion and challenger else []
+    )
+    return MatrixOutcome(plan, written, table, deltas)
 
 
 class CellEvaluator:
@@ -87,7 +111,7 @@ class CellEvaluator:
         self._predictors: dict[str, Predictor] = {}
         self._manifests: dict[str, pa.Table] = {}
 
-    def __call__(self, cell: Cell) -> list[dict[str, object]]:
+    def __call__(self, cell: Cell) -> CellRows:
         predictor = self._predictor(cell.model_version)
         manifest = self._manifest(cell.dataset_version)
         config = predictor.config
@@ -136,7 +160,7 @@ class CellEvaluator:
         return self._manifests[dataset_version]
 
 
-def log_cell_run(registry: ModelRegistry, cell: Cell, rows: list[dict[str, object]]) -> str:
+def log_cell_run(registry: ModelRegistry, cell: Cell, rows: CellRows) -> str:
     """An MLflow evaluation run tagged with the model version and dataset version."""
     client = registry.client
     run = client.create_run(
@@ -159,20 +183,3 @@ def log_cell_run(registry: ModelRegistry, cell: Cell, rows: list[dict[str, objec
                 client.log_metric(run.info.run_id, f"test_{metric}/{name}", value)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
-
-
-def fill_matrix(
-    plan: MatrixPlan,
-    cells: CellStore,
-    compute: Callable[[Cell], list[dict[str, object]]],
-    on_cell: Callable[[Cell, list[dict[str, object]]], None] | None = None,
-) -> list[Cell]:
-    """Compute and store every missing cell (each write is create-only); return those written."""
-    written = []
-    for cell in plan.missing:
-        rows = compute(cell)
-        if cells.write(cell, rows):
-            written.append(cell)
-            if on_cell:
-                on_cell(cell, rows)
-    return written

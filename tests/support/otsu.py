@@ -1,4 +1,4 @@
-"""A classical baseline that the synthetic task must defeat: a global Otsu threshold."""
+"""A classical baseline the synthetic task must defeat (tests only): a global Otsu threshold."""
 
 from __future__ import annotations
 

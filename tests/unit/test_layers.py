@@ -1,0 +1,75 @@
+"""Imports flow one way, floor by floor (STYLE.md): a module imports only from the floors below.
+
+Every import statement counts, those inside functions too (torch and MLflow are imported lazily,
+but an upward import is a dependency wherever it sits).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import maskfind_pipeline
+
+PACKAGE = Path(maskfind_pipeline.__file__).parent
+GROUND = {"core_config", "settings", "version", "storage"}
+
+# What each top-level part of the package may import from the package, besides itself.
+ALLOWED: dict[str, set[str]] = {
+    "core_config": set(),
+    "settings": set(),
+    "version": set(),
+    "storage": set(),
+    "data": GROUND,
+    "synthetic": GROUND,
+    "ml": GROUND | {"data"},
+    "registry": GROUND | {"ml"},  # it stores models; it does not load datasets
+    "evaluation": GROUND | {"data"},  # cells, the gate and planning are pure
+    "flows": GROUND | {"data", "ml", "registry", "evaluation"},
+    "defs": GROUND | {"data", "ml", "registry", "evaluation", "flows"},
+    "definitions": {"defs"},
+    "cli": GROUND | {"data", "synthetic", "ml", "evaluation", "flows", "definitions"},
+}
+DAGSTER_ALLOWED = {"defs", "definitions", "cli"}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py")
+
+
+def _imports(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"{path}: use absolute imports"
+            if node.module == "maskfind_pipeline":  # from maskfind_pipeline import synthetic
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            else:
+                yield node.module
+
+
+def _part(path: Path) -> str:
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_only_from_floors_below(path: Path) -> None:
+    part = _part(path)
+    assert part in ALLOWED, f"{part} has no floor yet: add it to ALLOWED"
+    for module in _imports(path):
+        top, _, rest = module.partition(".")
+        if top == "maskfind_pipeline":
+            target = rest.partition(".")[0]
+            assert target == part or target in ALLOWED[part], f"{part} imports {module}"
+        if top in ("dagster", "dagster_pipes", "dagster_webserver"):
+            assert part in DAGSTER_ALLOWED, f"{part} imports {module}: Dagster stays in defs/"
+
+
+def test_the_table_knows_every_part_of_the_package() -> None:
+    parts = {_part(p) for p in _modules()}
+    assert parts <= set(ALLOWED), parts - set(ALLOWED)
+    assert "testing" not in parts
