@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from maskfind_pipeline.ml.metrics import probability_scale
+from maskfind_pipeline.ml.metrics import predicted_masks
 from maskfind_pipeline.ml.threshold import ThresholdChoice
 
 _GT_COLOUR = np.array([0, 255, 60], dtype=np.float32)
@@ -104,14 +104,14 @@ def gallery_png(
     for ax in axes.ravel():
         ax.set_axis_off()
     used = dict.fromkeys(rows, 0)
-    cut = threshold * probability_scale(probabilities)
+    predicted = predicted_masks(probabilities, threshold)
     for k, label in enumerate(labels):
         column = used[label]
         if column >= max_columns:
             continue
         used[label] += 1
         ax = axes[rows.index(label), column]
-        ax.imshow(overlay(_hwc(images[k]), masks[k] != 0, probabilities[k] >= cut))
+        ax.imshow(overlay(_hwc(images[k]), masks[k] != 0, predicted[k]))
         ax.set_title(f"{label[:28]}\nIoU {ious[k]:.3f}", fontsize=7)
     return _png(fig)
 
