@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 
@@ -86,19 +87,28 @@ def dagster_daemon(
     """`dagster-daemon run -w workspace` for the block; its code servers and run workers are
     its children, in its process group, and stop with it. Run workers log to `log_path` too."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [_tool("dagster-daemon"), "run", "-w", str(workspace)],
-            cwd=workspace.parent,
-            env=subprocess_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        process = _spawn(
+            [_tool("dagster-daemon"), "run", "-w", str(workspace)], workspace, env, log
         )
     try:
         yield process
     finally:
         stop_process_group(process)
+
+
+def _spawn(
+    command: Sequence[str], workspace: Path, env: Mapping[str, str], log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """`command` in the workspace's folder, in a process group of its own, output to `log`."""
+    return subprocess.Popen(
+        list(command),
+        cwd=workspace.parent,
+        env=subprocess_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def launch_runs(
@@ -123,20 +133,13 @@ def launch_runs(
         for index, run_id in enumerate(run_ids):
             log_path = log_dir / f"launch-{index}.log"
             log = stack.enter_context(log_path.open("wb"))
-            process = subprocess.Popen(
-                [
-                    _tool("dagster"),
-                    *("job", "launch", "-w", str(workspace), "-j", job),
-                    *("-o", ",".join(op_selection), "--run-id", run_id),
-                    *("--config-json", json.dumps(run_config)),
-                ],
-                cwd=workspace.parent,
-                env=subprocess_env(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            command = [
+                _tool("dagster"),
+                *("job", "launch", "-w", str(workspace), "-j", job),
+                *("-o", ",".join(op_selection), "--run-id", run_id),
+                *("--config-json", json.dumps(run_config)),
+            ]
+            process = _spawn(command, workspace, env, log)
             stack.callback(stop_process_group, process)
             launched.append((process, log_path))
         deadline = time.monotonic() + timeout_s

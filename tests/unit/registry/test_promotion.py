@@ -108,5 +108,6 @@ def test_a_crash_at_any_write_of_a_promotion_can_be_rolled_back(
             assert rollback(registry, actor="ops", reason="after a crash").champion == v1
         assert registry.get(CHAMPION).version == v1, f"crash at write {crash_at}"
     assert crashed_at == list(range(1, 8))
-    promote(registry, candidate, actor="schedule", reason="retry")
+    last = registry.versions()[-1].version
+    promote(registry, last, actor="schedule", reason="retry")
     assert registry.get(CHAMPION).tags["previous_champion"] == v1
