@@ -1,88 +1,173 @@
-"""Inference throughput: the shipped `Predictor` path vs. plain float32 NCHW, same device and run.
+"""Inference throughput of every backend (`ml.backends`) on the same model and batches, one run.
 
-Both run the same ResNet-34 U-Net (random weights) on the same uint8 batches already on the
-device, so only the forward pass is timed:
+One model with random weights (ResNet-34 U-Net by default, `--encoder NAME`, or `--demo`: the
+demo's EfficientNet-Lite0 U-Net) predicts the same uint8 batches through each backend; each
+returns float32 probabilities on the CPU, so a row times preprocessing, the forward pass and
+the sigmoid:
 
-- plain: float32, NCHW (`model(preprocess(images))` under `torch.no_grad`);
-- shipped: `Predictor.to(device).logits` (autocast to bf16 where the device has it,
-  channels_last), i.e. what evaluation and production inference use.
+- torch_fp32: the exact float32 predictor, the reference of every ratio and agreement;
+- torch: the shipped `Predictor.to(device)` path (bf16 autocast where the device has it,
+  channels_last);
+- onnxruntime: the exported ONNX file, float32 CPU execution provider;
+- openvino: the IR converted from it, CPU plugin at the precision it picks (bf16 here).
 
-The two alternate `--rounds` times; the best round of each is reported.
+Exports go to a temporary cache (or `--cache`, then reused) and their time is printed. All
+backends use `--threads` threads (default: torch's). They alternate `--rounds` times, each
+round a warm-up batch then `--batches` timed ones; the best round counts. Agreement is the
+share of mask pixels equal to torch_fp32's at threshold 0.5, with the mean and largest
+absolute probability difference (random weights saturate many pixels at 0 or 1, so these
+agreements are higher than a trained model's would be near its threshold: the unit tests hold
+every backend to >= 99 % at the median probability of a small unsaturated model). Last, what
+`choose_backend` (production's `auto`) picks with its own shorter measurement.
 
-    python -m bench.predict [--size 256] [--batch-size 32] [--batches 10] [--device cpu]
+`--device cuda`: only the two torch rows, on the GPU (the other runtimes run on the CPU here),
+timed with the host-device copies of input and output.
+
+    python -m bench.predict [--encoder resnet34 | --demo] [--size 256] [--batch-size 32]
+        [--batches 5] [--rounds 3] [--threads N] [--device cpu] [--cache DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.model import build_model, preprocess
+from maskfind_pipeline.ml.backends.base import InferenceBackend
+from maskfind_pipeline.ml.backends.choose import choose_backend, synthetic_batch
+from maskfind_pipeline.ml.backends.config import BackendName
+from maskfind_pipeline.ml.backends.exports import ModelExports
+from maskfind_pipeline.ml.backends.runtimes import OpenVinoBackend, TorchBackend, open_backend
+from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.device import cpu_has_native_bf16
+from maskfind_pipeline.ml.model import build_model
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
+
+BACKENDS: tuple[BackendName, ...] = ("torch_fp32", "torch", "onnxruntime", "openvino")
 
 
 def main() -> None:
     args = _parse()
-    device = select_device(args.device).device
-    config = ModelConfig(encoder_name=args.encoder, encoder_weights=None, input_size=args.size)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    config = _config(args)
     torch.manual_seed(0)
-    model = build_model(config, pretrained=False).eval()
-    shipped = Predictor.from_weights(config, weights_to_bytes(model)).to(str(device))
-    plain = model.to(device)
-    images = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8)
-    images = images.to(device)
-
-    @torch.no_grad()
-    def run_plain() -> torch.Tensor:
-        return plain(preprocess(images, config))
-
-    agreement = _agreement(run_plain(), shipped.logits(images))
-    rates: dict[str, list[float]] = {"plain": [], "shipped": []}
-    for _ in range(args.rounds):
-        rates["plain"].append(_rate(run_plain, args, device))
-        rates["shipped"].append(_rate(lambda: shipped.logits(images), args, device))
-    best = {k: max(v) for k, v in rates.items()}
-    print(
-        f"{config.encoder_name} U-Net, {args.size}², batch {args.batch_size}, "
-        f"{shipped.settings.describe()}"
+    predictor = Predictor.from_weights(
+        config, weights_to_bytes(build_model(config, pretrained=False))
     )
-    for name, values in rates.items():
-        print(f"{name:8} best {best[name]:9.1f} images/s  (all: {[round(v, 1) for v in values]})")
-    print(f"mask agreement at 0 logit (plain vs shipped): {agreement:.4%}")
-    print(f"\nshipped / plain: {best['shipped'] / best['plain']:.2f}x")
+    with tempfile.TemporaryDirectory() as scratch:
+        exports = ModelExports(predictor, Path(args.cache or scratch))
+        backends, notes = _open(exports, args.device)
+        images = synthetic_batch(args.batch_size, config.input_size)
+        rates = _measure(backends, images, args)
+        print(_heading(config, args, notes))
+        print(_table(backends, images, rates))
+        if args.device in (None, "cpu"):
+            _print_auto(predictor, exports, args)
 
 
-def _rate(
-    forward: Callable[[], torch.Tensor], args: argparse.Namespace, device: torch.device
-) -> float:
-    forward()
-    torch.get_device_module(device).synchronize()
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        forward()
-    torch.get_device_module(device).synchronize()
-    return args.batches * args.batch_size / (time.perf_counter() - start)
+def _config(args: argparse.Namespace) -> ModelConfig:
+    spec = demo_model_spec(args.size) if args.demo else None
+    fields = spec.model_dump() if spec else {"encoder_name": args.encoder, "input_size": args.size}
+    return ModelConfig.model_validate({**fields, "encoder_weights": None})
+
+
+def _open(
+    exports: ModelExports, device: str | None
+) -> tuple[dict[str, InferenceBackend], list[str]]:
+    """The backends to compare, and notes: export times, OpenVINO's settings, skipped ones."""
+    if device not in (None, "cpu"):
+        exact = exports.exact_predictor()
+        fp32 = TorchBackend("torch_fp32", exact.to(device, mixed_precision=False))
+        shipped = TorchBackend("torch", exports.exact_predictor().to(device))
+        return {"torch_fp32": fp32, "torch": shipped}, [f"{device}: onnxruntime, openvino skipped"]
+    notes = [f"bf16 native: {cpu_has_native_bf16()}"]
+    for kind in ("onnx", "openvino"):
+        start = time.perf_counter()
+        getattr(exports, kind)()
+        notes.append(f"{kind} export {time.perf_counter() - start:.1f} s")
+    backends: dict[str, InferenceBackend] = {}
+    for name in BACKENDS:
+        try:
+            backends[name] = open_backend(name, exports)
+        except Exception as exc:  # a missing runtime only removes its row
+            notes.append(f"{name} skipped: {type(exc).__name__}: {exc}")
+    openvino = backends.get("openvino")
+    if isinstance(openvino, OpenVinoBackend):
+        notes.append(f"openvino {openvino.precision}, {len(openvino.requests)} streams")
+    return backends, notes
+
+
+def _measure(
+    backends: dict[str, InferenceBackend], images: torch.Tensor, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(args.rounds):
+        for name, backend in backends.items():
+            backend.probabilities(images)
+            start = time.perf_counter()
+            for _ in range(args.batches):
+                backend.probabilities(images)
+            rates[name].append(args.batches * len(images) / (time.perf_counter() - start))
+    return rates
+
+
+def _heading(config: ModelConfig, args: argparse.Namespace, notes: list[str]) -> str:
+    return (
+        f"{config.encoder_name} U-Net, {config.input_size}², batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.device or 'cpu'}; " + "; ".join(notes)
+    )
+
+
+def _table(
+    backends: dict[str, InferenceBackend], images: torch.Tensor, rates: dict[str, list[float]]
+) -> str:
+    reference = backends["torch_fp32"].probabilities(images)
+    lines = [
+        f"{'backend':12} {'images/s':>9} {'vs fp32':>8} {'agree@0.5':>10} "
+        f"{'mean |dp|':>10} {'max |dp|':>9}  rounds"
+    ]
+    for name, backend in backends.items():
+        probabilities = backend.probabilities(images)
+        difference = (probabilities - reference).abs()
+        best = max(rates[name])
+        lines.append(
+            f"{name:12} {best:9.1f} {best / max(rates['torch_fp32']):7.2f}x "
+            f"{_agreement(probabilities, reference):10.2%} "
+            f"{float(difference.mean()):10.5f} {float(difference.max()):9.5f}  "
+            f"{[round(r, 1) for r in rates[name]]}"
+        )
+    fastest = max(rates, key=lambda name: max(rates[name]))
+    return "\n".join([*lines, f"fastest here: {fastest}"])
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a > 0) == (b > 0)).float().mean())
+    return float(((a >= 0.5) == (b >= 0.5)).float().mean())
+
+
+def _print_auto(predictor: Predictor, exports: ModelExports, args: argparse.Namespace) -> None:
+    choice = choose_backend(
+        predictor, exports.root.parent, batch_size=args.batch_size, weights=exports.weights
+    )
+    rates = {name: round(rate, 1) for name, rate in choice.rates.items()}
+    print(f"auto (choose_backend) picks {choice.backend.name}: {rates} {choice.skipped or ''}")
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--encoder", default="resnet34")
+    parser.add_argument("--demo", action="store_true", help="the demo's Lite0 U-Net")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--encoder", default="resnet34")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--device", default=None, help="cpu (default) or cuda: torch rows only")
+    parser.add_argument("--cache", default=None, help="export cache (default: temporary)")
     return parser.parse_args()
 
 

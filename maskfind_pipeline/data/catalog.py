@@ -13,7 +13,7 @@ gives that view.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -101,8 +101,7 @@ class Catalog:
 
     def append(self, samples: pa.Table, quarantine: pa.Table, *, run_id: str, batch: int) -> None:
         """Write one batch's rows as new create-only parts (empty tables write nothing)."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        name = f"part-{stamp}-{_safe(run_id)}-{batch:05d}.parquet"
+        name = part_name(run_id, batch)
         for prefix, table, schema in (
             (SAMPLES_PREFIX, samples, CATALOG_SCHEMA),
             (QUARANTINE_PREFIX, quarantine, QUARANTINE_SCHEMA),
@@ -141,7 +140,13 @@ def latest_by(table: pa.Table, key: str, order: str) -> pa.Table:
     return ranked.take(last).sort_by(key).drop_columns(["__pos", "__rank"])
 
 
-def rows_to_table(rows: Sequence[dict[str, object]], schema: pa.Schema) -> pa.Table:
+def part_name(run_id: str, number: int) -> str:
+    """`part-<utc stamp>-<run>-<n>.parquet`: parts sort by time, never collide across runs."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"part-{stamp}-{_safe(run_id)}-{number:05d}.parquet"
+
+
+def rows_to_table(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 

@@ -51,6 +51,24 @@ class DecodedPair:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image as RGB uint8 (H, W, 3), and what was converted (e.g. a production image)."""
+
+    image: np.ndarray
+    image_format: str
+    image_mode: str
+    exif_transposed: bool
+
+
+def decode_image(
+    image_bytes: bytes, *, image_ext: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """Decode and check an image by the same rules as a pair's; `InvalidImage` on any problem."""
+    image, image_format, image_mode, transposed = _open_image(image_bytes, image_ext, max_pixels)
+    return DecodedImage(to_rgb(image), image_format, image_mode, transposed)
+
+
 def decode_pair(
     image_bytes: bytes,
     mask_bytes: bytes,
@@ -60,10 +78,7 @@ def decode_pair(
     max_grey_fraction: float = DEFAULT_MAX_GREY_FRACTION,
 ) -> DecodedPair:
     """Decode and check a pair; raise `InvalidImage` with a readable reason on any problem."""
-    expected = _FORMAT_BY_EXT.get(image_ext.lower())
-    if expected is None:
-        raise InvalidImage(f"unsupported image extension .{image_ext}")
-    image, image_format, image_mode, transposed = _open(image_bytes, "image", expected, max_pixels)
+    image, image_format, image_mode, transposed = _open_image(image_bytes, image_ext, max_pixels)
     mask_img, _, _, _ = _open(mask_bytes, "mask", "PNG", max_pixels)
     if image.size != mask_img.size:
         raise InvalidImage(
@@ -72,6 +87,13 @@ def decode_pair(
         )
     mask = binarise_mask(mask_img, max_grey_fraction=max_grey_fraction)
     return DecodedPair(to_rgb(image), mask, image_format, image_mode, transposed)
+
+
+def _open_image(data: bytes, image_ext: str, max_pixels: int) -> tuple[Image.Image, str, str, bool]:
+    expected = _FORMAT_BY_EXT.get(image_ext.lower())
+    if expected is None:
+        raise InvalidImage(f"unsupported image extension .{image_ext}")
+    return _open(data, "image", expected, max_pixels)
 
 
 def _open(

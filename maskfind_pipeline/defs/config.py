@@ -2,8 +2,9 @@
 
 `run_config_for(Core)` makes a `dg.Config` with the same fields, defaults and descriptions as the
 pydantic model `Core`, so the launchpad shows every setting and nothing is copied by hand. Types
-Dagster's config system lacks are mapped: tuples become lists, enums become enums whose names are
-their values (as Dagster makes of `Literal`s), nested core models become nested config classes.
+Dagster's config system lacks are mapped: tuples become lists, `Literal`s and enums become enums
+whose names are their values (Dagster knows `Literal` only outside lists), nested core models
+become nested config classes.
 `core_of(config, Core)` turns a run's config back into the core object (validated by the core's
 own rules).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import types
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import dagster as dg
 import pydantic
@@ -64,6 +65,8 @@ def _config_type(annotation: Any, name: str) -> Any:
         return _config_type(inner[0], name) | None
     if origin in (tuple, list):
         return list[_config_type(args[0], name)]
+    if origin is Literal:
+        return _str_enum(name, [str(v) for v in args])
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return _str_enum(name, [str(m.value) for m in annotation])
     if isinstance(annotation, type) and issubclass(annotation, CoreConfig):

@@ -39,15 +39,24 @@ class MlflowResource(dg.ConfigurableResource):
     registry_uri: str | None = None
     artifact_location: str | None = None
     model_name: str = "maskfind-unet"
+    reviewer_name: str = "maskfind-reviewer"
     experiment: str = "maskfind"
 
     def registry(self) -> "ModelRegistry":
+        """The mask model's registered versions."""
+        return self._registry(self.model_name)
+
+    def reviewers(self) -> "ModelRegistry":
+        """The reviewer's registered versions."""
+        return self._registry(self.reviewer_name)
+
+    def _registry(self, name: str) -> "ModelRegistry":
         from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 
         return ModelRegistry(
             self.tracking_uri,
             registry_uri=self.registry_uri,
-            model_name=self.model_name,
+            model_name=name,
             experiment=self.experiment,
             artifact_location=self.artifact_location,
         )

@@ -20,6 +20,7 @@ from maskfind_pipeline.evaluation.report import type_deltas
 from maskfind_pipeline.flows.settings import EvaluationOptions
 from maskfind_pipeline.ml.inference import evaluate_loader
 from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
 from maskfind_pipeline.storage.base import ObjectStore
@@ -149,9 +150,7 @@ class CellEvaluator:
 
     def _predictor(self, version: str) -> Predictor:
         if version not in self._predictors:
-            model, config, weights = self.registry.download(version)
-            predictor = Predictor.from_weights(config, weights, version=model.version)
-            self._predictors[version] = predictor.to(self.device)
+            self._predictors[version] = load_model(self.registry, version).to(self.device)
         return self._predictors[version]
 
     def _manifest(self, dataset_version: str) -> pa.Table:

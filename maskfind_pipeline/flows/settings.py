@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.evaluation.gate import GatePolicy
+from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.config import ModelSpec, TrainConfig
+from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 
 
 class TrainingSettings(CoreConfig):
@@ -52,3 +54,47 @@ class RollbackRequest(CoreConfig):
     """Why, recorded on both versions."""
     requested_by: str
     """Who asks, recorded on both versions."""
+
+
+class ProductionOptions(CoreConfig):
+    """How a production day is predicted."""
+
+    batch_size: int = 32
+    """Images per model batch (the champion and the reviewer see the same batch)."""
+    io_workers: int = 8
+    """Threads fetching and decoding images ahead of the model, and writing masks back."""
+    commit_every: int = 256
+    """Images per committed log part: a crash loses at most this much work."""
+    max_pixels: int = 40_000_000
+    """Images with more pixels are refused before decoding (as ingest refuses them)."""
+    backend: BackendConfig = BackendConfig()
+    """The champion's inference backend: named, or the fastest here (measured once per run)."""
+    gallery_per_type: int = 4
+    """Worst-graded masks per image type shown in the materialization's gallery."""
+
+
+class ReviewerSettings(CoreConfig):
+    """How the reviewer is trained and judged; the defaults are the production reviewer."""
+
+    dataset_version: str | None = None
+    """The dataset version whose labeled images are predicted and graded; null: the latest."""
+    spec: ReviewerSpec = ReviewerSpec()
+    """The reviewer network, its input and the IoU thresholds of the grades."""
+    train: ReviewerTrainConfig = ReviewerTrainConfig(max_minutes=5.0)
+    """Hyper-parameters, the degraded share, the time budget."""
+    held_out_types: tuple[str, ...] = ()
+    """Image types the reviewer never trains on, on which it is judged; empty: the
+    `held_out_count` types first in the order of the hash of their names."""
+    held_out_count: int = 3
+    """How many types are held out when `held_out_types` is empty."""
+    fold_models: int = 2
+    """Mask models trained briefly, each without a share of the types: their predictions on
+    those types are failures of the kind a new image type brings to production."""
+    fold_train: TrainConfig = TrainConfig(
+        epochs=30, batch_size=32, learning_rate=3e-3, max_minutes=1.0, allow_scratch=True
+    )
+    """How each fold model trains (with the champion's architecture)."""
+    max_images: int | None = 1200
+    """Images of the dataset version used at most (a content-hash sample), to bound time."""
+    val_share: float = 0.15
+    """Share of the training types' images kept for the reviewer's early stopping."""

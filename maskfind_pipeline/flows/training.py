@@ -50,7 +50,7 @@ def train_and_register(
     Raises:
         LookupError: no dataset version has been published yet.
     """
-    vid = settings.dataset_version or _latest(versions)
+    vid = settings.dataset_version or latest_version(versions)
     model_spec, config = settings.model, settings.train
     manifest = versions.manifest(vid)
     decoded = build_decoded(
@@ -91,7 +91,8 @@ def train_and_register(
     return TrainingOutcome(registered, result, vid, seen)
 
 
-def _latest(versions: VersionStore) -> str:
+def latest_version(versions: VersionStore) -> str:
+    """The id of the newest dataset version; LookupError when there is none."""
     card = versions.latest()
     if card is None:
         raise LookupError(
@@ -102,22 +103,8 @@ def _latest(versions: VersionStore) -> str:
 
 def _params(settings: TrainingSettings, vid: str, result: TrainResult) -> dict[str, Any]:
     """Flat MLflow params: `model.<field>`, `train.<field>`, `train.augment.<field>`, ..."""
-    params = _flatten(settings.model_dump(mode="json", exclude={"dataset_version"}))
-    return params | {
-        "dataset_version": vid,
-        "device": result.device,
-        "best_epoch": result.best_epoch,
-    }
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    run = {"dataset_version": vid, "device": result.device, "best_epoch": result.best_epoch}
+    return settings.flat() | run
 
 
 def _curve(result: TrainResult) -> dict[str, Any]:

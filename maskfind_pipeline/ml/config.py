@@ -8,8 +8,7 @@ decision threshold that training tunes.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+from typing import Literal
 
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.augment_config import AugmentConfig
@@ -57,15 +56,6 @@ class ModelConfig(ModelSpec):
 
     threshold: float = 0.5
     """Probability at or above which a pixel is product (tuned on validation by training)."""
-
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        """Parse a stored config; keys this version does not know are ignored."""
-        raw: dict[str, Any] = json.loads(text)
-        return cls.model_validate({k: v for k, v in raw.items() if k in cls.model_fields})
 
     @classmethod
     def of(cls, spec: ModelSpec, threshold: float) -> ModelConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -84,18 +85,18 @@ def gallery_png(
     threshold: float,
     *,
     labels: Sequence[str],
-    ious: Sequence[float],
+    captions: Sequence[str],
     max_columns: int = 3,
 ) -> bytes:
-    """A grid of validation predictions: one row per label, green GT outline, magenta prediction.
+    """A grid of predictions: one row per label, green GT outline, magenta prediction.
 
     Args:
         images: (K, H, W, 3) or (K, 3, H, W) uint8.
-        masks: (K, H, W) ground truth.
+        masks: (K, H, W) ground truth (all zero where there is none, e.g. in production).
         probabilities: (K, H, W) float or uint8-quantised probabilities.
         threshold: the decision threshold.
         labels: the row label (image type) of each image; images of a label share a row.
-        ious: each image's IoU, shown in its title.
+        captions: a second title line per image (e.g. its IoU or its grade).
         max_columns: images per row.
     """
     rows = sorted(set(labels))
@@ -112,8 +113,34 @@ def gallery_png(
         used[label] += 1
         ax = axes[rows.index(label), column]
         ax.imshow(overlay(_hwc(images[k]), masks[k] != 0, predicted[k]))
-        ax.set_title(f"{label[:28]}\nIoU {ious[k]:.3f}", fontsize=7)
+        ax.set_title(f"{label[:28]}\n{captions[k]}", fontsize=7)
     return _png(fig)
+
+
+class GradedExample(Protocol):
+    """A production prediction at the model's size (e.g. `flows.production.Example`)."""
+
+    @property
+    def image_type(self) -> str: ...
+    @property
+    def p_grade3(self) -> float: ...
+    @property
+    def image(self) -> np.ndarray: ...
+    @property
+    def probabilities(self) -> np.ndarray: ...
+
+
+def production_gallery_png(examples: Sequence[GradedExample], threshold: float) -> bytes:
+    """The worst-graded production masks, one row per image type, titled with P(grade 3)."""
+    return gallery_png(
+        np.stack([e.image for e in examples]),
+        np.zeros((len(examples), *examples[0].probabilities.shape), bool),
+        np.stack([e.probabilities for e in examples]),
+        threshold,
+        labels=[e.image_type for e in examples],
+        captions=[f"P(grade 3) {e.p_grade3:.2f}" for e in examples],
+        max_columns=max(sum(e.image_type == x.image_type for x in examples) for e in examples),
+    )
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:

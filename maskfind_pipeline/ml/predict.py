@@ -29,6 +29,20 @@ def weights_to_bytes(model: torch.nn.Module) -> bytes:
     return save_safetensors(state)
 
 
+def model_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """An RGB uint8 image (H,W,3) as the model sees it: uint8 (3,size,size), resized as the
+    training cache resizes (`data.decoded.resize_image`)."""
+    return torch.from_numpy(np.array(resize_image(image, size))).permute(2, 0, 1)
+
+
+def to_image_size(probabilities: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Probabilities (1,S,S) at the model's size as float32 (height,width), bilinear."""
+    restored = F.interpolate(
+        probabilities[None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )
+    return restored[0, 0].cpu().numpy().astype(np.float32)
+
+
 def _exact_cpu() -> DeviceSettings:
     return select_device("cpu", mixed_precision=False)
 
@@ -83,12 +97,9 @@ class Predictor:
         The image is resized as the training cache resizes (`data.decoded.resize_image`), and
         the probabilities are resized back to the image's own size.
         """
-        height, width = image.shape[:2]
-        size = self.config.input_size
-        tensor = torch.from_numpy(np.array(resize_image(image, size))).permute(2, 0, 1)[None]
+        tensor = model_input(image, self.config.input_size)[None]
         probs = torch.sigmoid(self.logits(tensor))
-        restored = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-        return restored[0, 0].cpu().numpy().astype(np.float32)
+        return to_image_size(probs[0], *image.shape[:2])
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
         """Boolean product mask (H,W) at the version's tuned threshold."""

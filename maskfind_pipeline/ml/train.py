@@ -347,7 +347,7 @@ class _Run:
             probs[picked],
             choice.threshold,
             labels=[types[i] for i in picked],
-            ious=ious[picked].tolist(),
+            captions=[f"IoU {iou:.3f}" for iou in ious[picked].tolist()],
         )
         return {
             "pr_curve": plots.pr_curve_png(choice),

@@ -1,9 +1,10 @@
-"""Log training runs to MLflow and keep the registered model's versions and aliases.
+"""Log training runs to MLflow and keep a registered model's versions and aliases.
 
-Every model version's artifacts are `model/weights.safetensors` and `model/config.json` (a
-`ModelConfig`): loading rebuilds the architecture from the JSON and reads tensors with
-safetensors, so no code is ever unpickled. The weights' sha256 is a tag of the version and is
-verified on every download. Aliases are used (`challenger`, `champion`), never stages.
+Every model version's artifacts are `model/weights.safetensors` and `model/config.json` (the
+model's settings, e.g. a mask model's `ModelConfig`): loading rebuilds the architecture from the
+JSON and reads tensors with safetensors, so no code is ever unpickled. The weights' sha256 is a
+tag of the version and is verified on every download. Aliases are used (`challenger`,
+`champion`), never stages.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.core_config import CoreConfig
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -37,7 +38,7 @@ class RegistryError(Exception):
 class TrainingRecord:
     """Everything one training run logs: params, per-epoch history, metrics, plots, weights."""
 
-    config: ModelConfig
+    config: CoreConfig
     weights: bytes
     dataset_version: str
     params: Mapping[str, Any]
@@ -61,6 +62,14 @@ class RegisteredModel:
     @property
     def weights_sha256(self) -> str:
         return self.tags.get("weights_sha256", "")
+
+
+class Download(NamedTuple):
+    """A version's registry entry, its stored config JSON and its verified weights."""
+
+    model: RegisteredModel
+    config_json: str
+    weights: bytes
 
 
 class ModelRegistry:
@@ -174,19 +183,19 @@ class ModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, str(version), key, value)
 
-    def download(self, ref: str | int) -> tuple[RegisteredModel, ModelConfig, bytes]:
+    def download(self, ref: str | int) -> Download:
         """Config and weights of a version, the weights verified against their recorded sha256."""
         model = self.get(ref)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.client.download_artifacts(model.run_id, MODEL_DIR, tmp))
-            config = ModelConfig.from_json((local / CONFIG_FILE).read_text())
+            config = (local / CONFIG_FILE).read_text()
             weights = (local / WEIGHTS_FILE).read_bytes()
         if hashlib.sha256(weights).hexdigest() != model.weights_sha256:
             raise RegistryError(
                 f"{self.model_name} version {model.version}: weights do not match their sha256 "
                 "(incomplete or altered upload)"
             )
-        return model, config, weights
+        return Download(model, config, weights)
 
     def _log_run(self, run_id: str, record: TrainingRecord) -> None:
         params = {k: _param(v) for k, v in record.params.items()}
@@ -230,11 +239,19 @@ class ModelRegistry:
         tags = {
             "weights_sha256": sha,
             "dataset_version": record.dataset_version,
-            "encoder": record.config.encoder_name,
-            "threshold": f"{record.config.threshold:.4f}",
+            **_summary_tags(record.config),
             **record.tags,
         }
         return self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+
+
+def _summary_tags(config: CoreConfig) -> dict[str, str]:
+    """What a version's config says at a glance: its encoder and, where it has one, threshold."""
+    fields = config.model_dump()
+    tags = {"encoder": str(fields["encoder_name"])} if "encoder_name" in fields else {}
+    if isinstance(fields.get("threshold"), float):
+        tags["threshold"] = f"{fields['threshold']:.4f}"
+    return tags
 
 
 def _registered(mv: ModelVersion) -> RegisteredModel:

@@ -49,6 +49,11 @@ class ObjectStore(ABC):
         """Yield every object whose key starts with `prefix`, in key order, fetched page by page."""
 
     @abstractmethod
+    def folders(self, prefix: str = "") -> list[str]:
+        """The names of the "folders" directly under `prefix` (which ends with '/' or is empty),
+        sorted: `folders("production/")` lists the days, without listing their objects."""
+
+    @abstractmethod
     def get(self, key: str, *, if_match: str | None = None) -> bytes:
         """Return the object's bytes.
 

@@ -42,6 +42,14 @@ class LocalObjectStore(ObjectStore):
                     stat = path.stat()
                     yield ObjectInfo(key, stat.st_size, _etag(stat))
 
+    def folders(self, prefix: str = "") -> list[str]:
+        folder = self.root / validate_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(_TMP_PREFIX))
+
     def get(self, key: str, *, if_match: str | None = None) -> bytes:
         path = self._path(key)
         try:

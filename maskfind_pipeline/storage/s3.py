@@ -89,6 +89,18 @@ class S3ObjectStore(ObjectStore):
                     key = obj["Key"][len(self.prefix) :]
                     yield ObjectInfo(key, int(obj["Size"]), obj["ETag"].strip('"'))
 
+    def folders(self, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix, Delimiter="/"
+        )
+        start = len(self.prefix + prefix)
+        with _translate_errors(self.uri + prefix):
+            return sorted(
+                p["Prefix"][start:].rstrip("/")
+                for page in pages
+                for p in page.get("CommonPrefixes", [])
+            )
+
     def get(self, key: str, *, if_match: str | None = None) -> bytes:
         retrying = Retrying(
             retry=retry_if_exception_type((FlexibleChecksumError, *_BODY_ERRORS)),

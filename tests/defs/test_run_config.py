@@ -24,7 +24,11 @@ from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.config import core_model, core_of, run_config_for
 
 # Values the generic rule below cannot guess (they have to satisfy the core's validation).
-SPECIAL: dict[tuple[str, str], Any] = {("VersionConfig", "fractions"): [0.6, 0.25, 0.15]}
+SPECIAL: dict[tuple[str, str], Any] = {
+    ("VersionConfig", "fractions"): [0.6, 0.25, 0.15],
+    ("GradeRule", "good"): 0.9,
+    ("GradeRule", "usable"): 0.7,
+}
 
 
 def _ops() -> Iterator[tuple[dg.JobDefinition, str, type[dg.Config]]]:

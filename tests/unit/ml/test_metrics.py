@@ -158,7 +158,9 @@ def test_plots_are_png() -> None:
     assert training_curves_png(history).startswith(PNG)
     images = np.zeros((len(masks), 16, 16, 3), np.uint8)
     labels = ["a", "a", "b", "b", "b", "c"]
-    png = gallery_png(images, masks, probs, 0.5, labels=labels, ious=[0.5] * 6, max_columns=2)
+    png = gallery_png(
+        images, masks, probs, 0.5, labels=labels, captions=["IoU 0.5"] * 6, max_columns=2
+    )
     assert png.startswith(PNG)
 
 

@@ -46,6 +46,21 @@ def test_listing_is_paginated_complete_and_prefix_scoped(store: ObjectStore) -> 
     assert all(info.size > 0 and info.etag for info in store.list("labeled/", page_size=4))
 
 
+def test_folders_name_the_next_level_only(store: ObjectStore) -> None:
+    for key in (
+        "production/2026-11-30/a.png",
+        "production/2026-12-01/b.png",
+        "production/2026-12-01/deeper/c.png",
+        "production/loose.png",
+        "labeled/x.png",
+    ):
+        store.put(key, b"x")
+    assert store.folders("production/") == ["2026-11-30", "2026-12-01"]
+    assert store.folders() == ["labeled", "production"]
+    assert store.folders("production/2026-12-01/") == ["deeper"]
+    assert store.folders("nothing/") == []
+
+
 def test_create_only_put_refuses_existing_key(store: ObjectStore) -> None:
     store.put("datasets/v1/card.json", b"first", create_only=True)
     with pytest.raises(ObjectExists):

@@ -1,0 +1,208 @@
+"""Production days: the unlabeled images of a day, their predicted masks, and the day's log.
+
+Layout (DESIGN.md): images `production/<YYYY-MM-DD>/<image_id>.<png|jpg|jpeg>` with the usual
+tags, predicted masks written back as `predictions/<YYYY-MM-DD>/<image_id>.mask.png` (the data
+store, original size, 0/255), and each day's log in the work store as create-only Parquet parts:
+
+    predictions/<YYYY-MM-DD>/part-<utc stamp>-<run>-<n>.parquet
+
+A log row is the commit point of one image: its mask is written before the row. A re-run skips
+the images that have a final row (`ok`, or `failed` for good); a crash keeps every committed part
+and a mask without a row (left by the crash) is simply written again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from maskfind_pipeline.data.catalog import latest_by, part_name, rows_to_table, to_parquet
+from maskfind_pipeline.storage.base import ObjectInfo, ObjectStore
+from maskfind_pipeline.storage.keys import IMAGE_EXTENSIONS, MASK_SUFFIX, TAGS_SUFFIX
+
+PRODUCTION = "production/"
+PREDICTIONS = "predictions/"
+OK, FAILED = "ok", "failed"
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("image_key", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("day", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("retryable", pa.bool_(), nullable=False),
+        pa.field("image_sha256", pa.string()),
+        pa.field("image_etag", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("image_type", pa.string()),
+        pa.field("camera", pa.string()),
+        pa.field("product", pa.string()),
+        pa.field("station", pa.string()),
+        pa.field("captured_at", pa.timestamp("us", tz="UTC")),
+        pa.field("tags_json", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("reviewer_version", pa.string()),
+        pa.field("backend", pa.string(), nullable=False),
+        pa.field("mask_key", pa.string()),
+        pa.field("mask_fraction", pa.float32()),
+        pa.field("probability_mean", pa.float32()),
+        pa.field("uncertain_share", pa.float32()),
+        pa.field("grade", pa.int8()),
+        pa.field("p_grade1", pa.float32()),
+        pa.field("p_grade2", pa.float32()),
+        pa.field("p_grade3", pa.float32()),
+        pa.field("predicted_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class DayListing:
+    """A day's objects: image keys to predict, and keys that cannot be images (with why)."""
+
+    images: list[ObjectInfo]
+    unsupported: list[tuple[ObjectInfo, str]]
+
+
+def parse_day(text: str) -> dt.date:
+    """A production day from `YYYY-MM-DD`; ValueError for anything else."""
+    day = dt.date.fromisoformat(text)
+    if day.isoformat() != text:
+        raise ValueError(f"not a YYYY-MM-DD day: {text!r}")
+    return day
+
+
+def production_days(store: ObjectStore) -> list[str]:
+    """The days that have a `production/<YYYY-MM-DD>/` folder, oldest first."""
+    days = []
+    for name in store.folders(PRODUCTION):
+        try:
+            days.append(parse_day(name).isoformat())
+        except ValueError:
+            continue
+    return days
+
+
+def list_day(store: ObjectStore, day: str) -> DayListing:
+    """The objects directly under `production/<day>/`: images, and keys that are not images."""
+    prefix = f"{PRODUCTION}{parse_day(day).isoformat()}/"
+    images, unsupported = [], []
+    for info in store.list(prefix):
+        name = info.key[len(prefix) :]
+        if name.endswith(TAGS_SUFFIX):
+            continue
+        stem, dot, ext = name.rpartition(".")
+        if "/" in name:
+            unsupported.append((info, "nested below the day's folder"))
+        elif name.endswith(MASK_SUFFIX) or not dot or not stem:
+            unsupported.append((info, "not an image key (<id>.png, .jpg or .jpeg)"))
+        elif ext.lower() not in IMAGE_EXTENSIONS:
+            unsupported.append((info, f"unsupported image extension .{ext}"))
+        else:
+            images.append(info)
+    return DayListing(images, unsupported)
+
+
+def image_id_of(key: str) -> str:
+    """`production/<day>/<image_id>.<ext>` -> `<image_id>`."""
+    return key.rpartition("/")[2].rpartition(".")[0] or key.rpartition("/")[2]
+
+
+def mask_key(day: str, image_id: str) -> str:
+    return f"{PREDICTIONS}{day}/{image_id}{MASK_SUFFIX}"
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A boolean mask (H, W) as a 0/255 greyscale PNG."""
+    sink = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(sink, "PNG")
+    return sink.getvalue()
+
+
+class PredictionLog:
+    """One production day's log in a work store: create-only Parquet parts, read as one table."""
+
+    def __init__(self, store: ObjectStore, day: str) -> None:
+        self.store, self.day = store, parse_day(day).isoformat()
+        self.prefix = f"{PREDICTIONS}{self.day}/"
+
+    def read(self) -> pa.Table:
+        """Every row ever logged for the day (a retried image has several)."""
+        parts = [
+            pq.read_table(io.BytesIO(self.store.get(info.key))).cast(PREDICTION_SCHEMA)
+            for info in self.store.list(self.prefix)
+            if info.key.endswith(".parquet")
+        ]
+        return pa.concat_tables(parts) if parts else PREDICTION_SCHEMA.empty_table()
+
+    def current(self) -> pa.Table:
+        """The latest row of each image key."""
+        return latest_by(self.read(), "image_key", "predicted_at")
+
+    def done(self) -> set[str]:
+        """Image keys that need no more work: predicted, or failed for a reason a retry keeps."""
+        rows = self.current().select(["image_key", "retryable"]).to_pylist()
+        return {r["image_key"] for r in rows if not r["retryable"]}
+
+    def append(self, rows: Sequence[Mapping[str, object]], *, run_id: str, part: int) -> None:
+        """Commit rows as one new create-only part (nothing for no rows)."""
+        if not rows:
+            return
+        key = self.prefix + part_name(run_id, part)
+        self.store.put(key, to_parquet(rows_to_table(rows, PREDICTION_SCHEMA)), create_only=True)
+
+
+def failed_row(
+    info: ObjectInfo, day: str, reason: str, *, retryable: bool = False, **fields: object
+) -> dict[str, object]:
+    """The log row of an image that could not be predicted."""
+    return {
+        "image_key": info.key,
+        "image_id": image_id_of(info.key),
+        "day": day,
+        "status": FAILED,
+        "reason": reason,
+        "retryable": retryable,
+        "image_etag": info.etag,
+        **fields,
+    }
+
+
+def summary(rows: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Per image type: images, failures, and the count and share of each grade."""
+    table: dict[str, dict[str, int]] = {}
+    for row in rows:
+        entry = table.setdefault(str(row.get("image_type") or "(unknown)"), {})
+        entry["images"] = entry.get("images", 0) + 1
+        column = "failed" if row["status"] != OK else f"grade_{row['grade'] or 'none'}"
+        entry[column] = entry.get(column, 0) + 1
+    out = []
+    for image_type, counts in sorted(table.items()):
+        graded = sum(counts.get(f"grade_{g}", 0) for g in (1, 2, 3))
+        grade3 = counts.get("grade_3", 0)
+        out.append(
+            {
+                "image_type": image_type,
+                "images": counts["images"],
+                "failed": counts.get("failed", 0),
+                **{f"grade_{g}": counts.get(f"grade_{g}", 0) for g in (1, 2, 3)},
+                "grade_3_rate": round(grade3 / graded, 4) if graded else None,
+            }
+        )
+    return out
+
+
+def grade_3_rate(rows: Iterable[Mapping[str, object]]) -> float | None:
+    """Share of grade 3 among the graded images (None when none is graded)."""
+    grades = [row["grade"] for row in rows if row["status"] == OK and row["grade"] is not None]
+    return sum(g == 3 for g in grades) / len(grades) if grades else None

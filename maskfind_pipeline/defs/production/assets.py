@@ -1,0 +1,88 @@
+"""`production_predictions`: the champion's masks for one production day, graded by the reviewer."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from maskfind_pipeline.defs.config import core_of, run_config_for
+from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
+from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
+from maskfind_pipeline.flows.settings import ProductionOptions
+
+
+class ProductionConfig(run_config_for(ProductionOptions)):
+    """Batching, I/O threads, log commits and the inference backend
+    (`flows.settings.ProductionOptions`)."""
+
+
+@dg.asset(
+    group_name="production",
+    partitions_def=PRODUCTION_DAYS,
+    deps=["promotion", "reviewer_model"],
+    kinds={"pytorch", "parquet"},
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=30),
+)
+def production_predictions(
+    context: dg.AssetExecutionContext,
+    config: ProductionConfig,
+    data_store: ObjectStoreResource,
+    work_store: ObjectStoreResource,
+    cache: CacheResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Every image of `production/<day>/`: the champion's mask written back to
+    `predictions/<day>/<id>.mask.png`, the reviewer's grade, one log row (`predictions/<day>/`
+    in the work store); bad images are logged as failed, a re-run does only what is missing."""
+    from maskfind_pipeline.data.production import grade_3_rate, summary
+    from maskfind_pipeline.flows.production import NoChampion, predict_production_day
+    from maskfind_pipeline.ml.plots import production_gallery_png
+
+    day = context.partition_key
+    try:
+        report = predict_production_day(
+            day,
+            core_of(config, ProductionOptions),
+            registry=mlflow.registry(),
+            reviewers=mlflow.reviewers(),
+            data_store=data_store.open(),
+            work_store=work_store.open(),
+            cache_root=Path(cache.root),
+            run_id=context.run.run_id,
+            progress=lambda done, total: context.log.info(f"{day}: {done}/{total} images"),
+        )
+    except NoChampion as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    outcome, day_rows = report.outcome, report.day_rows
+    failures = [r for r in outcome.rows if r["status"] != "ok"]
+    gallery = production_gallery_png(outcome.worst, report.threshold) if outcome.worst else None
+    return dg.MaterializeResult(
+        metadata={
+            "day": day,
+            "images_listed": outcome.listed,
+            "predicted_now": len(outcome.rows) - len(failures),
+            "failed_now": len(failures),
+            "skipped_done": outcome.skipped,
+            "images_per_second": round(outcome.images_per_second, 1),
+            "champion_version": report.champion_version,
+            "reviewer_version": report.reviewer_version or "none",
+            "backend": report.backend,
+            "backend_images_per_second": markdown_table(report.backend_speeds),
+            "grade_3_rate": grade_3_rate(day_rows),
+            "by_image_type": markdown_table(summary(day_rows), limit=200),
+            "failures": markdown_table(
+                [{"key": r["image_key"], "reason": r["reason"]} for r in failures], limit=50
+            ),
+            **(
+                png_metadata(
+                    gallery,
+                    title="worst_graded",
+                    save_to=Path(cache.root).parent / "plots" / f"production-{day}.png",
+                )
+                if gallery
+                else {}
+            ),
+        },
+        tags={"maskfind/production_day": day},
+    )

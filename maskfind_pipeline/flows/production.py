@@ -1,0 +1,413 @@
+"""Predict one production day: the champion's mask for every new image, graded by the reviewer.
+
+Images are fetched, decoded (ingest's rules) and resized by a thread pool ahead of the model; the
+champion (through the chosen inference backend) and the reviewer run on the same batch; masks
+are encoded and written back by the same pool while the next batch computes; log rows are
+committed every `commit_every` images, each after its mask is written. A bad image gets a
+`failed` row with the reason and never stops the day; a re-run does only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from maskfind_pipeline.data.images import InvalidImage, decode_image
+from maskfind_pipeline.data.production import (
+    OK,
+    PredictionLog,
+    encode_mask,
+    failed_row,
+    image_id_of,
+    list_day,
+    mask_key,
+)
+from maskfind_pipeline.data.tags import InvalidTags, SampleTags, parse_tags
+from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.ml.backends.choose import configured_backend
+from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.predict import Predictor, model_input, to_image_size
+from maskfind_pipeline.registry.loading import load_reviewer
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.promotion import CHAMPION
+from maskfind_pipeline.storage.base import ObjectInfo, ObjectStore, StoreError
+from maskfind_pipeline.storage.keys import InvalidKey
+
+T = TypeVar("T")
+R = TypeVar("R")
+UNCERTAIN = (0.1, 0.9)
+"""A pixel whose probability lies strictly between these is counted as uncertain."""
+
+Progress = Callable[[int, int], None]
+Row = dict[str, object]
+Pending = tuple[Row, "Future[None] | None"]
+"""A log row and the write of its mask (None for a failed image: nothing to write)."""
+
+
+class Grader(Protocol):
+    """The reviewer as production uses it (`ml.reviewer.Reviewer`)."""
+
+    version: str
+
+    def grade_batch(
+        self, images: torch.Tensor, probabilities: torch.Tensor, threshold: float
+    ) -> torch.Tensor:
+        """P(grade 1, 2, 3) (B, 3) of the masks of the mask model's input batch."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProductionModels:
+    """What predicts a day: the champion through an inference backend, and the reviewer."""
+
+    champion_version: str
+    config: ModelConfig
+    probabilities: Callable[[torch.Tensor], torch.Tensor]
+    """uint8 (B,3,S,S) at the model's input size -> float32 probabilities (B,1,S,S)."""
+    backend: str
+    grader: Grader | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """A predicted mask at the model's size, for the gallery of the worst-graded ones."""
+
+    image_type: str
+    p_grade3: float
+    image: np.ndarray
+    probabilities: np.ndarray
+    key: str
+
+
+@dataclass
+class DayOutcome:
+    """What one run did to a day: its new log rows, what it skipped, how fast it went."""
+
+    day: str
+    listed: int
+    skipped: int
+    rows: list[Row] = field(default_factory=list)
+    seconds: float = 0.0
+    worst: list[Example] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.rows) / self.seconds if self.seconds else 0.0
+
+
+class NoChampion(LookupError):
+    """Production needs a champion and there is none yet."""
+
+
+@dataclass(frozen=True)
+class DayReport:
+    """A run over a production day: what it did, the day's log, what predicted it and how."""
+
+    outcome: DayOutcome
+    day_rows: list[Row]
+    champion_version: str
+    reviewer_version: str | None
+    backend: str
+    backend_speeds: list[dict[str, object]]
+    threshold: float
+
+
+def predict_production_day(
+    day: str,
+    options: ProductionOptions,
+    *,
+    registry: ModelRegistry,
+    reviewers: ModelRegistry,
+    data_store: ObjectStore,
+    work_store: ObjectStore,
+    cache_root: Path,
+    run_id: str,
+    progress: Progress | None = None,
+) -> DayReport:
+    """Resolve the champion and the reviewer once, pick the backend, predict the day.
+
+    Raises:
+        NoChampion: no model has been promoted yet.
+    """
+    champion = registry.alias_or_none(CHAMPION)
+    if champion is None:
+        raise NoChampion(
+            f"registered model {registry.model_name!r} has no champion yet: promote a model "
+            "first (the nightly job's promotion, or the promote_model job)"
+        )
+    download = registry.download(champion.version)
+    config = ModelConfig.from_json(download.config_json)
+    predictor = Predictor.from_weights(config, download.weights, version=champion.version)
+    choice = configured_backend(
+        options.backend,
+        predictor,
+        cache_root / "backends",
+        batch_size=options.batch_size,
+        weights=download.weights,
+    )
+    reviewer = load_reviewer(reviewers, CHAMPION) if reviewers.alias_or_none(CHAMPION) else None
+    models = ProductionModels(
+        champion.version, config, choice.backend.probabilities, choice.backend.name, reviewer
+    )
+    outcome = predict_day(
+        day,
+        models,
+        data_store=data_store,
+        work_store=work_store,
+        options=options,
+        run_id=run_id,
+        progress=progress,
+    )
+    speeds = [{"backend": k, "images_per_second": round(v, 1)} for k, v in choice.rates.items()]
+    speeds += [{"backend": k, "skipped": why} for k, why in choice.skipped.items()]
+    return DayReport(
+        outcome,
+        PredictionLog(work_store, day).current().to_pylist(),
+        champion.version,
+        reviewer.version if reviewer else None,
+        choice.backend.name,
+        speeds,
+        config.threshold,
+    )
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    info: ObjectInfo
+    image: np.ndarray
+    model_input: torch.Tensor
+    sha256: str
+    tags: SampleTags
+
+
+def predict_day(
+    day: str,
+    models: ProductionModels,
+    *,
+    data_store: ObjectStore,
+    work_store: ObjectStore,
+    options: ProductionOptions,
+    run_id: str,
+    progress: Progress | None = None,
+) -> DayOutcome:
+    """Predict, grade, write back and log every image of `day` that has no final log row."""
+    started = time.perf_counter()
+    log = PredictionLog(work_store, day)
+    listing, done = list_day(data_store, day), log.done()
+    todo = [info for info in listing.images if info.key not in done]
+    outcome = DayOutcome(day, len(listing.images), len(listing.images) - len(todo))
+    run = _Run(day, models, data_store, options, run_id)
+    committer = _Committer(log, run_id, options.commit_every)
+    unsupported = [(i, r) for i, r in listing.unsupported if i.key not in done]
+    committer.add([(run.failed(info, reason), None) for info, reason in unsupported])
+    with ThreadPoolExecutor(options.io_workers, thread_name_prefix="production") as pool:
+        loaded = _ahead(pool, lambda info: run.load(info), todo, 2 * options.batch_size)
+        for batch in _batches(loaded, options.batch_size):
+            committer.add(run.predict(batch, pool))
+            if progress:
+                progress(run.count, len(todo))
+        committer.flush()
+    outcome.rows = committer.rows
+    outcome.worst = run.worst()
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+class _Run:
+    """The per-image work of one run: load, predict and grade a batch, build the rows."""
+
+    def __init__(
+        self,
+        day: str,
+        models: ProductionModels,
+        store: ObjectStore,
+        options: ProductionOptions,
+        run_id: str,
+    ) -> None:
+        self.day, self.models, self.store, self.options = day, models, store, options
+        self.common: Row = {
+            "model_version": models.champion_version,
+            "reviewer_version": models.grader.version if models.grader else None,
+            "backend": models.backend,
+            "run_id": run_id,
+        }
+        self.count = 0
+        self._worst: dict[str, list[tuple[float, int, Example]]] = {}
+
+    def load(self, info: ObjectInfo) -> _Loaded | Row:
+        """Fetch, check and resize one image; a failed row on any problem."""
+        ext = info.key.rpartition(".")[2]
+        try:
+            data = self.store.get(info.key, if_match=info.etag)
+            tags = parse_tags(self.store.tags(info.key))
+            image = decode_image(data, image_ext=ext, max_pixels=self.options.max_pixels).image
+        except (InvalidImage, InvalidKey) as exc:
+            return self.failed(info, str(exc))
+        except (InvalidTags, StoreError) as exc:
+            return self.failed(info, f"{type(exc).__name__}: {exc}", retryable=True)
+        size = self.models.config.input_size
+        digest = hashlib.sha256(data).hexdigest()
+        return _Loaded(info, image, model_input(image, size), digest, tags)
+
+    def predict(self, batch: list[_Loaded | Row], pool: ThreadPoolExecutor) -> list[Pending]:
+        """The rows and mask writes of one batch; failed loads pass through as rows."""
+        self.count += len(batch)
+        loaded = [item for item in batch if isinstance(item, _Loaded)]
+        pending: list[Pending] = [(item, None) for item in batch if not isinstance(item, _Loaded)]
+        if not loaded:
+            return pending
+        images = torch.stack([item.model_input for item in loaded])
+        probabilities = self.models.probabilities(images).float().cpu()
+        grader, threshold = self.models.grader, self.models.config.threshold
+        grades = (
+            grader.grade_batch(images, probabilities, threshold).float().cpu().numpy()
+            if grader
+            else None
+        )
+        for i, item in enumerate(loaded):
+            grade = grades[i] if grades is not None else None
+            pending.append(self._image(item, probabilities[i], grade, pool))
+            if grade is not None:
+                self._remember(item, probabilities[i], float(grade[2]))
+        return pending
+
+    def _image(
+        self,
+        item: _Loaded,
+        probabilities: torch.Tensor,
+        grade: np.ndarray | None,
+        pool: ThreadPoolExecutor,
+    ) -> Pending:
+        height, width = item.image.shape[:2]
+        full = to_image_size(probabilities, height, width)
+        mask = full >= self.models.config.threshold
+        key = mask_key(self.day, image_id_of(item.info.key))
+        write = pool.submit(lambda: self.store.put(key, encode_mask(mask)))
+        tags = item.tags
+        row: Row = {
+            **self.common,
+            "image_key": item.info.key,
+            "image_id": image_id_of(item.info.key),
+            "day": self.day,
+            "status": OK,
+            "retryable": False,
+            "image_sha256": item.sha256,
+            "image_etag": item.info.etag,
+            "width": width,
+            "height": height,
+            "image_type": tags.image_type,
+            "camera": tags.camera,
+            "product": tags.product,
+            "station": tags.station,
+            "captured_at": tags.captured_at,
+            "tags_json": json.dumps(dict(tags.raw), sort_keys=True),
+            "mask_key": key,
+            "mask_fraction": float(mask.mean()),
+            "probability_mean": float(full.mean()),
+            "uncertain_share": float(((full > UNCERTAIN[0]) & (full < UNCERTAIN[1])).mean()),
+            "predicted_at": datetime.now(UTC),
+            **_grade_fields(grade),
+        }
+        return row, write
+
+    def failed(self, info: ObjectInfo, reason: str, *, retryable: bool = False) -> Row:
+        now = datetime.now(UTC)
+        return failed_row(
+            info, self.day, reason, retryable=retryable, predicted_at=now, **self.common
+        )
+
+    def _remember(self, item: _Loaded, probabilities: torch.Tensor, p_grade3: float) -> None:
+        worst = self._worst.setdefault(item.tags.image_type, [])
+        example = Example(
+            item.tags.image_type,
+            p_grade3,
+            item.model_input.permute(1, 2, 0).numpy(),
+            probabilities[0].numpy(),
+            item.info.key,
+        )
+        entry = (p_grade3, self.count * 1000 + len(worst), example)
+        if len(worst) < self.options.gallery_per_type:
+            heapq.heappush(worst, entry)
+        else:
+            heapq.heappushpop(worst, entry)
+
+    def worst(self) -> list[Example]:
+        return [e for t in sorted(self._worst) for _, _, e in sorted(self._worst[t], reverse=True)]
+
+
+class _Committer:
+    """Commits rows as log parts of about `every` rows, each after its images' masks are written."""
+
+    def __init__(self, log: PredictionLog, run_id: str, every: int) -> None:
+        self.log, self.run_id, self.every = log, run_id, max(1, every)
+        self.pending: list[Pending] = []
+        self.rows: list[Row] = []
+        self.parts = 0
+
+    def add(self, pending: list[Pending]) -> None:
+        self.pending += pending
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        rows = [_written(row, write) for row, write in self.pending]
+        self.log.append(rows, run_id=self.run_id, part=self.parts)
+        self.parts += 1
+        self.rows += rows
+        self.pending = []
+
+
+def _written(row: Row, write: Future[None] | None) -> Row:
+    """The row once its mask is written; a failed write makes it a retryable failure."""
+    if write is None:
+        return row
+    try:
+        write.result()
+    except (StoreError, OSError) as exc:
+        return {**row, "status": "failed", "reason": f"mask write failed: {exc}", "retryable": True}
+    return row
+
+
+def _grade_fields(grade: np.ndarray | None) -> dict[str, Any]:
+    if grade is None:
+        return {"grade": None, "p_grade1": None, "p_grade2": None, "p_grade3": None}
+    return {
+        "grade": int(np.argmax(grade)) + 1,
+        **{f"p_grade{g}": float(grade[g - 1]) for g in (1, 2, 3)},
+    }
+
+
+def _ahead(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], depth: int
+) -> Iterator[R]:
+    """`fn` over `items` on `pool`, in order, with at most `depth` results computed ahead."""
+    queue: deque[Future[R]] = deque()
+    for item in items:
+        queue.append(pool.submit(fn, item))
+        if len(queue) > depth:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,135 @@
+"""Choose the backend by measurement: the fastest candidate on this machine, this model, now."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from maskfind_pipeline.ml.backends.base import InferenceBackend
+from maskfind_pipeline.ml.backends.config import DEFAULT_CANDIDATES, BackendConfig, BackendName
+from maskfind_pipeline.ml.backends.exports import ModelExports
+from maskfind_pipeline.ml.backends.runtimes import open_backend
+from maskfind_pipeline.ml.predict import Predictor
+
+_log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Opener = Callable[[BackendName, ModelExports], InferenceBackend]
+
+
+class NoBackendAvailable(RuntimeError):
+    """Every candidate failed to load or run."""
+
+
+class BackendChoice(NamedTuple):
+    """The chosen backend, the images/s measured for each candidate (empty where a backend was
+    named, not measured) and why each skipped candidate was skipped."""
+
+    backend: InferenceBackend
+    rates: dict[str, float]
+    skipped: dict[str, str]
+
+
+def measure_rates(
+    backends: Mapping[str, InferenceBackend],
+    images: torch.Tensor,
+    batches: int,
+    clock: Clock = time.perf_counter,
+) -> dict[str, float]:
+    """Images per second of each (warmed-up) backend on `images`: the median of `batches`
+    timed batches, timed in rounds of one batch per backend, so that a neighbour's burst of
+    load on shared cores slows every backend alike instead of one."""
+    seconds: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(batches):
+        for name, backend in backends.items():
+            start = clock()
+            backend.probabilities(images)
+            seconds[name].append(clock() - start)
+    return {name: len(images) / max(statistics.median(s), 1e-9) for name, s in seconds.items()}
+
+
+def choose_backend(
+    predictor: Predictor,
+    cache_dir: Path,
+    *,
+    candidates: Sequence[BackendName] = DEFAULT_CANDIDATES,
+    batch_size: int = 32,
+    batches: int = 3,
+    weights: bytes | None = None,
+    clock: Clock = time.perf_counter,
+    opener: Opener = open_backend,
+) -> BackendChoice:
+    """The fastest of `candidates` on synthetic uint8 batches at the model's input size.
+
+    Each candidate is opened (exported first if needed) and runs one warm-up batch; one that
+    fails to import, export or run is skipped with its reason (logged). The others are timed
+    by `measure_rates`.
+
+    Args:
+        predictor: The model version.
+        cache_dir: Where the exports are cached (see `exports`).
+        candidates: The backends to measure.
+        batch_size: Images per batch: production's batch size.
+        batches: Timed batches per candidate.
+        weights: The version's safetensors bytes where the caller has them.
+        clock: The timer (tests inject one).
+        opener: Opens a backend by name (tests inject one).
+
+    Raises:
+        NoBackendAvailable: No candidate worked.
+    """
+    exports = ModelExports(predictor, cache_dir, weights)
+    images = synthetic_batch(batch_size, predictor.config.input_size)
+    backends: dict[str, InferenceBackend] = {}
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys(candidates):
+        try:
+            backends[name] = opener(name, exports)
+            backends[name].probabilities(images)
+        except Exception as exc:  # any failure of an optional runtime only removes it
+            backends.pop(name, None)
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            _log.warning("inference backend %s skipped: %s", name, skipped[name])
+    if not backends:
+        raise NoBackendAvailable(f"no inference backend works: {skipped}")
+    rates = measure_rates(backends, images, batches, clock)
+    best = max(rates, key=rates.__getitem__)
+    _log.info("inference backend %s chosen; images/s %s", best, rates)
+    return BackendChoice(backends[best], rates, skipped)
+
+
+def configured_backend(
+    config: BackendConfig,
+    predictor: Predictor,
+    cache_dir: Path,
+    *,
+    batch_size: int = 32,
+    weights: bytes | None = None,
+) -> BackendChoice:
+    """The backend `config` names, or with `auto` the fastest of its candidates (measured)."""
+    if config.backend != "auto":
+        backend = open_backend(config.backend, ModelExports(predictor, cache_dir, weights))
+        return BackendChoice(backend, {}, {})
+    return choose_backend(
+        predictor,
+        cache_dir,
+        candidates=config.candidates,
+        batch_size=batch_size,
+        batches=config.measure_batches,
+        weights=weights,
+    )
+
+
+def synthetic_batch(batch_size: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Uniform random uint8 images (batch_size,3,size,size): the timing does not depend on
+    content."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(
+        0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator
+    )

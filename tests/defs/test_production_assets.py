@@ -1,0 +1,112 @@
+"""`reviewer_model` and `production_predictions` in-process on tiny data: a reviewer is trained,
+registered and promoted; a production day is predicted by the champion and graded by it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.images import decode_image
+from maskfind_pipeline.data.production import PredictionLog
+from maskfind_pipeline.definitions import defs
+from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
+from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.registry.loading import load_model
+from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.storage import LocalObjectStore
+from tests.support.models import tiny_training
+
+DAY = dt.date(2026, 11, 30)
+TYPES = synthetic.DEFAULT_TYPES[:3]
+MODEL = ModelSpec(
+    encoder_name="resnet18", encoder_weights=None, input_size=32, decoder_channels=(16, 8, 8, 8, 8)
+)
+REVIEWER = {
+    "spec": {"encoder_name": "resnet18", "encoder_weights": None, "input_size": 32},
+    "train": {"epochs": 2, "batch_size": 16, "allow_scratch": True},
+    "fold_models": 1,
+    "fold_train": {"epochs": 1, "batch_size": 16, "allow_scratch": True},
+    "held_out_count": 1,
+    "max_images": 40,
+}
+
+
+def _materialize(instance, settings, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
+    job = defs().resolve_implicit_global_asset_job_def().get_subset(asset_selection=selection)
+    result = job.execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        resources=build_resources(settings),
+        partition_key=partition,
+        raise_on_error=True,
+    )
+    return {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key
+    }
+
+
+@pytest.mark.integration
+def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(settings.data_uri)
+    synthetic.generate(data, TYPES, 10, size=32)
+    instance = dg.DagsterInstance.ephemeral()
+    nightly = {
+        dg.AssetKey(k)
+        for k in ("image_catalog", "dataset_version", "mask_model", "compat_evaluation")
+    } | {dg.AssetKey("promotion")}
+    _materialize(
+        instance,
+        settings,
+        nightly,
+        {
+            "ops": {
+                "mask_model": {"config": tiny_training(MODEL, epochs=1)},
+                "promotion": {"config": {"floor": 0.0}},
+            }
+        },
+    )
+    reviewer = _materialize(
+        instance,
+        settings,
+        {dg.AssetKey("reviewer_model")},
+        {"ops": {"reviewer_model": {"config": REVIEWER}}},
+    )["reviewer_model"]
+    assert reviewer["reviewer_version"].value == "1" and reviewer["promoted"].value is True
+    assert str(reviewer["mask_models"].value).count("fold-") == 1
+
+    synthetic.generate_production(data, TYPES, 3, day=DAY, size=40)
+    data.put(f"production/{DAY}/broken.jpg", b"\xff\xd8 not a jpeg", tags={"image_type": "x"})
+    instance.add_dynamic_partitions(str(PRODUCTION_DAYS.name), [DAY.isoformat()])
+    options = {"backend": {"backend": "torch_fp32"}, "batch_size": 4}
+    production = _materialize(
+        instance,
+        settings,
+        {dg.AssetKey("production_predictions")},
+        {"ops": {"production_predictions": {"config": options}}},
+        partition=DAY.isoformat(),
+    )["production_predictions"]
+    assert production["predicted_now"].value == 9 and production["failed_now"].value == 1
+    assert production["reviewer_version"].value == "1"
+
+    champion = load_model(build_resources(settings)["mlflow"].registry(), "champion")  # type: ignore[attr-defined]
+    rows = PredictionLog(LocalObjectStore(settings.work_uri), DAY.isoformat()).read().to_pylist()
+    assert len(rows) == 10
+    for row in (r for r in rows if r["status"] == "ok"):
+        assert row["model_version"] == champion.version and row["reviewer_version"] == "1"
+        assert row["grade"] in (1, 2, 3)
+        assert row["p_grade1"] + row["p_grade2"] + row["p_grade3"] == pytest.approx(1, abs=1e-4)
+        ext = str(row["image_key"]).rpartition(".")[2]
+        image = decode_image(data.get(row["image_key"]), image_ext=ext).image
+        written = np.asarray(Image.open(io.BytesIO(data.get(row["mask_key"])))) != 0
+        np.testing.assert_array_equal(written, champion.predict_mask(image))
