@@ -157,7 +157,11 @@ def predict_production_day(
         batch_size=options.batch_size,
         weights=download.weights,
     )
-    reviewer = load_reviewer(reviewers, CHAMPION) if reviewers.alias_or_none(CHAMPION) else None
+    reviewer = (
+        load_reviewer(reviewers, CHAMPION).to()  # bf16 + channels_last where the device has it
+        if reviewers.alias_or_none(CHAMPION)
+        else None
+    )
     models = ProductionModels(
         champion.version, config, choice.backend.probabilities, choice.backend.name, reviewer
     )

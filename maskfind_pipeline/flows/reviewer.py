@@ -28,10 +28,14 @@ from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import ReviewerSettings
 from maskfind_pipeline.flows.training import latest_version
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation, evaluate_reviewer
-from maskfind_pipeline.ml.reviewer import grade_probabilities
+from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation
 from maskfind_pipeline.ml.reviewer_data import ReviewSamples, build_review_samples, split_by_type
-from maskfind_pipeline.ml.reviewer_train import ReviewerEpoch, ReviewerResult, train_reviewer
+from maskfind_pipeline.ml.reviewer_train import (
+    ReviewerEpoch,
+    ReviewerResult,
+    evaluate_on,
+    train_reviewer,
+)
 from maskfind_pipeline.ml.train import make_train_loaders, train
 from maskfind_pipeline.registry.loading import load_model, load_reviewer
 from maskfind_pipeline.registry.mlflow_registry import (
@@ -113,8 +117,9 @@ def train_and_register_reviewer(
         settings.spec, settings.train, train_part, val_part, on_epoch=on_epoch, progress_bar=False
     )
     judged = samples.take(unseen)
-    evaluation, real = _judge(result.model, settings, judged)
-    champion_auc = _champion_auc(reviewers, settings, judged)
+    _, evaluations = evaluate_on(result.model, settings.spec, judged)
+    evaluation, real = evaluations["mix"], evaluations["real"]
+    champion_auc = _champion_auc(reviewers, judged)
     record = _record(settings, vid, result, evaluation, real, samples, held_out, models, tags)
     registered = reviewers.log_training(record, alias=CHALLENGER)
     ours = evaluation.scores["reviewer"].auc_grade3
@@ -214,44 +219,13 @@ def _split_images(
     return samples.take(seen & ~picked), samples.take(seen & picked)
 
 
-def _judge(
-    model: Any, settings: ReviewerSettings, judged: ReviewSamples
-) -> tuple[ReviewerEvaluation, ReviewerEvaluation]:
-    """The reviewer on the held-out types: every mask, and real predictions only."""
-    probs = grade_probabilities(
-        model, settings.spec, judged.sample_images(), judged.probabilities, judged.thresholds
-    )
-    return _evaluate(probs, judged, settings), _evaluate(
-        probs[judged.is_prediction], judged.take(judged.is_prediction), settings
-    )
-
-
-def _evaluate(
-    probs: np.ndarray, samples: ReviewSamples, settings: ReviewerSettings
-) -> ReviewerEvaluation:
-    return evaluate_reviewer(
-        probs,
-        samples.grades(settings.spec.grades),
-        entropy=samples.entropy,
-        flip_disagreement=samples.flip_disagreement,
-    )
-
-
-def _champion_auc(
-    reviewers: ModelRegistry, settings: ReviewerSettings, judged: ReviewSamples
-) -> float | None:
+def _champion_auc(reviewers: ModelRegistry, judged: ReviewSamples) -> float | None:
     """The champion reviewer's grade-3 AUC on the same held-out masks (None: no champion)."""
     if reviewers.alias_or_none(CHAMPION) is None:
         return None
     champion = load_reviewer(reviewers, CHAMPION)
-    probs = grade_probabilities(
-        champion.model,
-        champion.spec,
-        judged.sample_images(),
-        judged.probabilities,
-        judged.thresholds,
-    )
-    auc = _evaluate(probs, judged, settings).scores["reviewer"].auc_grade3
+    _, evaluations = evaluate_on(champion.model, champion.spec, judged)
+    auc = evaluations["mix"].scores["reviewer"].auc_grade3
     return None if math.isnan(auc) else auc
 
 

@@ -29,7 +29,14 @@ from maskfind_pipeline.ml.device import (
     select_device,
     tune_cpu_allocator,
 )
-from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
+from maskfind_pipeline.ml.fitting import (
+    Budget,
+    EarlyStopping,
+    Optimiser,
+    build_pretrained,
+    cpu_state,
+    lr_factor,
+)
 from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation, evaluate_reviewer, safe_auc
 from maskfind_pipeline.ml.reviewer import build_reviewer, grade_probabilities, reviewer_inputs
 from maskfind_pipeline.ml.reviewer_config import (
@@ -39,7 +46,6 @@ from maskfind_pipeline.ml.reviewer_config import (
     ReviewerTrainConfig,
 )
 from maskfind_pipeline.ml.reviewer_data import ReviewSamples
-from maskfind_pipeline.ml.train import lr_factor
 
 StateDict = dict[str, torch.Tensor]
 _EVAL_BATCH = 64
@@ -131,7 +137,11 @@ def train_reviewer(
     settings = settings or select_device(config.device, mixed_precision=config.mixed_precision)
     if settings.device.type == "cpu":
         tune_cpu_allocator()
-    model, pretrained = _build(spec, config)
+    model, pretrained = build_pretrained(
+        lambda weights: build_reviewer(spec, pretrained=weights),
+        pretrained=spec.encoder_weights is not None,
+        allow_scratch=config.allow_scratch,
+    )
     run = _Run(settings.prepare(model), spec, config, settings, train, val)
     run.fit(on_epoch, progress_bar)
     return run.finish(pretrained)
@@ -217,52 +227,35 @@ class _Run:
         self.val_grades = val.grades(spec.grades)
         self.weights = class_weights(train.grades(spec.grades), config.class_weighting)
         self.loss_weight = torch.tensor(self.weights, dtype=torch.float32, device=settings.device)
-        self.optimizer = torch.optim.AdamW(
+        self.optimiser = Optimiser(
             model.parameters(),
-            lr=config.learning_rate,
+            learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
-            fused=settings.device.type in ("cpu", "cuda"),
+            settings=settings,
         )
-        self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.grad_scaler)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.started = time.monotonic()
-        self.budget_s = 60 * config.max_minutes if config.max_minutes else None
+        self.budget = Budget(config.max_minutes)
+        self.stopping = EarlyStopping(config.early_stopping_patience)
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, float, int, StateDict, np.ndarray] | None = None
-        self.stop_reason = "completed"
 
     def fit(self, on_epoch: Callable[[ReviewerEpoch], None] | None, progress_bar: bool) -> None:
         steps = max(1, math.ceil(len(self.train) / self.config.batch_size))
         planned = steps * self.config.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor("onecycle", self._progress(step, planned))
+        self.optimiser.schedule(
+            lambda step: lr_factor("onecycle", self.budget.progress(step, planned))
         )
-        stale = 0
         for epoch in range(1, self.config.epochs + 1):
             start = time.perf_counter()
-            loss, seen, out_of_time = self._train_epoch(epoch, scheduler, progress_bar)
+            loss, seen, out_of_time = self._train_epoch(epoch, progress_bar)
             report = self._validate(epoch, loss, seen, time.perf_counter() - start)
             self.history.append(report.as_dict())
             if on_epoch is not None:
                 on_epoch(report)
-            stale = 0 if report.improved else stale + 1
-            patience = self.config.early_stopping_patience
-            if out_of_time:
-                self.stop_reason = "time_budget"
-            elif patience > 0 and stale >= patience:
-                self.stop_reason = "early_stopping"
-            if self.stop_reason != "completed":
+            if self.stopping.stop(improved=report.improved, out_of_time=out_of_time):
                 return
 
-    def _progress(self, step: int, planned: int) -> float:
-        done = step / max(planned, 1)
-        if self.budget_s is None:
-            return done
-        return max(done, (time.monotonic() - self.started) / self.budget_s)
-
-    def _train_epoch(
-        self, epoch: int, scheduler: torch.optim.lr_scheduler.LRScheduler, progress_bar: bool
-    ) -> tuple[float, int, bool]:
+    def _train_epoch(self, epoch: int, progress_bar: bool) -> tuple[float, int, bool]:
         self.model.train()
         order = torch.randperm(len(self.train), generator=self.generator).numpy()
         batches = [
@@ -282,8 +275,7 @@ class _Run:
         for rows in bar:
             total += self._step(rows) * len(rows)
             seen += len(rows)
-            scheduler.step()
-            if self.budget_s is not None and time.monotonic() - self.started > self.budget_s:
+            if self.budget.spent():
                 return float(total) / max(seen, 1), seen, True
         return float(total) / max(seen, 1), seen, False
 
@@ -304,11 +296,7 @@ class _Run:
             weight=self.loss_weight,
             label_smoothing=self.config.label_smoothing,
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
+        return self.optimiser.step(loss)
 
     def _validate(self, epoch: int, loss: float, seen: int, seconds: float) -> ReviewerEpoch:
         probs = self._val_probabilities()
@@ -320,8 +308,7 @@ class _Run:
         score = -1.0 if math.isnan(auc) else auc
         improved = self.best is None or (score, -val_loss) > (self.best[0], -self.best[1])
         if improved:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            self.best = (score, val_loss, epoch, state, probs)
+            self.best = (score, val_loss, epoch, cpu_state(self.model), probs)
         assert self.best is not None
         return ReviewerEpoch(
             epoch=epoch,
@@ -331,7 +318,7 @@ class _Run:
             val_auc_grade3=auc,
             best_val_auc_grade3=self.best[0],
             improved=improved,
-            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+            learning_rate=self.optimiser.learning_rate,
             seconds=seconds,
             samples_per_second=seen / max(seconds, 1e-9),
         )
@@ -365,7 +352,7 @@ class _Run:
             spec=self.spec,
             history=self.history,
             best_epoch=best_epoch,
-            stop_reason=self.stop_reason,
+            stop_reason=self.stopping.reason,
             val_probabilities=probs,
             val_evaluation=evaluation,
             class_weights=self.weights.tolist(),
@@ -406,13 +393,3 @@ def training_curves_png(history: list[dict[str, float]]) -> bytes:
     auc.plot(epochs, [h["val_auc_grade3"] for h in history], marker="o", color="tab:red")
     auc.set(xlabel="epoch", ylabel="ROC AUC", title="validation AUC, grade 3 vs rest")
     return plots._png(fig)
-
-
-def _build(spec: ReviewerSpec, config: ReviewerTrainConfig) -> tuple[nn.Module, bool]:
-    pretrained = spec.encoder_weights is not None
-    try:
-        return build_reviewer(spec, pretrained=pretrained), pretrained
-    except PretrainedWeightsUnavailable:
-        if not config.allow_scratch:
-            raise
-        return build_reviewer(spec, pretrained=False), False

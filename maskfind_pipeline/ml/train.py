@@ -7,7 +7,6 @@ indices); the `image_types` and `sources` given to `train` are indexed by those 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +29,14 @@ from maskfind_pipeline.ml.device import (
     select_device,
     tune_cpu_allocator,
 )
+from maskfind_pipeline.ml.fitting import (
+    Budget,
+    EarlyStopping,
+    Optimiser,
+    build_pretrained,
+    cpu_state,
+    lr_factor,
+)
 from maskfind_pipeline.ml.inference import (
     Batch,
     Loader,
@@ -40,7 +47,6 @@ from maskfind_pipeline.ml.inference import (
 from maskfind_pipeline.ml.losses import make_loss
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate, iou_per_image, pixel_counts
 from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
 from maskfind_pipeline.ml.threshold import ThresholdChoice, tune_threshold
 
 Progress = Callable[[str, int, int], None]
@@ -167,7 +173,11 @@ def train(
     )
     if settings.device.type == "cpu":
         tune_cpu_allocator()
-    model, pretrained = _build(model_config, train_config)
+    model, pretrained = build_pretrained(
+        lambda weights: build_model(model_config, pretrained=weights),
+        pretrained=model_config.encoder_weights is not None,
+        allow_scratch=train_config.allow_scratch,
+    )
     model = settings.prepare(model)
     run = _Run(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
@@ -191,19 +201,16 @@ class _Run:
         self.image_types = np.asarray(image_types, dtype=object)
         self.sources = np.asarray(sources, dtype=object)
         self.loss_fn = make_loss(train_config.loss)
-        self.optimizer = torch.optim.AdamW(
+        self.optimiser = Optimiser(
             model.parameters(),
-            lr=train_config.learning_rate,
+            learning_rate=train_config.learning_rate,
             weight_decay=train_config.weight_decay,
-            fused=settings.device.type in ("cpu", "cuda"),
+            settings=settings,
         )
-        self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.grad_scaler)
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.started = time.monotonic()
-        self.budget_s = 60 * train_config.max_minutes if train_config.max_minutes else None
+        self.budget = Budget(train_config.max_minutes)
+        self.stopping = EarlyStopping(train_config.early_stopping_patience)
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, StateDict, Predictions] | None = None
-        self.stop_reason = "completed"
 
     def fit(
         self,
@@ -215,8 +222,11 @@ class _Run:
     ) -> None:
         steps = len(train_loader)
         planned = steps * self.tc.epochs
-        self.scheduler = _scheduler(self.optimizer, self.tc, lambda s: self._progress(s, planned))
-        stale = 0
+        if self.tc.schedule != "constant":
+            schedule = self.tc.schedule
+            self.optimiser.schedule(
+                lambda step: lr_factor(schedule, self.budget.progress(step, planned))
+            )
         for epoch in range(1, self.tc.epochs + 1):
             start = time.perf_counter()
             bar = tqdm(
@@ -231,22 +241,8 @@ class _Run:
             self.history.append(report.as_dict())
             if on_epoch is not None:
                 on_epoch(report)
-            stale = 0 if report.improved else stale + 1
-            patience = self.tc.early_stopping_patience
-            if out_of_time:
-                self.stop_reason = "time_budget"
-            elif patience > 0 and stale >= patience:
-                self.stop_reason = "early_stopping"
-            if self.stop_reason != "completed":
+            if self.stopping.stop(improved=report.improved, out_of_time=out_of_time):
                 return
-
-    def _progress(self, step: int, planned_steps: int) -> float:
-        """Steps done / planned or, when a time budget is set and further along, time spent /
-        budget: so a run the budget cuts short still warms up and anneals."""
-        done = step / max(planned_steps, 1)
-        if self.budget_s is None:
-            return done
-        return max(done, (time.monotonic() - self.started) / self.budget_s)
 
     def _train_epoch(
         self, batches: Iterable[Batch], epoch: int, steps: int, progress: Progress | None
@@ -260,7 +256,7 @@ class _Run:
             images += len(batch["image"])
             if progress is not None and (step % every == 0 or step == steps):
                 progress(f"train epoch {epoch}/{self.tc.epochs}", step, steps)
-            if self.budget_s is not None and time.monotonic() - self.started > self.budget_s:
+            if self.budget.spent():
                 return float(total) / max(images, 1), images, True
         if images == 0:
             raise ValueError("the train loader yielded no batches")
@@ -271,14 +267,7 @@ class _Run:
         masks = batch["mask"].to(device, non_blocking=True)
         weights = self._weights(batch).to(device, non_blocking=True)
         logits = forward(self.model, self.config, batch["image"], self.settings)
-        loss = self.loss_fn(logits.float(), masks, weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return loss.detach()
+        return self.optimiser.step(self.loss_fn(logits.float(), masks, weights))
 
     def _weights(self, batch: Batch) -> torch.Tensor:
         if self.tc.failure_weight is None:
@@ -296,7 +285,7 @@ class _Run:
         miou = float(iou_per_image(counts).mean())
         improved = self.best is None or miou > self.best[0] + self.tc.min_delta
         if improved:
-            self.best = (miou, epoch, _cpu_copy(self.model), predictions)
+            self.best = (miou, epoch, cpu_state(self.model), predictions)
         assert self.best is not None
         return EpochReport(
             epoch=epoch,
@@ -305,7 +294,7 @@ class _Run:
             val_miou=miou,
             best_val_miou=self.best[0],
             improved=improved,
-            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+            learning_rate=self.optimiser.learning_rate,
             seconds=seconds,
             images_per_second=images / max(seconds, 1e-9),
         )
@@ -330,7 +319,7 @@ class _Run:
             threshold=choice,
             plots=self._plots(val_loader, predictions, choice, types),
             best_epoch=best_epoch,
-            stop_reason=self.stop_reason,
+            stop_reason=self.stopping.reason,
             pretrained=pretrained,
             device=self.settings.describe(),
         )
@@ -356,54 +345,8 @@ class _Run:
         }
 
 
-def _build(model_config: ModelSpec, train_config: TrainConfig) -> tuple[nn.Module, bool]:
-    pretrained = model_config.encoder_weights is not None
-    try:
-        return build_model(model_config, pretrained=pretrained), pretrained
-    except PretrainedWeightsUnavailable:
-        if not train_config.allow_scratch:
-            raise
-        return build_model(model_config, pretrained=False), False
-
-
-def _scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, progress: Callable[[int], float]
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule as a function of training progress (see `lr_factor`)."""
-    if config.schedule == "constant":
-        return None
-    if config.schedule not in ("onecycle", "cosine"):
-        raise ValueError(f"unknown schedule {config.schedule!r}")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(config.schedule, progress(step))
-    )
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """Multiplier of the configured learning rate at `progress` (0 = start, 1 = end).
-
-    `onecycle` follows `torch.optim.lr_scheduler.OneCycleLR`'s defaults (cosine warm-up from
-    1/25 over the first 30 %, cosine annealing to 1/250000); `cosine` anneals from 1 to 0.
-    """
-    p = min(max(progress, 0.0), 1.0)
-    if schedule == "cosine":
-        return _cosine(1.0, 0.0, p)
-    warmup, start, end = 0.3, 1 / 25, 1 / 25 / 1e4
-    if p < warmup:
-        return _cosine(start, 1.0, p / warmup)
-    return _cosine(1.0, end, (p - warmup) / (1 - warmup))
-
-
-def _cosine(start: float, end: float, t: float) -> float:
-    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
-
-
 def _place(model: nn.Module, device: torch.device, fmt: torch.memory_format) -> nn.Module:
     return model.to(device, memory_format=fmt)  # pyright: ignore[reportCallIssue]
-
-
-def _cpu_copy(model: nn.Module) -> StateDict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _images_of(loader: Loader, indices: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
+from maskfind_pipeline.ml import fitting as fitting_module
 from maskfind_pipeline.ml import train as train_module
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
@@ -154,7 +155,7 @@ def test_the_time_budget_stops_after_a_batch(data: Data) -> None:
 
 
 class _Clock:
-    """`time` for the training module whose monotonic clock advances 1 s per reading."""
+    """`time` for the fitting module whose monotonic clock advances 1 s per reading."""
 
     perf_counter = staticmethod(time.perf_counter)
 
@@ -169,7 +170,7 @@ class _Clock:
 def test_a_run_cut_by_its_time_budget_still_anneals_the_learning_rate(
     data: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(train_module, "time", _Clock())
+    monkeypatch.setattr(fitting_module, "time", _Clock())
     config = TrainConfig(
         epochs=10_000, batch_size=4, learning_rate=1e-2, max_minutes=2, early_stopping_patience=0
     )
@@ -182,14 +183,14 @@ def test_a_run_cut_by_its_time_budget_still_anneals_the_learning_rate(
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_lr_factor_shapes(schedule: str) -> None:
-    factors = [train_module.lr_factor(schedule, p / 100) for p in range(101)]
+    factors = [fitting_module.lr_factor(schedule, p / 100) for p in range(101)]
     peak = int(np.argmax(factors))
     assert factors[peak] == pytest.approx(1.0)
     assert peak == (30 if schedule == "onecycle" else 0)
     assert all(a <= b for a, b in itertools.pairwise(factors[: peak + 1]))
     assert all(a >= b for a, b in itertools.pairwise(factors[peak:]))
     assert factors[-1] < 1e-4
-    assert train_module.lr_factor(schedule, 2.0) == factors[-1], "progress is clamped"
+    assert fitting_module.lr_factor(schedule, 2.0) == factors[-1], "progress is clamped"
 
 
 def test_missing_pretrained_weights_fail_unless_scratch_is_allowed(data: Data) -> None:
