@@ -1,9 +1,10 @@
 """Inference throughput of every backend (`ml.backends`) on the same model and batches, one run.
 
 One model with random weights (ResNet-34 U-Net by default, `--encoder NAME`, or `--demo`: the
-demo's EfficientNet-Lite0 U-Net) predicts the same uint8 batches through each backend; each
-returns float32 probabilities on the CPU, so a row times preprocessing, the forward pass and
-the sigmoid:
+demo's EfficientNet-Lite0 U-Net) predicts the same uint8 batches through each backend's
+`predict`, what production runs; each returns float32 probabilities and image features
+(`ml.features`) on the CPU from one forward pass, so a row times preprocessing, the forward
+pass, the sigmoid and the features:
 
 - torch_fp32: the exact float32 predictor, the reference of every ratio and agreement;
 - torch: the shipped `Predictor.to(device)` path (bf16 autocast where the device has it,
@@ -17,8 +18,10 @@ round a warm-up batch then `--batches` timed ones; the best round counts. Agreem
 share of mask pixels equal to torch_fp32's at threshold 0.5, with the mean and largest
 absolute probability difference (random weights saturate many pixels at 0 or 1, so these
 agreements are higher than a trained model's would be near its threshold: the unit tests hold
-every backend to >= 99 % at the median probability of a small unsaturated model). Last, what
-`choose_backend` (production's `auto`) picks with its own shorter measurement.
+every backend to >= 99 % at the median probability of a small unsaturated model). Feature
+agreement (`feat err`) is the largest absolute difference in an image's features from
+torch_fp32's relative to that image's largest feature, over the batch (the unit tests' measure).
+Last, what `choose_backend` (production's `auto`) picks with its own shorter measurement.
 
 `--device cuda`: only the two torch rows, on the GPU (the other runtimes run on the CPU here),
 timed with the host-device copies of input and output.
@@ -106,10 +109,10 @@ def _measure(
     rates: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(args.rounds):
         for name, backend in backends.items():
-            backend.probabilities(images)
+            backend.predict(images)
             start = time.perf_counter()
             for _ in range(args.batches):
-                backend.probabilities(images)
+                backend.predict(images)
             rates[name].append(args.batches * len(images) / (time.perf_counter() - start))
     return rates
 
@@ -124,19 +127,20 @@ def _heading(config: ModelConfig, args: argparse.Namespace, notes: list[str]) ->
 def _table(
     backends: dict[str, InferenceBackend], images: torch.Tensor, rates: dict[str, list[float]]
 ) -> str:
-    reference = backends["torch_fp32"].probabilities(images)
+    reference = backends["torch_fp32"].predict(images)
     lines = [
         f"{'backend':12} {'images/s':>9} {'vs fp32':>8} {'agree@0.5':>10} "
-        f"{'mean |dp|':>10} {'max |dp|':>9}  rounds"
+        f"{'mean |dp|':>10} {'max |dp|':>9} {'feat err':>9}  rounds"
     ]
     for name, backend in backends.items():
-        probabilities = backend.probabilities(images)
-        difference = (probabilities - reference).abs()
+        probabilities, features = backend.predict(images)
+        difference = (probabilities - reference.probabilities).abs()
         best = max(rates[name])
         lines.append(
             f"{name:12} {best:9.1f} {best / max(rates['torch_fp32']):7.2f}x "
-            f"{_agreement(probabilities, reference):10.2%} "
-            f"{float(difference.mean()):10.5f} {float(difference.max()):9.5f}  "
+            f"{_agreement(probabilities, reference.probabilities):10.2%} "
+            f"{float(difference.mean()):10.5f} {float(difference.max()):9.5f} "
+            f"{_feature_error(features, reference.features):9.1e}  "
             f"{[round(r, 1) for r in rates[name]]}"
         )
     fastest = max(rates, key=lambda name: max(rates[name]))
@@ -145,6 +149,12 @@ def _table(
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a >= 0.5) == (b >= 0.5)).float().mean())
+
+
+def _feature_error(features: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest |features - reference| of an image relative to its largest |reference|."""
+    scale = reference.abs().amax(dim=1)
+    return float(((features - reference).abs().amax(dim=1) / scale).max())
 
 
 def _print_auto(predictor: Predictor, exports: ModelExports, args: argparse.Namespace) -> None:

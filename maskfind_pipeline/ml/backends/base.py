@@ -1,13 +1,29 @@
-"""The backend interface and the one graph every backend runs: preprocessing, model, sigmoid."""
+"""The backend interface and the one graph every backend runs: preprocessing, model, sigmoid,
+and the image features (`ml.features`) from the same pass."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 
 from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.features import segment_with_features
+
+
+class Prediction(NamedTuple):
+    """What a backend returns for a batch of B images at the model's input size S, from one
+    forward pass: float32 CPU tensors.
+
+    Attributes:
+        probabilities: Sigmoid probabilities (B,1,S,S).
+        features: `ml.features.pooled_features` (B,D): the encoder's two deepest stages,
+            spatially averaged (D = the sum of their channels).
+    """
+
+    probabilities: torch.Tensor
+    features: torch.Tensor
 
 
 class InferenceBackend(Protocol):
@@ -18,18 +34,25 @@ class InferenceBackend(Protocol):
         """The backend's name (`config.BackendName`)."""
         ...
 
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Probabilities and features of uint8 RGB images (B,3,S,S) on the CPU at the model's
+        input size S, from one forward pass."""
+        ...
+
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Sigmoid probabilities, float32 (B,1,S,S) on the CPU, of uint8 RGB images (B,3,S,S)
-        on the CPU at the model's input size S."""
+        """`predict(images).probabilities`: float32 (B,1,S,S) on the CPU."""
         ...
 
 
 class ProbabilityModel(nn.Module):
-    """`model` with its input preprocessing and output sigmoid: uint8 images in, probabilities out.
+    """`model` with its input preprocessing and output sigmoid, and the image features of the
+    same pass: uint8 images (B,3,S,S) in, (probabilities (B,1,S,S), features (B,D)) out.
 
-    The arithmetic is `ml.model.preprocess`'s (one multiply, one subtract, float32 constants),
-    so in float32 it gives the Predictor's numbers; exported, it makes every runtime take the
-    same uint8 input.
+    The arithmetic is `ml.model.preprocess`'s (one multiply, one subtract, float32 constants)
+    and the pass is `ml.features.segment_with_features`, so in float32 it gives the Predictor's
+    probabilities and the features' one definition; exported, it makes every runtime take the
+    same uint8 input and give the same two outputs. The sigmoid and the features are computed
+    in float32 whatever precision the network runs in (e.g. under bf16 autocast).
     """
 
     scale: torch.Tensor
@@ -43,8 +66,11 @@ class ProbabilityModel(nn.Module):
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", mean / std)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(images.float() * self.scale - self.shift))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = segment_with_features(
+            self.model, images.float() * self.scale - self.shift
+        )
+        return torch.sigmoid(logits.float()), features
 
 
 def check_images(images: torch.Tensor, size: int) -> None:

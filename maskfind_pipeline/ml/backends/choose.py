@@ -42,14 +42,15 @@ def measure_rates(
     batches: int,
     clock: Clock = time.perf_counter,
 ) -> dict[str, float]:
-    """Images per second of each (warmed-up) backend on `images`: the median of `batches`
+    """Images per second of each (warmed-up) backend's `predict` (probabilities and features,
+    what production runs) on `images`: the median of `batches`
     timed batches, timed in rounds of one batch per backend, so that a neighbour's burst of
     load on shared cores slows every backend alike instead of one."""
     seconds: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(batches):
         for name, backend in backends.items():
             start = clock()
-            backend.probabilities(images)
+            backend.predict(images)
             seconds[name].append(clock() - start)
     return {name: len(images) / max(statistics.median(s), 1e-9) for name, s in seconds.items()}
 
@@ -91,7 +92,7 @@ def choose_backend(
     for name in dict.fromkeys(candidates):
         try:
             backends[name] = opener(name, exports)
-            backends[name].probabilities(images)
+            backends[name].predict(images)
         except Exception as exc:  # any failure of an optional runtime only removes it
             backends.pop(name, None)
             skipped[name] = f"{type(exc).__name__}: {exc}"

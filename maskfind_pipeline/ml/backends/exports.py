@@ -1,5 +1,9 @@
 """A model version exported for the other runtimes, once, into a cache folder the caller gives.
 
+The graph is `base.ProbabilityModel`: uint8 `images` (B,3,S,S) in, float32 `probabilities`
+(B,1,S,S) and `features` (B,D) out, in that order (format 2; format 1 had the probabilities
+only, and its entries have other keys, so they are never loaded).
+
 Layout: `<cache_dir>/backends/onnx-<key>/model.onnx` and `.../openvino-<key>/model.xml` (+
 `model.bin`), each with a `manifest.json` (see `cache`). The ONNX key is the sha256 of the
 weights' sha256 (safetensors bytes, `ml.predict.weights_to_bytes`), the config's JSON and the
@@ -21,9 +25,12 @@ from maskfind_pipeline.ml.backends.base import ProbabilityModel
 from maskfind_pipeline.ml.backends.cache import cache_key, cached_entry
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 
-EXPORT_FORMAT = "1"
-"""Bump when `ProbabilityModel` or the export arguments change: every key changes with it."""
-INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+EXPORT_FORMAT = "2"
+"""Bump when `ProbabilityModel` or the export arguments change: every key changes with it.
+1: probabilities only; 2: probabilities and features."""
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("probabilities", "features")
+"""The graph's outputs, in `ProbabilityModel`'s order (the runtimes check them on opening)."""
 ONNX_FILE, OPENVINO_FILE = "model.onnx", "model.xml"
 
 
@@ -74,7 +81,8 @@ class ModelExports:
         return Predictor.from_weights(config, self.weights, version=self.predictor.version)
 
     def onnx(self) -> Path:
-        """The ONNX file (uint8 `images` (B,3,S,S) -> float32 `probabilities` (B,1,S,S))."""
+        """The ONNX file (uint8 `images` (B,3,S,S) -> float32 `probabilities` (B,1,S,S),
+        `features` (B,D))."""
         entry = cached_entry(self.root, "onnx", self.onnx_inputs, self._export_onnx)
         return entry / ONNX_FILE
 
@@ -93,7 +101,8 @@ class ModelExports:
 
 
 def export_onnx(model: ProbabilityModel, size: int, path: Path) -> None:
-    """Write `model` as one ONNX file with a dynamic batch dimension (torch's dynamo exporter).
+    """Write `model` as one ONNX file with a dynamic batch dimension (torch's dynamo exporter),
+    its outputs named `OUTPUT_NAMES`.
 
     The spatial size stays fixed at the model's input size `size`: that is all it is used at,
     and static shapes let the runtimes plan memory and pick kernels ahead.
@@ -104,7 +113,7 @@ def export_onnx(model: ProbabilityModel, size: int, path: Path) -> None:
         (example,),
         str(path),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
         dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
         dynamo=True,
         external_data=False,

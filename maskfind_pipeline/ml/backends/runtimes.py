@@ -6,34 +6,67 @@ streams for those threads (2 streams of 1 thread on 2 cores) and each batch is s
 that many parallel infer requests; on 2 cores this matched one 2-thread stream (51.5 vs 51.1
 images/s, ResNet-34 U-Net 256², batch 32) and on more cores several streams keep each one's
 threads busy. A single image then runs on one stream's threads only: production predicts
-batches.
+batches. The chunks' outputs are concatenated in request order, output by output (ports
+resolved by name), so both outputs keep the batch's image order.
+
+Every backend returns `base.Prediction`: the probabilities and the features of one forward pass
+through `base.ProbabilityModel` (the torch backends run the module, the others its export).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from maskfind_pipeline.ml.backends.base import InferenceBackend, check_images
+from maskfind_pipeline.ml.backends.base import (
+    InferenceBackend,
+    Prediction,
+    ProbabilityModel,
+    check_images,
+)
 from maskfind_pipeline.ml.backends.config import BackendName
-from maskfind_pipeline.ml.backends.exports import INPUT_NAME, OUTPUT_NAME, ModelExports
+from maskfind_pipeline.ml.backends.exports import INPUT_NAME, OUTPUT_NAMES, ModelExports
 from maskfind_pipeline.ml.predict import Predictor
+
+if TYPE_CHECKING:
+    from openvino import CompiledModel, ConstOutput
 
 
 @dataclass(frozen=True)
 class TorchBackend:
-    """A `Predictor` as a backend (its own device settings decide the precision)."""
+    """A `Predictor` as a backend: `ProbabilityModel` around its model, run with its device
+    settings (device, memory format, autocast), which decide the precision."""
 
     name: str
     predictor: Predictor
 
+    @cached_property
+    def module(self) -> ProbabilityModel:
+        """The predictor's model with preprocessing, sigmoid and features (shares its weights)."""
+        module = ProbabilityModel(self.predictor.model, self.predictor.config)
+        return module.to(self.predictor.settings.device).eval()
+
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Probabilities and features of uint8 CPU images (B,3,S,S), one forward pass."""
         check_images(images, self.predictor.config.input_size)
-        return torch.sigmoid(self.predictor.logits(images)).cpu()
+        settings = self.predictor.settings
+        inputs = images.to(settings.device, non_blocking=True)
+        with settings.autocast():
+            probabilities, features = self.module(
+                inputs.contiguous(memory_format=settings.memory_format)
+            )
+        return Prediction(probabilities.cpu(), features.cpu())
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """`predict(images).probabilities`."""
+        return self.predict(images).probabilities
 
 
 class OnnxRuntimeBackend:
@@ -57,11 +90,17 @@ class OnnxRuntimeBackend:
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
+        check_outputs([output.name for output in self.session.get_outputs()], path)
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Probabilities and features of uint8 CPU images (B,3,S,S), one run of the graph."""
+        check_images(images, self.size)
+        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.contiguous().numpy()})
+        return Prediction(*(torch.from_numpy(out) for out in outputs))
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, self.size)
-        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: images.contiguous().numpy()})
-        return torch.from_numpy(out)
+        """`predict(images).probabilities`."""
+        return self.predict(images).probabilities
 
 
 class OpenVinoBackend:
@@ -82,6 +121,7 @@ class OpenVinoBackend:
         threads = threads or torch.get_num_threads()
         config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads}
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        self.outputs = _output_ports(self.compiled, path)
         count = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.requests = [self.compiled.create_infer_request() for _ in range(count)]
 
@@ -90,25 +130,53 @@ class OpenVinoBackend:
         """The inference precision the plugin chose (e.g. bf16)."""
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Probabilities and features of uint8 CPU images (B,3,S,S): the batch split into
+        consecutive chunks, one per infer request, run in parallel, outputs put back in order."""
         check_images(images, self.size)
         batch = images.contiguous().numpy()
         chunks = [c for c in np.array_split(batch, len(self.requests)) if len(c)]
         running = list(zip(self.requests, chunks, strict=False))
         for request, chunk in running:
             request.start_async({0: chunk}, share_inputs=True)
-        outputs = []
+        parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for request, _ in running:
             request.wait()
-            outputs.append(request.get_output_tensor(0).data.copy())
-        return torch.from_numpy(np.concatenate(outputs))
+            for part, port in zip(parts, self.outputs, strict=True):
+                part.append(request.get_tensor(port).data.copy())
+        return Prediction(*(torch.from_numpy(np.concatenate(part)) for part in parts))
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """`predict(images).probabilities`."""
+        return self.predict(images).probabilities
+
+
+def check_outputs(names: Sequence[str], path: Path) -> None:
+    """Refuse a graph whose outputs are not `OUTPUT_NAMES` in that order (another format).
+
+    Raises:
+        ValueError: Other outputs, e.g. a format 1 export (probabilities only).
+    """
+    if tuple(names) != OUTPUT_NAMES:
+        raise ValueError(
+            f"{path} has outputs {tuple(names)}, expected {OUTPUT_NAMES}: not an export of "
+            "this format"
+        )
+
+
+def _output_ports(compiled: CompiledModel, path: Path) -> list[ConstOutput]:
+    """The compiled model's output ports, checked to carry `OUTPUT_NAMES` in that order."""
+    ports = list(compiled.outputs)
+    carried = [next((n for n in OUTPUT_NAMES if n in p.get_names()), "?") for p in ports]
+    check_outputs(carried, path)
+    return ports
 
 
 def open_backend(name: BackendName, exports: ModelExports) -> InferenceBackend:
     """The backend `name` of the model version in `exports`, exporting it first if needed.
 
     Raises:
-        ValueError: An unknown name.
+        ValueError: An unknown name, or an export with other outputs.
         ImportError, RuntimeError, OSError: The runtime is missing or the export fails.
     """
     size = exports.predictor.config.input_size

@@ -1,20 +1,22 @@
-"""Inference backends: the exact float32 masks, exports cached once, the choice measured."""
+"""Inference backends: the exact float32 masks and features, exports cached once, the choice
+measured."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import pytest
 import torch
 from pydantic import ValidationError
 
 from maskfind_pipeline.ml.backends import exports
-from maskfind_pipeline.ml.backends.base import InferenceBackend, ProbabilityModel
+from maskfind_pipeline.ml.backends.base import InferenceBackend, Prediction, ProbabilityModel
 from maskfind_pipeline.ml.backends.cache import MANIFEST, cache_key, cached_entry
 from maskfind_pipeline.ml.backends.choose import (
     NoBackendAvailable,
@@ -23,10 +25,16 @@ from maskfind_pipeline.ml.backends.choose import (
 )
 from maskfind_pipeline.ml.backends.config import BackendConfig, BackendName
 from maskfind_pipeline.ml.backends.exports import ModelExports
-from maskfind_pipeline.ml.backends.runtimes import create_backend, open_backend
+from maskfind_pipeline.ml.backends.runtimes import (
+    OnnxRuntimeBackend,
+    OpenVinoBackend,
+    create_backend,
+    open_backend,
+)
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.model import build_model
+from maskfind_pipeline.ml.features import segment_with_features
+from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.reviewer import Reviewer, build_reviewer, grade_logits
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
@@ -50,6 +58,16 @@ TOLERANCE = {
     "torch": (0.05, 0.005),
     "openvino": (0.05, 0.005),
 }
+# Feature tolerances against exact float32 `segment_with_features`, as `feature_error`: the
+# largest absolute difference in an image's features relative to its largest feature.
+# Elementwise relative error means nothing here: a ReLU channel silent over the whole image has
+# the feature 0 (140 of these 7 x 768), which bf16 turns into 1e-9. float32 runtimes measured
+# 1.0e-6 (torch_fp32: channels_last kernels) and 6e-7 (ONNX Runtime); the bf16 backends
+# 6.6e-3 (torch) and 4.9e-3 (OpenVINO): bf16's 0.4 % per rounding, partly averaged out by
+# the spatial mean. The bounds leave about 5x room.
+FEATURE_TOLERANCE = {"torch_fp32": 1e-5, "onnxruntime": 1e-5, "torch": 0.03, "openvino": 0.03}
+FEATURES = 256 + 512
+"""D for TINY: the channels of resnet18's two deepest stages (`test_the_feature_size...`)."""
 
 
 def tiny_predictor(seed: int = 0) -> Predictor:
@@ -76,6 +94,39 @@ def images() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def reference(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(predictor.logits(images))
+
+
+@pytest.fixture(scope="module")
+def reference_features(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
+    """The features' one definition, in float32 on contiguous input (not the backends' path)."""
+    with torch.no_grad():
+        return segment_with_features(predictor.model, preprocess(images, predictor.config))[1]
+
+
+def test_the_feature_size_is_that_of_the_two_deepest_encoder_stages(
+    predictor: Predictor,
+) -> None:
+    channels = cast(Sequence[int], predictor.model.get_submodule("encoder").out_channels)
+    assert sum(channels[-2:]) == FEATURES
+
+
+def feature_error(features: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest |features - reference| of an image relative to its largest |reference|."""
+    scale = reference.abs().amax(dim=1)
+    return float(((features - reference).abs().amax(dim=1) / scale).max())
+
+
+@pytest.fixture(scope="module")
+def backends(predictor: Predictor, cache_dir: Path) -> dict[BackendName, InferenceBackend]:
+    """Every backend of the tiny model, opened once from the shared cache."""
+    return {name: create_backend(name, predictor, cache_dir) for name in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def predictions(
+    backends: dict[BackendName, InferenceBackend], images: torch.Tensor
+) -> dict[BackendName, Prediction]:
+    return {name: backend.predict(images) for name, backend in backends.items()}
 
 
 @pytest.fixture(scope="module")
@@ -114,27 +165,30 @@ def _counting(fn: Callable[..., None], calls: dict[str, int], key: str) -> Calla
 # --- every backend gives the exact predictor's masks ---------------------------------------
 
 
-def test_probability_model_is_the_predictors_preprocessing_and_sigmoid(
-    predictor: Predictor, images: torch.Tensor, reference: torch.Tensor
+def test_probability_model_is_the_predictors_preprocessing_sigmoid_and_features(
+    predictor: Predictor,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    reference_features: torch.Tensor,
 ) -> None:
     with torch.no_grad():
-        probabilities = ProbabilityModel(predictor.model, predictor.config)(images)
+        probabilities, features = ProbabilityModel(predictor.model, predictor.config)(images)
     # The predictor feeds channels_last input, which takes other float32 kernels: only the
     # order of sums differs.
     torch.testing.assert_close(probabilities, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(features, reference_features, atol=0, rtol=0)  # the same pass
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_masks_agree_with_the_exact_float32_predictor(
     name: BackendName,
     predictor: Predictor,
-    cache_dir: Path,
-    images: torch.Tensor,
+    backends: dict[BackendName, InferenceBackend],
+    predictions: dict[BackendName, Prediction],
     reference: torch.Tensor,
 ) -> None:
-    backend = create_backend(name, predictor, cache_dir)
-    probabilities = backend.probabilities(images)
-    assert backend.name == name
+    probabilities = predictions[name].probabilities
+    assert backends[name].name == name
     assert probabilities.dtype == torch.float32 and probabilities.shape == reference.shape
     difference = (probabilities - reference).abs()
     max_error, mean_error = TOLERANCE[name]
@@ -148,22 +202,64 @@ def test_masks_agree_with_the_exact_float32_predictor(
 
 
 @pytest.mark.parametrize("name", BACKENDS)
+def test_features_agree_with_the_exact_float32_features(
+    name: BackendName,
+    backends: dict[BackendName, InferenceBackend],
+    predictions: dict[BackendName, Prediction],
+    images: torch.Tensor,
+    reference_features: torch.Tensor,
+) -> None:
+    features = predictions[name].features
+    assert features.dtype == torch.float32 and features.device.type == "cpu"
+    assert features.shape == (len(images), FEATURES) == reference_features.shape
+    assert feature_error(features, reference_features) <= FEATURE_TOLERANCE[name]
+    # `probabilities` is `predict`'s first output (the same numbers, another pass)
+    again = backends[name].probabilities(images)
+    torch.testing.assert_close(again, predictions[name].probabilities, atol=1e-6, rtol=0)
+
+
+def test_openvino_requests_keep_both_outputs_in_image_order(
+    predictor: Predictor, cache_dir: Path, images: torch.Tensor
+) -> None:
+    """THROUGHPUT mode splits a batch across infer requests: 7 images over 3 requests run as
+    chunks of 3, 2 and 2, and each image's probabilities and features come back at its place.
+    The images differ in brightness so that each one's features are far from the others'."""
+    brightness = torch.linspace(0.1, 1.0, len(images)).view(-1, 1, 1, 1)
+    distinct = (images * brightness).to(torch.uint8)
+    with torch.no_grad():
+        model = ProbabilityModel(predictor.model, predictor.config)
+        expected_probabilities, expected_features = model(distinct)
+    backend = OpenVinoBackend(ModelExports(predictor, cache_dir).openvino(), TINY.input_size)
+    backend.requests = [backend.compiled.create_infer_request() for _ in range(3)]
+    probabilities, features = backend.predict(distinct)
+    nearest = torch.cdist(features, expected_features).argmin(dim=1)
+    assert nearest.tolist() == list(range(len(images)))
+    assert feature_error(features, expected_features) <= FEATURE_TOLERANCE["openvino"]
+    difference = (probabilities - expected_probabilities).abs().flatten(1).amax(dim=1)
+    assert float(difference.max()) <= TOLERANCE["openvino"][0]
+    flipped = backend.predict(distinct.flip(0)).features
+    assert torch.cdist(flipped, features).argmin(dim=1).tolist() == [6, 5, 4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
 def test_any_batch_size_and_only_model_inputs(
     name: BackendName,
-    predictor: Predictor,
-    cache_dir: Path,
+    backends: dict[BackendName, InferenceBackend],
     images: torch.Tensor,
     reference: torch.Tensor,
+    reference_features: torch.Tensor,
 ) -> None:
-    backend = create_backend(name, predictor, cache_dir)
-    one = backend.probabilities(images[:1])
-    assert one.shape == (1, 1, 64, 64)
+    backend = backends[name]
+    one, features = backend.predict(images[:1])
+    assert one.shape == (1, 1, 64, 64) and features.shape == (1, FEATURES)
     assert float((one - reference[:1]).abs().max()) <= TOLERANCE[name][0]
-    with pytest.raises(ValueError, match="uint8"):
-        backend.probabilities(images.float())
-    for wrong in (uint8_images(1)[:, :, :32, :32], images[:0]):
+    assert feature_error(features, reference_features[:1]) <= FEATURE_TOLERANCE[name]
+    for call in (backend.predict, backend.probabilities):
         with pytest.raises(ValueError, match="uint8"):
-            backend.probabilities(wrong)
+            call(images.float())
+        for wrong in (uint8_images(1)[:, :, :32, :32], images[:0]):
+            with pytest.raises(ValueError, match="uint8"):
+                call(wrong)
 
 
 EXACT = select_device("cpu", mixed_precision=False)
@@ -201,11 +297,11 @@ def test_every_image_grade_agrees_with_the_exact_float32_predictor(
     name: BackendName,
     reviewer: Grader,
     predictor: Predictor,
-    cache_dir: Path,
+    predictions: dict[BackendName, Prediction],
     images: torch.Tensor,
     reference: torch.Tensor,
 ) -> None:
-    probabilities = create_backend(name, predictor, cache_dir).probabilities(images)
+    probabilities = predictions[name].probabilities
     threshold = predictor.config.threshold
     expected = reviewer.grade_batch(images, reference, threshold).argmax(1)
     assert torch.equal(reviewer.grade_batch(images, probabilities, threshold).argmax(1), expected)
@@ -241,6 +337,51 @@ def test_other_weights_or_config_get_other_entries(
     assert retrained.onnx().read_bytes() == b"fake onnx"
     assert original.onnx_inputs["weights_sha256"] != retrained.onnx_inputs["weights_sha256"]
     assert original.openvino_inputs != retrained.openvino_inputs
+
+
+def test_an_export_of_the_old_format_is_never_loaded(
+    predictor: Predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 1 (probabilities only) has other keys; an old entry found under a format 2 key
+    (e.g. copied there by hand) does not verify and is exported again."""
+    calls = {"onnx": 0, "openvino": 0}
+    monkeypatch.setattr(exports, "export_onnx", _counting(_fake_onnx, calls, "onnx"))
+    model_exports = ModelExports(predictor, tmp_path)
+    assert model_exports.onnx_inputs["format"] == model_exports.openvino_inputs["format"] == "2"
+    old_inputs = {**model_exports.onnx_inputs, "format": "1"}
+    old = cached_entry(model_exports.root, "onnx", old_inputs, Producer(b"old onnx"))
+    new = model_exports.onnx().parent
+    assert new != old and calls["onnx"] == 1
+    shutil.rmtree(new)
+    old.rename(new)
+    assert ModelExports(predictor, tmp_path).onnx().read_bytes() == b"fake onnx"
+    assert calls["onnx"] == 2
+
+
+def test_a_graph_without_the_features_output_is_refused(tmp_path: Path) -> None:
+    old = _single_output_onnx(tmp_path / "old.onnx")
+    with pytest.raises(ValueError, match="has outputs"):
+        OnnxRuntimeBackend(old, TINY.input_size)
+    exports.convert_to_openvino(old, tmp_path / "old.xml")
+    with pytest.raises(ValueError, match="has outputs"):
+        OpenVinoBackend(tmp_path / "old.xml", TINY.input_size)
+
+
+def _single_output_onnx(path: Path) -> Path:
+    """A graph with format 1's interface: uint8 `images` in, float32 `probabilities` out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["batch", 3, TINY.input_size, TINY.input_size]
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["probabilities"], to=TensorProto.FLOAT)],
+        "format1",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, shape)],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, shape)],
+    )
+    opset = [helper.make_opsetid("", 18)]
+    onnx.save(helper.make_model(graph, opset_imports=opset, ir_version=9), path)
+    return path
 
 
 def _fake_onnx(model: ProbabilityModel, size: int, path: Path) -> None:
@@ -356,12 +497,16 @@ class FakeBackend:
     def __init__(self, name: str, seconds: float, clock: FakeClock, fail: bool = False) -> None:
         self.name, self.seconds, self.clock, self.fail = name, seconds, clock, fail
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor) -> Prediction:
         if self.fail:
             raise RuntimeError("kernel missing")
         self.clock.now += self.seconds
         self.clock.runs.append(self.name)
-        return torch.zeros(len(images), 1, *images.shape[2:])
+        batch = len(images)
+        return Prediction(torch.zeros(batch, 1, *images.shape[2:]), torch.zeros(batch, 4))
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.predict(images).probabilities
 
 
 def fake_opener(clock: FakeClock, **seconds: float) -> Callable[..., InferenceBackend]:
