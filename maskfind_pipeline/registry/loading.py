@@ -11,11 +11,13 @@ from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 
 def load_model(registry: ModelRegistry, ref: str | int) -> Predictor:
     """Download, verify (sha256) and rebuild a version; aliases never fall back to latest."""
-    model, config, weights = registry.download(ref)
-    return Predictor.from_weights(ModelConfig.from_json(config), weights, version=model.version)
+    stored = registry.download(ref)
+    config = ModelConfig.from_json(stored.config_json)
+    return Predictor.from_weights(config, stored.weights, version=stored.model.version)
 
 
 def load_reviewer(registry: ModelRegistry, ref: str | int) -> Reviewer:
     """The reviewer `ref` names in a reviewer registry, verified and rebuilt like a model."""
-    model, spec, weights = registry.download(ref)
-    return Reviewer.from_weights(ReviewerSpec.from_json(spec), weights, version=model.version)
+    stored = registry.download(ref)
+    spec = ReviewerSpec.from_json(stored.config_json)
+    return Reviewer.from_weights(spec, stored.weights, version=stored.model.version)

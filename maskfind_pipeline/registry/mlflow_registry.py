@@ -28,6 +28,7 @@ from maskfind_pipeline.core_config import CoreConfig
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
+FILES_TAG = "files_sha256"
 
 
 class RegistryError(Exception):
@@ -47,6 +48,8 @@ class TrainingRecord:
     plots: Mapping[str, bytes] = field(default_factory=dict)
     tables: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    """More files stored beside the weights (e.g. the novelty model), verified like them."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,12 @@ class RegisteredModel:
 
 
 class Download(NamedTuple):
-    """A version's registry entry, its stored config JSON and its verified weights."""
+    """A version's registry entry, its stored config JSON, its verified weights and files."""
 
     model: RegisteredModel
     config_json: str
     weights: bytes
+    files: dict[str, bytes] = {}  # noqa: RUF012 (NamedTuple defaults are not shared state)
 
 
 class ModelRegistry:
@@ -186,16 +190,21 @@ class ModelRegistry:
     def download(self, ref: str | int) -> Download:
         """Config and weights of a version, the weights verified against their recorded sha256."""
         model = self.get(ref)
+        expected = json.loads(model.tags.get(FILES_TAG, "{}"))
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.client.download_artifacts(model.run_id, MODEL_DIR, tmp))
             config = (local / CONFIG_FILE).read_text()
             weights = (local / WEIGHTS_FILE).read_bytes()
-        if hashlib.sha256(weights).hexdigest() != model.weights_sha256:
+            files = {name: (local / name).read_bytes() for name in expected}
+        found = {WEIGHTS_FILE: _sha(weights)} | {n: _sha(d) for n, d in files.items()}
+        recorded = {WEIGHTS_FILE: model.weights_sha256} | expected
+        altered = sorted(name for name, sha in recorded.items() if found[name] != sha)
+        if altered:
             raise RegistryError(
-                f"{self.model_name} version {model.version}: weights do not match their sha256 "
-                "(incomplete or altered upload)"
+                f"{self.model_name} version {model.version}: {', '.join(altered)} do not match "
+                "their sha256 (incomplete or altered upload)"
             )
-        return Download(model, config, weights)
+        return Download(model, config, weights, files)
 
     def _log_run(self, run_id: str, record: TrainingRecord) -> None:
         params = {k: _param(v) for k, v in record.params.items()}
@@ -224,6 +233,8 @@ class ModelRegistry:
             folder.mkdir()
             (folder / WEIGHTS_FILE).write_bytes(record.weights)
             (folder / CONFIG_FILE).write_text(record.config.to_json())
+            for name, data in record.files.items():
+                (folder / name).write_bytes(data)
             self.client.log_artifacts(run_id, str(folder), MODEL_DIR)
         self.client.set_tag(run_id, "weights_sha256", sha)
 
@@ -238,11 +249,16 @@ class ModelRegistry:
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
         tags = {
             "weights_sha256": sha,
+            FILES_TAG: json.dumps({n: _sha(d) for n, d in sorted(record.files.items())}),
             "dataset_version": record.dataset_version,
             **_summary_tags(record.config),
             **record.tags,
         }
         return self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _summary_tags(config: CoreConfig) -> dict[str, str]:

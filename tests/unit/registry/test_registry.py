@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -73,6 +74,22 @@ def test_altered_weights_fail_their_hash(registry: ModelRegistry, tmp_path: Path
     (other / "config.json").write_text(TINY.to_json())
     registry.client.log_artifacts(model.run_id, str(other), "model")
     with pytest.raises(RegistryError, match="do not match their sha256"):
+        registry.download(model.version)
+
+
+def test_files_beside_the_weights_come_back_verified(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    files = {"novelty.json": b'{"threshold": 3.5}', "novelty.safetensors": b"\x00" * 64}
+    record = dataclasses.replace(tiny_record(seed=6), files=files)
+    model = registry.log_training(record, alias=None)
+    assert registry.download(model.version).files == files
+    assert registry.download(registry.log_training(tiny_record(seed=7)).version).files == {}
+    altered = tmp_path / "model"
+    altered.mkdir()
+    (altered / "novelty.json").write_bytes(b'{"threshold": 0.0}')
+    registry.client.log_artifacts(model.run_id, str(altered), "model")
+    with pytest.raises(RegistryError, match=r"novelty\.json do not match their sha256"):
         registry.download(model.version)
 
 
