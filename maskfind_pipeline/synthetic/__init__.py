@@ -17,6 +17,7 @@ from maskfind_pipeline.synthetic.writer import (
     generate,
     generate_failures,
     generate_production,
+    relabel_production,
     sample_rng,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "generate",
     "generate_failures",
     "generate_production",
+    "relabel_production",
     "render_contact_sheet",
     "render_sample",
     "resolve_types",

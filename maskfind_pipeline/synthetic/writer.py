@@ -221,3 +221,48 @@ def generate_failures(
     return _write(
         store, jobs, seed=seed, size=size, stream=stream, with_masks=True, progress=progress
     )
+
+
+def relabel_production(
+    store: ObjectStore,
+    image_keys: Sequence[str],
+    *,
+    failed_model_version: str,
+    reported_at: dt.datetime,
+) -> list[str]:
+    """Play the people who relabel queued production images: for each generated production
+    image (`production/<day>/<type>-<YYYYMMDD>-<seed>-<index>.<ext>`), write it with its true
+    mask as a relabeled failure, `failures/<image_id>.<ext>` + `.mask.png`, tagged with its
+    tags plus `failed_model_version` and `reported_at`. Returns the failure image keys.
+
+    Raises:
+        ValueError: a key that is not a generated production image.
+    """
+    written = []
+    for key in image_keys:
+        image_id, ext = key.rpartition("/")[2].rsplit(".", 1)
+        image_type, seed, index, stream = _production_origin(key, image_id)
+        data = store.get(key)
+        size = Image.open(io.BytesIO(data)).width
+        sample = render_sample(image_type, sample_rng(seed, image_type, index, stream), size)
+        tags = {
+            **store.tags(key),
+            "failed_model_version": failed_model_version,
+            "reported_at": _iso(reported_at),
+        }
+        store.put(f"failures/{image_id}.{ext}", data, tags=tags)
+        store.put(f"failures/{image_id}.mask.png", encode_mask(sample.mask))
+        written.append(f"failures/{image_id}.{ext}")
+    return written
+
+
+def _production_origin(key: str, image_id: str) -> tuple[ImageType, int, int, str]:
+    """(type, seed, index, stream) of a generated production image, from its key."""
+    parts = key.split("/")
+    try:
+        name, _, seed, index = image_id.rsplit("-", 3)
+        if len(parts) != 3 or parts[0] != "production":
+            raise ValueError(key)
+        return ImageType.parse(name), int(seed), int(index), f"production/{parts[1]}"
+    except ValueError:
+        raise ValueError(f"{key} is not a generated production image") from None

@@ -21,6 +21,7 @@ from maskfind_pipeline.synthetic import (
     generate,
     generate_failures,
     generate_production,
+    relabel_production,
     render_contact_sheet,
     render_sample,
     resolve_types,
@@ -260,3 +261,29 @@ def test_the_product_window_never_clips_the_mask(product: str) -> None:
         windowed = np.zeros_like(everywhere)
         windowed[window] = shape.fields(*scene_module._local_coords(inverse, window)).sdf < 0
         assert np.array_equal(everywhere, windowed)
+
+
+def test_relabeling_production_images_writes_their_true_masks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = LocalObjectStore(tmp_path)
+    xray = next(t for t in DEFAULT_TYPES if t.camera != "color2d")  # lossless PNG
+    day = dt.date(2026, 11, 30)
+    keys = generate_production(store, [xray], 2, day=day, size=48, seed=3)
+    failures = relabel_production(
+        store, keys, failed_model_version="4", reported_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    )
+    assert failures == [k.replace(f"production/{day}/", "failures/") for k in keys]
+    for index, key in enumerate(failures):
+        truth = render_sample(xray, sample_rng(3, xray, index, f"production/{day}"), 48)
+        image = np.asarray(Image.open(io.BytesIO(store.get(key))))
+        mask = np.asarray(Image.open(io.BytesIO(store.get(key.replace(".png", ".mask.png")))))
+        np.testing.assert_array_equal(image, truth.image)  # the same sample: its mask is true
+        np.testing.assert_array_equal(mask != 0, truth.mask)
+        assert store.tags(key)["failed_model_version"] == "4"
+        assert store.tags(key)["image_type"] == xray.name
+    with pytest.raises(ValueError, match="not a generated production image"):
+        relabel_production(
+            store,
+            ["labeled/x.png"],
+            failed_model_version="4",
+            reported_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+        )
