@@ -60,6 +60,8 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("p_grade1", pa.float32()),
         pa.field("p_grade2", pa.float32()),
         pa.field("p_grade3", pa.float32()),
+        pa.field("novelty", pa.float32()),
+        pa.field("novel", pa.bool_()),
         pa.field("predicted_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
     ]

@@ -5,9 +5,15 @@ import dagster as dg
 nightly_job = dg.define_asset_job(
     "nightly",
     selection=dg.AssetSelection.assets(
-        "image_catalog", "dataset_version", "mask_model", "compat_evaluation", "promotion"
+        "image_catalog",
+        "dataset_version",
+        "mask_model",
+        "label_audit",
+        "compat_evaluation",
+        "promotion",
     ),
-    description="Ingest, version the dataset, train, evaluate both directions, gate, promote.",
+    description="Ingest, version the dataset, train, audit the labels, evaluate both "
+    "directions, gate, promote.",
     tags={"maskfind/kind": "nightly"},
 )
 

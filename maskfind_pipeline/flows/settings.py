@@ -5,7 +5,7 @@ from __future__ import annotations
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import ModelSpec, TrainConfig
+from maskfind_pipeline.ml.config import AuditConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 
 
@@ -98,3 +98,12 @@ class ReviewerSettings(CoreConfig):
     """Images of the dataset version used at most (a content-hash sample), to bound time."""
     val_share: float = 0.15
     """Share of the training types' images kept for the reviewer's early stopping."""
+
+
+class AuditSettings(CoreConfig):
+    """Which dataset version's labels are audited, and when a label counts as suspect."""
+
+    dataset_version: str | None = None
+    """The dataset version whose labels are judged; null: the latest."""
+    audit: AuditConfig = AuditConfig()
+    """The suspect rule."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.augment_config import AugmentConfig
 
@@ -106,3 +108,20 @@ class TrainConfig(CoreConfig):
     """"cuda", "cpu" or null for CUDA when available."""
     mixed_precision: bool = True
     """bf16/fp16 autocast where the device supports it (see `ml.device`)."""
+
+
+class AuditConfig(CoreConfig):
+    """When a training label counts as suspect (`ml.label_audit`)."""
+
+    max_iou: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The IoU of the model's confident decision with the label, on the pixels it is confident
+    of, below which the label is suspect."""
+    confident: float = Field(default=0.8, gt=0.5, le=1.0)
+    """A pixel is confidently decided when its probability is at least this or at most 1 - it."""
+    min_confident_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The share of confidently decided pixels the image needs for its label to be judged."""
+    min_disagreement: float = Field(default=0.05, ge=0.0, le=1.0)
+    """The share of the image where the confident decision and the label must disagree: below
+    it the IoU of a small object (e.g. one cut by the border) decides nothing."""
+    splits: tuple[str, ...] = ("train", "val", "test")
+    """The dataset splits whose labels are audited."""

@@ -14,8 +14,8 @@ counted once, when their folder first appears (a late arrival there needs a manu
 
 production_job = dg.define_asset_job(
     "production",
-    selection=dg.AssetSelection.assets("production_predictions"),
-    description="Predict and grade one production day (a partition per day).",
+    selection=dg.AssetSelection.assets("production_predictions", "review_queue"),
+    description="Predict and grade one production day, and queue what people should relabel.",
     tags={"maskfind/kind": "production"},
 )
 
