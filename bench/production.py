@@ -102,7 +102,7 @@ def main() -> None:
 def _shipped(data, root, predictor, choice, reviewer, args) -> float:  # type: ignore[no-untyped-def]
     written = _Mirror(data, LocalObjectStore(root / "shipped-data"))
     models = ProductionModels(
-        "bench", predictor.config, choice.backend.probabilities, choice.backend.name, reviewer
+        "bench", predictor.config, choice.backend.predict, choice.backend.name, reviewer
     )
     options = ProductionOptions(batch_size=args.batch_size, io_workers=args.io_workers)
     outcome = predict_day(

@@ -36,8 +36,16 @@ from maskfind_pipeline.data.production import (
 )
 from maskfind_pipeline.data.tags import InvalidTags, SampleTags, parse_tags
 from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.ml.backends.base import Prediction
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.novelty import (
+    DayAlarm,
+    NoveltyConfig,
+    NoveltyModel,
+    day_alarms,
+    from_files,
+)
 from maskfind_pipeline.ml.predict import Predictor, model_input, to_image_size
 from maskfind_pipeline.registry.loading import load_reviewer
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
@@ -74,10 +82,13 @@ class ProductionModels:
 
     champion_version: str
     config: ModelConfig
-    probabilities: Callable[[torch.Tensor], torch.Tensor]
-    """uint8 (B,3,S,S) at the model's input size -> float32 probabilities (B,1,S,S)."""
+    predict: Callable[[torch.Tensor], Prediction]
+    """uint8 (B,3,S,S) at the model's input size -> float32 probabilities (B,1,S,S) and
+    features (B,D) (an inference backend's `predict`)."""
     backend: str
     grader: Grader | None = None
+    novelty: NoveltyModel | None = None
+    """The champion's new-image-type score (None for a version registered without one)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,8 @@ class DayReport:
     backend: str
     backend_speeds: list[dict[str, object]]
     threshold: float
+    alarms: list[DayAlarm] = field(default_factory=list)
+    """Image types with many images above the novelty threshold that day."""
 
 
 def predict_production_day(
@@ -162,8 +175,9 @@ def predict_production_day(
         if reviewers.alias_or_none(CHAMPION)
         else None
     )
+    novelty = from_files(download.files)
     models = ProductionModels(
-        champion.version, config, choice.backend.probabilities, choice.backend.name, reviewer
+        champion.version, config, choice.backend.predict, choice.backend.name, reviewer, novelty
     )
     outcome = predict_day(
         day,
@@ -176,15 +190,24 @@ def predict_production_day(
     )
     speeds = [{"backend": k, "images_per_second": round(v, 1)} for k, v in choice.rates.items()]
     speeds += [{"backend": k, "skipped": why} for k, why in choice.skipped.items()]
+    day_rows = PredictionLog(work_store, day).current().to_pylist()
     return DayReport(
         outcome,
-        PredictionLog(work_store, day).current().to_pylist(),
+        day_rows,
         champion.version,
         reviewer.version if reviewer else None,
         choice.backend.name,
         speeds,
         config.threshold,
+        novelty_alarms(day_rows, novelty.config) if novelty else [],
     )
+
+
+def novelty_alarms(rows: Iterable[Row], config: NoveltyConfig) -> list[DayAlarm]:
+    """`ml.novelty.day_alarms` over a day's log rows that have a novelty flag."""
+    scored = [r for r in rows if r["status"] == OK and r.get("novel") is not None]
+    types = [str(r.get("image_type") or "(unknown)") for r in scored]
+    return day_alarms(types, np.array([bool(r["novel"]) for r in scored], dtype=bool), config)
 
 
 @dataclass(frozen=True)
@@ -273,7 +296,9 @@ class _Run:
         if not loaded:
             return pending
         images = torch.stack([item.model_input for item in loaded])
-        probabilities = self.models.probabilities(images).float().cpu()
+        prediction = self.models.predict(images)
+        probabilities = prediction.probabilities.float().cpu()
+        novelty = _novelty_fields(self.models.novelty, prediction.features, len(loaded))
         grader, threshold = self.models.grader, self.models.config.threshold
         grades = (
             grader.grade_batch(images, probabilities, threshold).float().cpu().numpy()
@@ -282,7 +307,7 @@ class _Run:
         )
         for i, item in enumerate(loaded):
             grade = grades[i] if grades is not None else None
-            pending.append(self._image(item, probabilities[i], grade, pool))
+            pending.append(self._image(item, probabilities[i], grade, novelty[i], pool))
             if grade is not None:
                 self._remember(item, probabilities[i], float(grade[2]))
         return pending
@@ -292,6 +317,7 @@ class _Run:
         item: _Loaded,
         probabilities: torch.Tensor,
         grade: np.ndarray | None,
+        novelty: dict[str, Any],
         pool: ThreadPoolExecutor,
     ) -> Pending:
         height, width = item.image.shape[:2]
@@ -323,6 +349,7 @@ class _Run:
             "uncertain_share": float(((full > UNCERTAIN[0]) & (full < UNCERTAIN[1])).mean()),
             "predicted_at": datetime.now(UTC),
             **_grade_fields(grade),
+            **novelty,
         }
         return row, write
 
@@ -391,6 +418,17 @@ def _grade_fields(grade: np.ndarray | None) -> dict[str, Any]:
         "grade": int(np.argmax(grade)) + 1,
         **{f"p_grade{g}": float(grade[g - 1]) for g in (1, 2, 3)},
     }
+
+
+def _novelty_fields(
+    novelty: NoveltyModel | None, features: torch.Tensor, count: int
+) -> list[dict[str, Any]]:
+    """The `novelty` score and `novel` flag of each image of a batch (None without a model)."""
+    if novelty is None:
+        return [{"novelty": None, "novel": None}] * count
+    scores = novelty.scores(features.float().cpu().numpy())
+    flags = novelty.is_novel(scores)
+    return [{"novelty": float(s), "novel": bool(f)} for s, f in zip(scores, flags, strict=True)]
 
 
 def _ahead(

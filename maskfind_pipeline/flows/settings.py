@@ -6,6 +6,7 @@ from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.config import AuditConfig, ModelSpec, TrainConfig
+from maskfind_pipeline.ml.novelty import NoveltyConfig
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 
 
@@ -18,6 +19,8 @@ class TrainingSettings(CoreConfig):
     """Architecture, encoder weights, input size and normalisation."""
     train: TrainConfig = TrainConfig()
     """Hyper-parameters, augmentation, early stopping, threshold policy, device."""
+    novelty: NoveltyConfig = NoveltyConfig()
+    """The new-image-type score fitted on the trained model's features, stored beside it."""
 
 
 class EvaluationOptions(CoreConfig):

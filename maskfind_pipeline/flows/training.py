@@ -12,7 +12,9 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.predict import weights_to_bytes
+from maskfind_pipeline.ml.novelty import NoveltyModel, to_files
+from maskfind_pipeline.ml.novelty_features import fit_novelty
+from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.train import EpochReport, TrainResult, make_train_loaders, train
 from maskfind_pipeline.registry.mlflow_registry import (
     ModelRegistry,
@@ -31,6 +33,7 @@ class TrainingOutcome:
     result: TrainResult
     dataset_version: str
     image_types: list[str]
+    novelty: NoveltyModel
 
 
 def train_and_register(
@@ -71,13 +74,22 @@ def train_and_register(
     )
     splits = manifest.column("split").to_pylist()
     seen = sorted({t for t, s in zip(image_types, splits, strict=True) if s == "train"})
+    weights = weights_to_bytes(result.model)
+    novelty = fit_novelty(
+        Predictor.from_weights(result.config, weights),
+        decoded.images,
+        image_types,
+        splits,
+        settings.novelty,
+    )
     record = TrainingRecord(
         config=result.config,
-        weights=weights_to_bytes(result.model),
+        weights=weights,
         dataset_version=vid,
         params=_params(settings, vid, result),
         history=result.history,
-        metrics=result.metrics(),
+        metrics={**result.metrics(), **_novelty_metrics(novelty)},
+        files=to_files(novelty),
         plots=result.plots,
         tables={"val_metrics": result.val_metrics.rows(), "threshold_curve": _curve(result)},
         tags={
@@ -88,7 +100,7 @@ def train_and_register(
         },
     )
     registered = registry.log_training(record, alias=CHALLENGER)
-    return TrainingOutcome(registered, result, vid, seen)
+    return TrainingOutcome(registered, result, vid, seen, novelty)
 
 
 def latest_version(versions: VersionStore) -> str:
@@ -105,6 +117,12 @@ def _params(settings: TrainingSettings, vid: str, result: TrainResult) -> dict[s
     """Flat MLflow params: `model.<field>`, `train.<field>`, `train.augment.<field>`, ..."""
     run = {"dataset_version": vid, "device": result.device, "best_epoch": result.best_epoch}
     return settings.flat() | run
+
+
+def _novelty_metrics(novelty: NoveltyModel) -> dict[str, float]:
+    assert novelty.threshold is not None
+    share = novelty.info["val_flagged"] / max(1, novelty.info["n_val"])
+    return {"novelty_threshold": novelty.threshold, "novelty_val_flagged_share": share}
 
 
 def _curve(result: TrainResult) -> dict[str, Any]:

@@ -20,7 +20,7 @@ production warning: image types (tag combinations) with many novel images on one
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -32,6 +32,8 @@ from safetensors.numpy import save as save_arrays
 from maskfind_pipeline.core_config import CoreConfig
 
 FORMAT_VERSION = 1
+TENSORS_FILE, META_FILE = "novelty.safetensors", "novelty.json"
+"""The novelty model's two files beside the mask model's weights in the registry."""
 
 
 class NoveltyConfig(CoreConfig):
@@ -166,6 +168,19 @@ class NoveltyModel:
             None if threshold is None else float(threshold),
             dict(raw.get("info", {})),
         )
+
+
+def to_files(model: NoveltyModel) -> dict[str, bytes]:
+    """The model as the registry's files beside the weights (`TENSORS_FILE`, `META_FILE`)."""
+    tensors, meta = model.to_bytes()
+    return {TENSORS_FILE: tensors, META_FILE: meta.encode()}
+
+
+def from_files(files: Mapping[str, bytes]) -> NoveltyModel | None:
+    """The model stored by `to_files`, or None for a version registered without one."""
+    if TENSORS_FILE not in files or META_FILE not in files:
+        return None
+    return NoveltyModel.from_bytes(files[TENSORS_FILE], files[META_FILE].decode())
 
 
 @dataclass(frozen=True)

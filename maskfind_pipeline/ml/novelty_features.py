@@ -7,17 +7,55 @@ does not change them), float32 without autocast, in batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from maskfind_pipeline.ml.features import pooled_features
 from maskfind_pipeline.ml.model import preprocess
+from maskfind_pipeline.ml.novelty import NoveltyConfig, NoveltyModel
 from maskfind_pipeline.ml.predict import Predictor, model_input
 
 
+def fit_novelty(
+    predictor: Predictor,
+    images: np.ndarray,
+    image_types: Sequence[str],
+    splits: Sequence[str],
+    config: NoveltyConfig,
+) -> NoveltyModel:
+    """The novelty model of a trained mask model: fitted on the features of the `train` rows of
+    `images` (e.g. a dataset version's decoded memory map) and their image types, its
+    threshold calibrated on the `val` rows (on the train rows when there are none; `info`
+    records which).
+
+    Raises:
+        ValueError: fewer than two train rows.
+    """
+    rows = {s: np.flatnonzero(np.asarray(splits) == s) for s in ("train", "val")}
+    if len(rows["train"]) < 2:
+        raise ValueError(f"the novelty model needs >= 2 training images, got {len(rows['train'])}")
+    train = features_of(predictor, images, rows=rows["train"])
+    types = [image_types[int(i)] for i in rows["train"]]
+    model = NoveltyModel.fit(train, types, config)
+    calibration = "val" if len(rows["val"]) else "train"
+    held = features_of(predictor, images, rows=rows["val"]) if len(rows["val"]) else train
+    calibrated = model.calibrate(held)
+    return replace(calibrated, info={**calibrated.info, "calibrated_on": calibration})
+
+
 @torch.inference_mode()
-def features_of(predictor: Predictor, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """`ml.features.pooled_features` (N, D) float32 of RGB uint8 images (N, H, W, 3).
+def features_of(
+    predictor: Predictor,
+    images: np.ndarray,
+    batch_size: int = 64,
+    *,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """`ml.features.pooled_features` (N, D) float32 of RGB uint8 images (N, H, W, 3), or of
+    `images[rows]` read a batch at a time (a memory map stays on disk).
 
     Images of another size than the model's are resized as inference resizes them
     (`ml.predict.model_input`). The model is in eval mode while it runs.
@@ -25,16 +63,19 @@ def features_of(predictor: Predictor, images: np.ndarray, batch_size: int = 64) 
     Raises:
         ValueError: images are not (N, H, W, 3) uint8 with N >= 1, or batch_size < 1.
     """
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or not len(images):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+    order = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if not len(order):
+        raise ValueError("no images to compute features of")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model, was_training = predictor.model, predictor.model.training
     model.eval()
     try:
         chunks = [
-            _batch_features(predictor, images[start : start + batch_size])
-            for start in range(0, len(images), batch_size)
+            _batch_features(predictor, np.asarray(images[order[start : start + batch_size]]))
+            for start in range(0, len(order), batch_size)
         ]
     finally:
         model.train(was_training)

@@ -19,6 +19,7 @@ from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.novelty import from_files
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
@@ -40,6 +41,10 @@ REVIEWER = {
 
 
 def _materialize(instance, settings, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
+    return _materialize_with_checks(instance, settings, selection, run_config, partition)[0]
+
+
+def _materialize_with_checks(instance, settings, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
     job = defs().resolve_implicit_global_asset_job_def().get_subset(asset_selection=selection)
     result = job.execute_in_process(
         run_config=run_config,
@@ -48,11 +53,13 @@ def _materialize(instance, settings, selection, run_config, partition=None):  # 
         partition_key=partition,
         raise_on_error=True,
     )
-    return {
+    metadata = {
         e.asset_key.to_user_string(): e.materialization.metadata
         for e in result.get_asset_materialization_events()
         if e.asset_key
     }
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    return metadata, checks
 
 
 @pytest.mark.integration
@@ -89,17 +96,22 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     data.put(f"production/{DAY}/broken.jpg", b"\xff\xd8 not a jpeg", tags={"image_type": "x"})
     instance.add_dynamic_partitions(str(PRODUCTION_DAYS.name), [DAY.isoformat()])
     options = {"backend": {"backend": "torch_fp32"}, "batch_size": 4}
-    production = _materialize(
+    metadata, checks = _materialize_with_checks(
         instance,
         settings,
         {dg.AssetKey("production_predictions")},
         {"ops": {"production_predictions": {"config": options}}},
         partition=DAY.isoformat(),
-    )["production_predictions"]
+    )
+    production = metadata["production_predictions"]
     assert production["predicted_now"].value == 9 and production["failed_now"].value == 1
     assert production["reviewer_version"].value == "1"
 
-    champion = load_model(build_resources(settings)["mlflow"].registry(), "champion")  # type: ignore[attr-defined]
+    registry = build_resources(settings)["mlflow"].registry()  # type: ignore[attr-defined]
+    champion = load_model(registry, "champion")
+    novelty = from_files(registry.download("champion").files)
+    assert novelty is not None and novelty.threshold is not None
+    assert novelty.image_types == tuple(sorted(t.name for t in TYPES))
     rows = PredictionLog(LocalObjectStore(settings.work_uri), DAY.isoformat()).read().to_pylist()
     assert len(rows) == 10
     for row in (r for r in rows if r["status"] == "ok"):
@@ -110,3 +122,5 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
         image = decode_image(data.get(row["image_key"]), image_ext=ext).image
         written = np.asarray(Image.open(io.BytesIO(data.get(row["mask_key"])))) != 0
         np.testing.assert_array_equal(written, champion.predict_mask(image))
+        assert row["novel"] == (row["novelty"] > novelty.threshold)
+    assert "novelty_alarm" in checks and checks["novelty_alarm"].severity.name == "WARN"

@@ -14,11 +14,10 @@ import os
 import signal
 from pathlib import Path
 
-import torch
-
 from maskfind_pipeline.data.production import PredictionLog
 from maskfind_pipeline.flows.production import ProductionModels, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY, tiny_weights
@@ -38,7 +37,7 @@ def main() -> None:
     models = ProductionModels(
         predictor.version,
         predictor.config,
-        lambda images: torch.sigmoid(predictor.logits(images)),
+        TorchBackend("torch_fp32", predictor).predict,
         "torch_fp32",
     )
     outcome = predict_day(

@@ -10,6 +10,7 @@ from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.ml.novelty import DayAlarm
 
 
 class ProductionConfig(run_config_for(ProductionOptions)):
@@ -23,6 +24,14 @@ class ProductionConfig(run_config_for(ProductionOptions)):
     deps=["promotion", "reviewer_model"],
     kinds={"pytorch", "parquet"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "novelty_alarm",
+            asset="production_predictions",
+            description="No image type has many images unlike anything the champion trained on "
+            "(a new image type: label it).",
+        )
+    ],
 )
 def production_predictions(
     context: dg.AssetExecutionContext,
@@ -57,6 +66,7 @@ def production_predictions(
     outcome, day_rows = report.outcome, report.day_rows
     failures = [r for r in outcome.rows if r["status"] != "ok"]
     gallery = production_gallery_png(outcome.worst, report.threshold) if outcome.worst else None
+    scored = [r for r in day_rows if r.get("novel") is not None]
     return dg.MaterializeResult(
         metadata={
             "day": day,
@@ -70,6 +80,7 @@ def production_predictions(
             "backend": report.backend,
             "backend_images_per_second": markdown_table(report.backend_speeds),
             "grade_3_rate": grade_3_rate(day_rows),
+            "novel_rate": sum(bool(r["novel"]) for r in scored) / len(scored) if scored else None,
             "by_image_type": markdown_table(summary(day_rows), limit=200),
             "failures": markdown_table(
                 [{"key": r["image_key"], "reason": r["reason"]} for r in failures], limit=50
@@ -85,4 +96,31 @@ def production_predictions(
             ),
         },
         tags={"maskfind/production_day": day},
+        check_results=[_novelty_check(report.alarms, novelty_known=bool(scored))],
+    )
+
+
+def _novelty_check(alarms: list[DayAlarm], *, novelty_known: bool) -> dg.AssetCheckResult:
+    """A warning naming every image type with many novel images that day."""
+    names = ", ".join(f"{a.name} ({a.novel}/{a.total})" for a in alarms)
+    if alarms:
+        description = f"new image type(s): {names}"
+    elif novelty_known:
+        description = "no image type has many novel images"
+    else:
+        description = "the champion has no novelty model: nothing scored"
+    return dg.AssetCheckResult(
+        check_name="novelty_alarm",
+        passed=not alarms,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "alarms": markdown_table(
+                [
+                    {"image_type": a.name, "novel": a.novel, "images": a.total, "share": a.share}
+                    for a in alarms
+                ]
+            ),
+            "image_types": ",".join(a.image_type for a in alarms),
+        },
     )

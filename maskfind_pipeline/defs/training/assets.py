@@ -70,6 +70,8 @@ def mask_model(
             "stop_reason": result.stop_reason,
             "pretrained": result.pretrained,
             "image_types_seen": len(outcome.image_types),
+            "novelty_threshold": outcome.novelty.threshold,
+            "novelty": outcome.novelty.config.method,
             "val_metrics": markdown_table(result.val_metrics.rows(), limit=100),
             "history": markdown_table(result.history, limit=200),
             **{

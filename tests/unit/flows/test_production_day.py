@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.images import decode_image
-from maskfind_pipeline.data.production import PREDICTION_SCHEMA, PredictionLog, mask_key
-from maskfind_pipeline.flows.production import ProductionModels, predict_day
+from maskfind_pipeline.data.production import (
+    PREDICTION_SCHEMA,
+    PredictionLog,
+    list_day,
+    mask_key,
+)
+from maskfind_pipeline.flows.production import ProductionModels, novelty_alarms, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.ml.backends.runtimes import TorchBackend
+from maskfind_pipeline.ml.novelty import NoveltyConfig, NoveltyModel
+from maskfind_pipeline.ml.novelty_features import features_of
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.conftest import s3_store
@@ -36,7 +44,7 @@ def exact(predictor: Predictor) -> ProductionModels:
     return ProductionModels(
         champion_version=predictor.version,
         config=predictor.config,
-        probabilities=lambda images: torch.sigmoid(predictor.logits(images)),
+        predict=TorchBackend("torch_fp32", predictor).predict,
         backend="torch_fp32",
     )
 
@@ -164,3 +172,29 @@ def test_a_day_on_s3_through_the_same_code(s3: S3Server, predictor: Predictor) -
         day, exact(predictor), data_store=data, work_store=work, options=OPTIONS, run_id="s3-2"
     )
     assert rerun.rows == [] and rerun.skipped == 7
+
+
+def test_every_row_gets_a_novelty_score_and_the_unseen_type_raises_the_alarm(
+    stores: tuple[LocalObjectStore, LocalObjectStore], predictor: Predictor
+) -> None:
+    data, work = stores
+    day = DAY.isoformat()
+    known = TYPES[0].name
+    seen = [
+        decode_image(data.get(info.key), image_ext=info.key.rpartition(".")[2]).image
+        for info in list_day(data, day).images
+        if data.tags(info.key).get("image_type") == known
+    ]
+    config = NoveltyConfig(min_count=3, min_share=0.5)
+    features = features_of(predictor, np.stack(seen))
+    novelty = NoveltyModel.fit(features, [known] * len(seen), config).calibrate(features)
+    models = dataclasses.replace(exact(predictor), novelty=novelty)
+
+    predict_day(day, models, data_store=data, work_store=work, options=OPTIONS, run_id="r1")
+
+    rows = [r for r in PredictionLog(work, day).read().to_pylist() if r["status"] == "ok"]
+    assert len(rows) == 12 and all(r["novel"] == (r["novelty"] > novelty.threshold) for r in rows)
+    flagged = {t.name: sum(r["novel"] for r in rows if r["image_type"] == t.name) for t in TYPES}
+    assert [a.image_type for a in novelty_alarms(rows, config)] == [TYPES[1].name], flagged
+    without = [r for r in rows if r["image_type"] == known]
+    assert novelty_alarms(without, config) == []

@@ -13,8 +13,14 @@ from sklearn.metrics import roc_auc_score
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.features import segment_with_features
 from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.novelty import NoveltyConfig, NoveltyModel, day_alarms
-from maskfind_pipeline.ml.novelty_features import features_of
+from maskfind_pipeline.ml.novelty import (
+    NoveltyConfig,
+    NoveltyModel,
+    day_alarms,
+    from_files,
+    to_files,
+)
+from maskfind_pipeline.ml.novelty_features import features_of, fit_novelty
 from maskfind_pipeline.ml.predict import Predictor, model_input
 
 DIM = 24
@@ -224,3 +230,23 @@ def test_features_of_resize_other_sizes_as_inference_does_and_keep_the_mode() ->
         _, expected = segment_with_features(predictor.model, preprocess(batch, TINY))
     # Batches of another size may sum in another order: float32 rounding only.
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fit_novelty_fits_on_train_rows_calibrates_on_val_rows_and_round_trips_as_files() -> None:
+    predictor = tiny_predictor()
+    images = np.random.default_rng(2).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    splits = ["train"] * 5 + ["val"] * 3 + ["test"]
+    types = ["a", "b", "a", "b", "a", "a", "b", "a", "c"]
+    model = fit_novelty(predictor, images, types, splits, NoveltyConfig(quantile=0.5))
+    assert model.image_types == ("a", "b"), "only the train rows' types"
+    assert model.info["n_train"] == 5 and model.info["n_val"] == 3
+    assert model.info["calibrated_on"] == "val"
+    val = features_of(predictor, images[5:8])
+    assert model.threshold == pytest.approx(float(np.quantile(model.scores(val), 0.5)), rel=1e-5)
+    loaded = from_files(to_files(model))
+    assert loaded is not None and loaded.threshold == model.threshold
+    assert from_files({}) is None, "a version registered without a novelty model"
+    no_val = fit_novelty(predictor, images, types, ["train"] * 9, NoveltyConfig())
+    assert no_val.info["calibrated_on"] == "train"
+    with pytest.raises(ValueError, match="needs >= 2 training images"):
+        fit_novelty(predictor, images, types, ["val"] * 8 + ["train"], NoveltyConfig())
