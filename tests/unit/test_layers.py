@@ -23,17 +23,19 @@ ALLOWED: dict[str, set[str]] = {
     "settings": set(),
     "version": set(),
     "storage": set(),
+    "alerts": set(),  # log and Slack; only defs/ sends alerts
     "data": GROUND,
     "synthetic": GROUND,
     "ml": GROUND | {"data"},
     "registry": GROUND | {"ml"},  # it stores models; it does not load datasets
     "evaluation": GROUND | {"data"},  # cells, the gate and planning are pure
     "flows": GROUND | {"data", "ml", "registry", "evaluation"},
-    "defs": GROUND | {"data", "ml", "registry", "evaluation", "flows"},
+    "defs": GROUND | {"alerts", "data", "ml", "registry", "evaluation", "flows"},
     "definitions": {"defs"},
-    "cli": GROUND | {"data", "synthetic", "ml", "evaluation", "flows", "definitions"},
+    "demo": GROUND | {"data", "synthetic", "ml", "evaluation", "flows"},
+    "cli": GROUND | {"data", "synthetic", "ml", "evaluation", "flows", "definitions", "demo"},
 }
-DAGSTER_ALLOWED = {"defs", "definitions", "cli"}
+DAGSTER_ALLOWED = {"defs", "definitions", "cli", "demo"}
 
 
 def _modules() -> list[Path]:
