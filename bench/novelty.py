@@ -59,6 +59,7 @@ REAL_SETS = {"horse": "weizmann_horse", "boat": "sysu_shapes_boat"}
 TIMES: dict[str, float] = {}
 VARIANTS: dict[str, NoveltyConfig] = {
     "mahalanobis l2 LW": NoveltyConfig(),
+    "mahalanobis l2 LW q=0.99": NoveltyConfig(quantile=0.99),
     "mahalanobis raw LW": NoveltyConfig(normalise="none"),
     "mahalanobis l2 OAS": NoveltyConfig(shrinkage="oas"),
     "knn l2 k=1": NoveltyConfig(method="knn", k=1),

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -46,6 +47,7 @@ from maskfind_pipeline.ml.novelty import (
     day_alarms,
     from_files,
 )
+from maskfind_pipeline.ml.novelty_features import encoder_features, feature_predictor
 from maskfind_pipeline.ml.predict import Predictor, model_input, to_image_size
 from maskfind_pipeline.registry.loading import load_reviewer
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
@@ -89,6 +91,9 @@ class ProductionModels:
     grader: Grader | None = None
     novelty: NoveltyModel | None = None
     """The champion's new-image-type score (None for a version registered without one)."""
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """The novelty features (B,D) of the batch when they are not the prediction's own (the
+    ImageNet encoder's, `NoveltyConfig.features`)."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,15 @@ def predict_production_day(
         else None
     )
     novelty = from_files(download.files)
+    reference = feature_predictor(config, novelty.config) if novelty else None
     models = ProductionModels(
-        champion.version, config, choice.backend.predict, choice.backend.name, reviewer, novelty
+        champion.version,
+        config,
+        choice.backend.predict,
+        choice.backend.name,
+        reviewer,
+        novelty,
+        partial(encoder_features, reference) if reference else None,
     )
     outcome = predict_day(
         day,
@@ -298,7 +310,8 @@ class _Run:
         images = torch.stack([item.model_input for item in loaded])
         prediction = self.models.predict(images)
         probabilities = prediction.probabilities.float().cpu()
-        novelty = _novelty_fields(self.models.novelty, prediction.features, len(loaded))
+        features = self.models.features(images) if self.models.features else prediction.features
+        novelty = _novelty_fields(self.models.novelty, features, len(loaded))
         grader, threshold = self.models.grader, self.models.config.threshold
         grades = (
             grader.grade_batch(images, probabilities, threshold).float().cpu().numpy()

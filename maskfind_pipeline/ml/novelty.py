@@ -39,6 +39,12 @@ TENSORS_FILE, META_FILE = "novelty.safetensors", "novelty.json"
 class NoveltyConfig(CoreConfig):
     """How the novelty (new image type) score is fitted, calibrated and turned into alarms."""
 
+    features: Literal["imagenet", "model"] = "imagenet"
+    """Whose encoder gives the features: `imagenet`, the mask model's encoder as it was before
+    training (its ImageNet weights, one more encoder pass in production); `model`, the trained
+    encoder (free: from the mask's own forward pass). Training for masks narrows what the
+    encoder sees, so the ImageNet features separate image types better (README: novelty
+    table). A model without pretrained encoder weights falls back to `model`."""
     method: Literal["mahalanobis", "knn"] = "mahalanobis"
     """`mahalanobis`: distance to the nearest image type's mean under one shared, shrunk
     covariance; `knn`: cosine distance to the k-th nearest training image."""
@@ -51,9 +57,11 @@ class NoveltyConfig(CoreConfig):
     """Which nearest training image `knn` measures the distance to (1 = the nearest)."""
     max_bank: int = Field(default=20_000, ge=1)
     """`knn` keeps at most this many training features (an evenly spaced subsample)."""
-    quantile: float = Field(default=0.99, gt=0.0, lt=1.0)
-    """The threshold is this quantile of validation scores of seen types: 0.99 flags about
-    1 % of images of known types."""
+    quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    """The threshold is this quantile of validation scores of seen types: 0.95 flags about
+    5 % of images of known types (a day's alarm needs far more of one type: `min_share`);
+    0.99 of a validation split of a few hundred images is decided by its one or two
+    strangest images and detects much less."""
     min_share: float = Field(default=0.25, ge=0.0, le=1.0)
     """A day raises an alarm for an image type when at least this share of its images is
     novel ..."""

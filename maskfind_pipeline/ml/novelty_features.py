@@ -13,10 +13,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.features import pooled_features
-from maskfind_pipeline.ml.model import preprocess
+from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.novelty import NoveltyConfig, NoveltyModel
 from maskfind_pipeline.ml.predict import Predictor, model_input
+from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
 
 
 def fit_novelty(
@@ -29,7 +31,8 @@ def fit_novelty(
     """The novelty model of a trained mask model: fitted on the features of the `train` rows of
     `images` (e.g. a dataset version's decoded memory map) and their image types, its
     threshold calibrated on the `val` rows (on the train rows when there are none; `info`
-    records which).
+    records which). `imagenet` features fall back to `model` (recorded in the returned
+    model's config) when the model has no pretrained encoder weights here.
 
     Raises:
         ValueError: fewer than two train rows.
@@ -37,6 +40,13 @@ def fit_novelty(
     rows = {s: np.flatnonzero(np.asarray(splits) == s) for s in ("train", "val")}
     if len(rows["train"]) < 2:
         raise ValueError(f"the novelty model needs >= 2 training images, got {len(rows['train'])}")
+    try:
+        reference = feature_predictor(predictor.config, config)
+    except PretrainedWeightsUnavailable:  # trained from scratch: no ImageNet encoder here
+        reference = None
+    if reference is None:
+        config = config.model_copy(update={"features": "model"})
+    predictor = reference or predictor
     train = features_of(predictor, images, rows=rows["train"])
     types = [image_types[int(i)] for i in rows["train"]]
     model = NoveltyModel.fit(train, types, config)
@@ -44,6 +54,30 @@ def fit_novelty(
     held = features_of(predictor, images, rows=rows["val"]) if len(rows["val"]) else train
     calibrated = model.calibrate(held)
     return replace(calibrated, info={**calibrated.info, "calibrated_on": calibration})
+
+
+def feature_predictor(model: ModelConfig, config: NoveltyConfig) -> Predictor | None:
+    """The network whose encoder gives the novelty features when they are not the mask
+    model's own: for `imagenet`, the model's architecture with its pretrained encoder weights
+    (from a local source, as training loads them); None for `model` or a model without
+    pretrained encoder weights.
+
+    Raises:
+        PretrainedWeightsUnavailable: the weights are not available locally.
+    """
+    if config.features == "model" or model.encoder_weights is None:
+        return None
+    return Predictor(build_model(model, pretrained=True).eval(), model)
+
+
+@torch.inference_mode()
+def encoder_features(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
+    """`pooled_features` (B, D) float32 of uint8 images (B, 3, S, S) at the model's input size,
+    through the predictor's encoder only."""
+    settings = predictor.settings
+    batch = images.to(settings.device).contiguous(memory_format=settings.memory_format)
+    stages = predictor.model.get_submodule("encoder")(preprocess(batch, predictor.config))
+    return pooled_features(stages).float().cpu()
 
 
 @torch.inference_mode()
@@ -83,11 +117,9 @@ def features_of(
 
 
 def _batch_features(predictor: Predictor, images: np.ndarray) -> np.ndarray:
-    size, settings = predictor.config.input_size, predictor.settings
+    size = predictor.config.input_size
     if images.shape[1:3] == (size, size):
         batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)
     else:
         batch = torch.stack([model_input(image, size) for image in images])
-    batch = batch.to(settings.device).contiguous(memory_format=settings.memory_format)
-    stages = predictor.model.get_submodule("encoder")(preprocess(batch, predictor.config))
-    return pooled_features(stages).cpu().numpy().astype(np.float32)
+    return encoder_features(predictor, batch).numpy()

@@ -28,7 +28,7 @@ SPECIAL: dict[tuple[str, str], Any] = {
     ("VersionConfig", "fractions"): [0.6, 0.25, 0.15],
     ("GradeRule", "good"): 0.9,
     ("GradeRule", "usable"): 0.7,
-    ("NoveltyConfig", "quantile"): 0.95,
+    ("NoveltyConfig", "quantile"): 0.9,
     ("NoveltyConfig", "min_share"): 0.5,
     ("AuditConfig", "confident"): 0.85,
     ("AuditConfig", "max_iou"): 0.4,
