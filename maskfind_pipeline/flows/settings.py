@@ -21,6 +21,10 @@ class TrainingSettings(CoreConfig):
     """Hyper-parameters, augmentation, early stopping, threshold policy, device."""
     novelty: NoveltyConfig = NoveltyConfig()
     """The new-image-type score fitted on the trained model's features, stored beside it."""
+    warm_start: bool = False
+    """Start from the champion's weights when it has this architecture (encoder, decoder,
+    input size, normalisation), not from the ImageNet encoder: the new model keeps what the
+    champion learned and adds the new data in a short budget."""
 
 
 class EvaluationOptions(CoreConfig):

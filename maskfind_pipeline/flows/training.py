@@ -11,6 +11,7 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.novelty import NoveltyModel, to_files
 from maskfind_pipeline.ml.novelty_features import fit_novelty
@@ -21,7 +22,7 @@ from maskfind_pipeline.registry.mlflow_registry import (
     RegisteredModel,
     TrainingRecord,
 )
-from maskfind_pipeline.registry.promotion import CHALLENGER
+from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
 from maskfind_pipeline.storage.base import ObjectStore
 
 
@@ -61,6 +62,7 @@ def train_and_register(
     )
     device = select_device(config.device, mixed_precision=config.mixed_precision)
     image_types = manifest.column("image_type").to_pylist()
+    start = _warm_start(registry, model_spec) if settings.warm_start else None
     result = train(
         model_spec,
         config,
@@ -71,6 +73,7 @@ def train_and_register(
         on_epoch=on_epoch,
         progress=progress,
         progress_bar=progress is None,
+        initial_state=start.model.state_dict() if start else None,
     )
     splits = manifest.column("split").to_pylist()
     seen = sorted({t for t, s in zip(image_types, splits, strict=True) if s == "train"})
@@ -96,11 +99,25 @@ def train_and_register(
             "image_types_seen": ",".join(seen)[:4900],
             "stop_reason": result.stop_reason,
             "pretrained": str(result.pretrained).lower(),
+            "warm_start_from": start.version if start else "",
             **(tags or {}),
         },
     )
     registered = registry.log_training(record, alias=CHALLENGER)
     return TrainingOutcome(registered, result, vid, seen, novelty)
+
+
+def _warm_start(registry: ModelRegistry, spec: ModelSpec) -> Predictor | None:
+    """The champion, when there is one with the architecture of `spec` (any threshold)."""
+    champion = registry.alias_or_none(CHAMPION)
+    if champion is None:
+        return None
+    stored = registry.download(champion.version)
+    config = ModelConfig.from_json(stored.config_json)
+    same = config.model_dump(exclude={"threshold"}) == spec.model_dump(exclude={"threshold"})
+    return (
+        Predictor.from_weights(config, stored.weights, version=champion.version) if same else None
+    )
 
 
 def latest_version(versions: VersionStore) -> str:

@@ -141,6 +141,7 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: Progress | None = None,
     progress_bar: bool = True,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train on `loaders["train"]`, validate each epoch, keep the best epoch, tune the threshold.
 
@@ -159,6 +160,8 @@ def train(
         on_epoch: called after every epoch's validation.
         progress: called with (stage, done, total) about every tenth of an epoch.
         progress_bar: show a tqdm bar per epoch.
+        initial_state: start from these weights (a warm start from an earlier model of the
+            same architecture) instead of the pretrained encoder.
 
     Raises:
         ValueError: a `train` or `val` loader is missing, or a loader is empty.
@@ -173,11 +176,15 @@ def train(
     )
     if settings.device.type == "cpu":
         tune_cpu_allocator()
-    model, pretrained = build_pretrained(
-        lambda weights: build_model(model_config, pretrained=weights),
-        pretrained=model_config.encoder_weights is not None,
-        allow_scratch=train_config.allow_scratch,
-    )
+    if initial_state is None:
+        model, pretrained = build_pretrained(
+            lambda weights: build_model(model_config, pretrained=weights),
+            pretrained=model_config.encoder_weights is not None,
+            allow_scratch=train_config.allow_scratch,
+        )
+    else:
+        model, pretrained = build_model(model_config, pretrained=False), False
+        model.load_state_dict(initial_state)
     model = settings.prepare(model)
     run = _Run(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)

@@ -69,6 +69,7 @@ def mask_model(
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
             "pretrained": result.pretrained,
+            "warm_start_from": model.tags.get("warm_start_from") or "none",
             "image_types_seen": len(outcome.image_types),
             "novelty_threshold": outcome.novelty.threshold,
             "novelty": outcome.novelty.config.method,
