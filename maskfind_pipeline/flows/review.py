@@ -93,27 +93,37 @@ def audit_labels(
     """Queue the labels of a dataset version that a confident model contradicts (reason
     `label_suspect`).
 
-    Each label is judged by a model that never trained on it, the challenger if it can be,
-    else the champion: a model that trained on a wrong label has often learned it. A label
-    both trained on (an old training label) is not judged again; it was judged when it was new.
+    Each label is judged by a model that never trained on it but trained on its image type,
+    the challenger if it can be, else the champion: a model that trained on a wrong label has
+    often learned it, and one new to the type is confidently wrong about it (a new type's
+    relabeled failures are not suspects). A label both trained on (an old training label) is
+    not judged again; it was judged when it was new; one of a type neither knows waits.
     """
     vid = settings.dataset_version or latest_version(versions)
     manifest = versions.manifest(vid)
     judges = _judges(registry, versions)
     splits = manifest.column("split").to_pylist()
     ids = manifest.column("sample_id").to_pylist()
+    types = manifest.column("image_type").to_pylist()
     wanted = set(settings.audit.splits)
     assigned: dict[str, list[int]] = {}
-    for row, (sample_id, split) in enumerate(zip(ids, splits, strict=True)):
+    for row, (sample_id, split, image_type) in enumerate(zip(ids, splits, types, strict=True)):
         if split not in wanted:
             continue
-        judge = next((v for v, (_, seen) in judges.items() if sample_id not in seen), None)
+        judge = next(
+            (
+                version
+                for version, judge in judges.items()
+                if sample_id not in judge.trained and image_type in judge.types
+            ),
+            None,
+        )
         if judge is not None:
             assigned.setdefault(judge, []).append(row)
     table = manifest.to_pylist()
     suspects, masks = [], {}
     for version, rows in assigned.items():
-        predictor = judges[version][0]
+        predictor = judges[version].predictor
         found = _suspects(
             predictor, manifest, np.asarray(rows), settings, data_store, cache, decoded_root, vid
         )
@@ -127,26 +137,29 @@ def audit_labels(
     return AuditOutcome(vid, judged, in_scope - sum(judged.values()), entries, files)
 
 
-def _judges(
-    registry: ModelRegistry, versions: VersionStore
-) -> dict[str, tuple[Predictor, set[str]]]:
-    """Challenger then champion: each model and the sample ids it trained on."""
-    judges: dict[str, tuple[Predictor, set[str]]] = {}
+@dataclass(frozen=True)
+class _Judge:
+    predictor: Predictor
+    trained: set[str]
+    """The sample ids it trained on: their labels it may have learned, wrong or not."""
+    types: set[str]
+    """The image types it trained on: on another type its confidence means nothing."""
+
+
+def _judges(registry: ModelRegistry, versions: VersionStore) -> dict[str, _Judge]:
+    """Challenger then champion, with what each trained on."""
+    judges: dict[str, _Judge] = {}
     for alias in (CHALLENGER, CHAMPION):
         model = registry.alias_or_none(alias)
         if model is None or model.version in judges:
             continue
-        manifest = versions.manifest(model.tags["dataset_version"])
-        trained = {
-            sid
-            for sid, split in zip(
-                manifest.column("sample_id").to_pylist(),
-                manifest.column("split").to_pylist(),
-                strict=True,
-            )
-            if split == "train"
-        }
-        judges[model.version] = (load_model(registry, model.version), trained)
+        manifest = versions.manifest(model.tags["dataset_version"]).to_pylist()
+        train = [row for row in manifest if row["split"] == "train"]
+        judges[model.version] = _Judge(
+            load_model(registry, model.version),
+            {str(row["sample_id"]) for row in train},
+            {str(row["image_type"]) for row in train},
+        )
     if not judges:
         raise LookupError("no mask model is registered yet: materialize mask_model first")
     return judges
