@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/maskfind demo
+	$(VENV)/bin/maskfind demo --fresh
 
 test: install
 	$(PY) -m pytest

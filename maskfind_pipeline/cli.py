@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,87 +124,46 @@ def generate(
 
 
 @main.command()
-@click.option("--count", default=150, show_default=True, help="Labeled samples per image type.")
-@click.option("--failures", default=3, show_default=True, help="Failures per type on night 2.")
-@click.option("--size", default=128, show_default=True, help="Image and model input size.")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--max-minutes", default=2.5, show_default=True, help="Training budget per night.")
-def demo(count: int, failures: int, size: int, epochs: int, max_minutes: float) -> None:
-    """Two nights on the embedded defaults: labeled data, then relabeled production failures.
+@click.option("--count", default=None, type=int, help="Labeled samples per known image type.")
+@click.option("--size", default=None, type=int, help="Image and model input size.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Delete MASKFIND_HOME first (the story starts from an empty factory).",
+)
+def demo(count: int | None, size: int | None, fresh: bool) -> None:
+    """The trust loop in two nights and two production days (see `maskfind_pipeline.demo`).
 
-    Each night ingests, versions the dataset, trains the demo's offline-pretrained
-    EfficientNet-Lite0 U-Net, evaluates the matrix in both directions and promotes only if the
-    gate passes.
+    Night 1 trains without image type X; production day 1 brings X, the reviewer and the
+    novelty alarm flag it and the queue lists it; the demo relabels only the queued images;
+    night 2 learns them and the gate decides; production day 2 shows what changed.
     """
-    from maskfind_pipeline import synthetic
+    import dagster as dg
+
+    from maskfind_pipeline.demo import DemoSettings, run_story
     from maskfind_pipeline.storage import open_store
 
+    settings = Settings.from_env()
+    if fresh and settings.home.exists():
+        shutil.rmtree(settings.home)
     settings = _prepare_home()
-    store = open_store(settings.data_uri)
-    types = synthetic.DEFAULT_TYPES
-    if not any(True for _ in store.list("labeled/")):
-        with _progress_bar(len(types) * count, "generate labeled") as tick:
-            synthetic.generate(store, types, count, size=size, progress=tick)
-    run_config = _demo_run_config(size=size, epochs=epochs, max_minutes=max_minutes)
-    ok = _night(1, run_config)
-    if ok and failures and not any(True for _ in store.list("failures/")):
-        with _progress_bar(len(types) * failures, "generate failures") as tick:
-            synthetic.generate_failures(
-                store, types, failures, failed_model_version="1", size=size, progress=tick
-            )
-        ok = _night(2, run_config)
-    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
-    sys.exit(0 if ok else 1)
-
-
-_SUMMARY_KEYS = (
-    *("new_samples", "skipped_already_seen", "quarantined", "catalog_samples"),
-    *("dataset_version", "created", "parent", "samples"),
-    *("model_version", "val_miou", "threshold", "pretrained", "stop_reason"),
-    *("cells_computed", "candidate", "champion_before", "champion_after", "promoted"),
-    *("miou", "n_images"),
-)
-_PRINTED_TABLES = ("diff_vs_parent", "matrix", "reasons")
-
-
-def _demo_run_config(*, size: int, epochs: int, max_minutes: float) -> dict[str, Any]:
-    """The nightly job's run config for the demo, built from the core settings."""
-    from maskfind_pipeline.evaluation.gate import GatePolicy
-    from maskfind_pipeline.flows.settings import TrainingSettings
-    from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
-
-    training = TrainingSettings(
-        model=demo_model_spec(size),
-        train=TrainConfig(
-            epochs=epochs,
-            batch_size=32,
-            learning_rate=3e-3,
-            early_stopping_patience=10,
-            max_minutes=max_minutes,
-        ),
+    data = open_store(settings.data_uri)
+    if any(True for _ in data.list("")):
+        raise click.UsageError(
+            f"{settings.home} already holds data; the demo starts from an empty factory: "
+            "pass --fresh to delete it, or set MASKFIND_HOME to a new folder"
+        )
+    overrides = {k: v for k, v in {"count": count, "size": size}.items() if v is not None}
+    story = run_story(
+        DemoSettings.model_validate(overrides),
+        data_store=data,
+        work_store=open_store(settings.work_uri),
+        instance=dg.DagsterInstance.get(),
+        run_job=_run_job,
+        echo=click.echo,
     )
-    gate = GatePolicy(floor=0.5, min_samples=3)
-    return {
-        "ops": {
-            "mask_model": {"config": training.model_dump(mode="json")},
-            "promotion": {"config": gate.model_dump(mode="json")},
-        }
-    }
-
-
-def _night(number: int, run_config: dict[str, Any]) -> bool:
-    result = _run_job("nightly", run_config)
-    click.echo(f"night {number}: run {result.run_id} {'succeeded' if result.success else 'FAILED'}")
-    for event in result.get_asset_materialization_events():
-        meta = event.materialization.metadata
-        summary = ", ".join(f"{k}={meta[k].value}" for k in _SUMMARY_KEYS if k in meta)
-        name = event.asset_key.to_user_string() if event.asset_key else "?"
-        partition = f"[{event.partition}]" if event.partition else ""
-        click.echo(f"  {name}{partition}: {summary}")
-        for table in _PRINTED_TABLES:
-            if table in meta:
-                click.echo(textwrap.indent(str(meta[table].value), "    "))
-    return result.success
+    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
+    sys.exit(0 if story.ok else 1)
 
 
 @main.command()
@@ -267,12 +225,17 @@ def _prepare_home() -> Settings:
     return settings
 
 
-def _run_job(name: str, run_config: dict[str, Any] | None = None):
+def _run_job(
+    name: str, run_config: dict[str, Any] | None = None, *, partition_key: str | None = None
+):
     import dagster as dg
 
     from maskfind_pipeline.definitions import defs
 
     job = defs().resolve_job_def(name)
     return job.execute_in_process(
-        run_config=run_config, instance=dg.DagsterInstance.get(), raise_on_error=False
+        run_config=run_config,
+        instance=dg.DagsterInstance.get(),
+        partition_key=partition_key,
+        raise_on_error=False,
     )

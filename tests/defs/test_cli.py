@@ -9,17 +9,19 @@ from pathlib import Path
 
 from PIL import Image
 
-from maskfind_pipeline.data.catalog import Catalog
-from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.storage import LocalObjectStore
 
 MASKFIND = str(Path(sys.executable).with_name("maskfind"))
 
 
-def _run(*args: str, home: Path) -> str:
+def _call(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     env["MASKFIND_HOME"] = str(home)
-    result = subprocess.run([MASKFIND, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([MASKFIND, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _run(*args: str, home: Path) -> str:
+    result = _call(*args, home=home)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -61,17 +63,20 @@ def test_contact_sheet_is_a_png(tmp_path: Path) -> None:
         assert sheet.format == "PNG" and sheet.width > 256
 
 
-def test_demo_runs_two_nights_and_makes_two_dataset_versions(tmp_path: Path) -> None:
-    tiny = ("--count", "3", "--failures", "1", "--size", "64", "--epochs", "2")
-    out = _run("demo", *tiny, home=tmp_path)
-    assert "night 1" in out and "night 2" in out and "FAILED" not in out
-    samples = Catalog(LocalObjectStore(tmp_path / "work")).read().samples
-    assert samples.num_rows == 40  # 10 types x (3 labeled + 1 failure)
-    versions = VersionStore(LocalObjectStore(tmp_path / "work")).list()
-    assert len(versions) == 2 and versions[1]["parent"] == versions[0]["id"]
-    assert "| failure | 1 | 0 | 0 |" in out  # the diff of night 2 shows the failures
+def test_demo_refuses_a_home_with_data_and_fresh_starts_from_an_empty_one(tmp_path: Path) -> None:
+    """The story itself is asserted by tests/integration/test_demo_story.py at a tiny size; here
+    the command: it never mixes the story into existing data, and --fresh clears the home."""
+    kept = tmp_path / "data" / "labeled" / "mine.png"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"someone's image")
+    refused = _call("demo", home=tmp_path)
+    assert refused.returncode == 2 and "pass --fresh" in refused.stderr
+    assert kept.read_bytes() == b"someone's image", "nothing is deleted without --fresh"
+
+    # With no labeled images the story stops at night 1 (its dataset version has no samples).
+    stopped = _call("demo", "--fresh", "--count", "0", "--size", "64", home=tmp_path)
+    assert not kept.exists(), "--fresh starts from an empty home"
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "night 1: nightly run" in stopped.stdout and "FAILED" in stopped.stdout
+    assert "demo STOPPED in" in stopped.stdout
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
-    assert "model_version=1" in out and "model_version=2" in out and "pretrained=True" in out
-    assert "compat_evaluation: cells_computed=3" in out  # night 2: both directions
-    rerun = _run("demo", *tiny, home=tmp_path)
-    assert "new_samples=0" in rerun and "created=False" in rerun

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import torch
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_versions
@@ -13,9 +14,10 @@ from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.defs.training.assets import mask_model
 from maskfind_pipeline.registry.loading import load_model
+from maskfind_pipeline.registry.promotion import promote
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
-from tests.support.models import TINY_TRAINING
+from tests.support.models import TINY_TRAINING, tiny_training
 
 
 def test_mask_model_trains_registers_challenger_and_reloads(tmp_path: Path) -> None:
@@ -49,3 +51,23 @@ def test_mask_model_trains_registers_challenger_and_reloads(tmp_path: Path) -> N
     predictor = load_model(registry, "challenger")
     image = synthetic.render_sample(synthetic.DEFAULT_TYPES[0], np.random.default_rng(1), 64).image
     assert predictor.predict_mask(image).shape == (64, 64)
+
+    # A warm start begins from the champion's weights: with a learning rate of 0 the trained
+    # convolutions are the champion's exactly (no ImageNet or random initialisation).
+    promote(registry, "1", actor="test", reason="warm start")
+    frozen = tiny_training(learning_rate=0.0, weight_decay=0.0, epochs=1)
+    frozen["warm_start"] = True
+    warm = dg.materialize(
+        [image_catalog, dataset_version, dataset_versions, mask_model],
+        selection=[mask_model],
+        resources=resources,
+        run_config=dg.RunConfig({"mask_model": {"config": frozen}}),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    warm_meta = warm.asset_materializations_for_node("mask_model")[0].metadata
+    assert warm_meta["warm_start_from"].value == "1"
+    champion, second = load_model(registry, "1"), load_model(registry, "2")
+    convs = [k for k, v in champion.model.state_dict().items() if k.endswith("conv1.weight")]
+    assert convs
+    for key in convs:
+        assert torch.equal(champion.model.state_dict()[key], second.model.state_dict()[key]), key

@@ -1,0 +1,388 @@
+"""`maskfind demo`: the trust loop, told through Dagster runs on the embedded defaults.
+
+1. night 1: labeled images of every image type but one (X), ingest, dataset version 1, train,
+   audit the labels, evaluate, promote model 1; then the reviewer is trained against it;
+2. production day 1 brings the known types and X: the champion predicts, the reviewer grades,
+   the novelty alarm names X, the review queue lists what people should relabel;
+3. the demo plays the people: only the queued images come back relabeled under `failures/`
+   (with the generator's true masks);
+4. night 2: dataset version 2 holds them; model 2 starts from the champion (warm start), is
+   evaluated against model 1 on both versions and promoted only if the gate passes;
+5. production day 2: new images of every type, graded again; `performance_history` shows
+   each type's champion mIoU and daily rates over the two days, with its warning checks.
+
+Everything printed is read from what the runs wrote: their materializations and checks, the
+evaluation cells, the prediction logs and the review queue. `run_story` returns the same
+numbers, so a test can assert the story at a tiny size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.core_config import CoreConfig
+from maskfind_pipeline.data.production import PredictionLog
+from maskfind_pipeline.data.review import read_queue
+from maskfind_pipeline.evaluation.cells import CellStore
+from maskfind_pipeline.evaluation.gate import GatePolicy
+from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
+from maskfind_pipeline.ml.backends.config import BackendConfig
+from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
+from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.storage.base import ObjectStore
+
+Echo = Callable[[str], None]
+
+
+class DemoSettings(CoreConfig):
+    """The demo's sizes and budgets; the defaults take about 4-5 minutes on 2 cores."""
+
+    new_type: str = "laser3d-wafer-tray-s4"
+    """Image type X: missing from the labeled data, arriving on production day 1."""
+    count: int = 60
+    """Labeled samples per known image type."""
+    production_count: int = 16
+    """Production images per image type and day."""
+    size: int = 128
+    """Image and model input size."""
+    epochs: int = 30
+    """Training epochs at most (the time budget usually ends training first)."""
+    night1_minutes: float = 1.0
+    """Training budget of night 1 (from the ImageNet encoder)."""
+    night2_minutes: float = 0.6
+    """Training budget of night 2 (warm start from the champion)."""
+    reviewer: ReviewerSettings = ReviewerSettings(
+        spec=ReviewerSpec(input_size=64),
+        train=ReviewerTrainConfig(epochs=8, max_minutes=0.5),
+        fold_models=1,
+        fold_train=TrainConfig(
+            epochs=10, batch_size=32, learning_rate=3e-3, max_minutes=0.25, allow_scratch=True
+        ),
+        held_out_count=1,
+        max_images=360,
+    )
+    """The reviewer's training: small and short, for the demo's time budget."""
+    gate: GatePolicy = GatePolicy(floor=0.5, min_samples=3, tolerance=0.02)
+    """The promotion gate."""
+    seed: int = 0
+    """Seeds the generated images."""
+
+
+@dataclass
+class Night:
+    """What one nightly run did, read from its materializations."""
+
+    number: int
+    success: bool
+    seconds: float
+    metadata: dict[str, dict[str, Any]]
+
+    def value(self, asset: str, key: str) -> Any:
+        entry = self.metadata.get(asset, {}).get(key)
+        return None if entry is None else entry.value
+
+
+@dataclass
+class Day:
+    """One production day: per image type the grade-3 and novel rates, the alarm, the queue."""
+
+    day: str
+    success: bool
+    seconds: float
+    by_type: dict[str, dict[str, float | int]]
+    alarm_types: list[str]
+    queued: list[dict[str, Any]]
+
+
+@dataclass
+class Story:
+    """Everything the demo printed, as numbers."""
+
+    settings: DemoSettings
+    nights: list[Night] = field(default_factory=list)
+    days: list[Day] = field(default_factory=list)
+    reviewer_version: str | None = None
+    relabeled: list[str] = field(default_factory=list)
+    matrix: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Dataset version 2's test mIoU per image type: {type: {model version: mIoU}}."""
+    history_success: bool = True
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        runs = [n.success for n in self.nights] + [d.success for d in self.days]
+        return all(runs) and self.history_success
+
+
+def run_story(
+    settings: DemoSettings,
+    *,
+    data_store: ObjectStore,
+    work_store: ObjectStore,
+    instance: dg.DagsterInstance,
+    run_job: Callable[..., dg.ExecuteInProcessResult],
+    echo: Echo = print,
+    today: dt.date | None = None,
+) -> Story:
+    """Tell the story; `run_job(name, run_config, partition_key=None)` runs a job of the
+    project's definitions on `instance`. Stops early (story.ok False) when a run fails."""
+    started = time.perf_counter()
+    story = Story(settings)
+    types = synthetic.DEFAULT_TYPES
+    new = synthetic.ImageType.parse(settings.new_type)
+    known = [t for t in types if t != new]
+    day2 = today or dt.date.today()
+    day1 = day2 - dt.timedelta(days=1)
+    echo(
+        f"labeled data: {settings.count} images of each of {len(known)} image types, not {new.name}"
+    )
+    synthetic.generate(data_store, known, settings.count, size=settings.size, seed=settings.seed)
+
+    if not _night(story, 1, run_job, _nightly_config(settings, warm_start=False), echo):
+        return _done(story, started, echo)
+    reviewer = run_job(
+        "reviewer", {"ops": {"reviewer_model": {"config": _dump(settings.reviewer)}}}
+    )
+    meta = _metadata(reviewer).get("reviewer_model", {})
+    story.reviewer_version = _value(meta, "reviewer_version")
+    echo(
+        f"reviewer: run {reviewer.run_id[:8]} {'succeeded' if reviewer.success else 'FAILED'}, "
+        f"version {story.reviewer_version}, grade-3 AUC on its held-out type "
+        f"{_short(_value(meta, 'auc_grade3_unseen'))}"
+    )
+
+    first = _production_day(story, day1, types, data_store, work_store, instance, run_job, echo)
+    if not first.success:
+        return _done(story, started, echo)
+    keys = [str(e["image_key"]) for e in first.queued]
+    story.relabeled = synthetic.relabel_production(
+        data_store,
+        keys,
+        failed_model_version=str(story.nights[0].value("promotion", "champion_after")),
+        reported_at=dt.datetime.now(dt.UTC),
+    )
+    echo(
+        f"the people: relabeled the {len(keys)} queued images (true masks, written under "
+        "failures/ with their tags); nothing else"
+    )
+
+    if not _night(story, 2, run_job, _nightly_config(settings, warm_start=True), echo):
+        return _done(story, started, echo)
+    story.matrix = _matrix(work_store, story)
+    _print_matrix(story, new.name, echo)
+    _production_day(story, day2, types, data_store, work_store, instance, run_job, echo)
+    _print_change(story, new.name, echo)
+    _history(story, run_job, echo)
+    return _done(story, started, echo)
+
+
+def _nightly_config(settings: DemoSettings, *, warm_start: bool) -> dict[str, Any]:
+    minutes = settings.night2_minutes if warm_start else settings.night1_minutes
+    training = TrainingSettings(
+        model=demo_model_spec(settings.size),
+        train=TrainConfig(
+            epochs=settings.epochs,
+            batch_size=32,
+            learning_rate=1e-3 if warm_start else 3e-3,
+            early_stopping_patience=10,
+            max_minutes=minutes,
+        ),
+        warm_start=warm_start,
+    )
+    return {
+        "ops": {
+            "mask_model": {"config": _dump(training)},
+            "promotion": {"config": _dump(settings.gate)},
+        }
+    }
+
+
+def _night(
+    story: Story, number: int, run_job: Callable[..., Any], config: dict, echo: Echo
+) -> bool:
+    start = time.perf_counter()
+    result = run_job("nightly", config)
+    night = Night(number, result.success, time.perf_counter() - start, _metadata(result))
+    story.nights.append(night)
+    state = "succeeded" if result.success else "FAILED"
+    echo(f"night {number}: nightly run {result.run_id[:8]} {state} in {night.seconds:.0f} s")
+    for asset, keys in _NIGHT_SUMMARY.items():
+        if asset in night.metadata:
+            shown = ", ".join(
+                f"{k}={_short(night.value(asset, k))}" for k in keys if k in night.metadata[asset]
+            )
+            echo(f"  {asset}: {shown}")
+    return result.success
+
+
+_NIGHT_SUMMARY = {
+    "image_catalog": ("new_samples", "quarantined", "catalog_samples"),
+    "dataset_version": ("dataset_version", "parent", "samples"),
+    "mask_model": ("model_version", "val_miou", "stop_reason", "warm_start_from"),
+    "label_audit": ("labels_audited", "suspects"),
+    "compat_evaluation": ("cells_computed",),
+    "promotion": ("candidate", "champion_before", "champion_after", "promoted"),
+}
+
+
+def _production_day(
+    story: Story,
+    day: dt.date,
+    types: Sequence[synthetic.ImageType],
+    data_store: ObjectStore,
+    work_store: ObjectStore,
+    instance: dg.DagsterInstance,
+    run_job: Callable[..., dg.ExecuteInProcessResult],
+    echo: Echo,
+) -> Day:
+    settings = story.settings
+    synthetic.generate_production(
+        data_store,
+        types,
+        settings.production_count,
+        day=day,
+        size=settings.size,
+        seed=settings.seed + len(story.days) + 1,
+    )
+    partition = day.isoformat()
+    instance.add_dynamic_partitions("production_days", [partition])
+    options = ProductionOptions(backend=BackendConfig(backend="torch"), batch_size=32)
+    start = time.perf_counter()
+    config = {"ops": {"production_predictions": {"config": _dump(options)}}}
+    result = run_job("production", config, partition_key=partition)
+    rows = PredictionLog(work_store, partition).current().to_pylist()
+    alarms = [
+        c
+        for c in result.get_asset_check_evaluations()
+        if c.check_name == "novelty_alarm" and not c.passed
+    ]
+    alarm_types = [t for c in alarms for t in str(c.metadata["image_types"].value).split(",") if t]
+    queue = read_queue(work_store, f"review/production/{partition}/").to_pylist()
+    entry = Day(
+        partition,
+        result.success,
+        time.perf_counter() - start,
+        _rates(rows),
+        alarm_types,
+        queue,
+    )
+    story.days.append(entry)
+    number = len(story.days)
+    echo(
+        f"production day {number} ({partition}): {len(rows)} images, {settings.production_count} "
+        f"per type, run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
+        f"{entry.seconds:.0f} s"
+    )
+    for image_type, rates in sorted(entry.by_type.items()):
+        echo(
+            f"  {image_type:32s} grade-3 rate {rates['grade_3_rate']:.2f}   novel "
+            f"{rates['novel_rate']:.2f}"
+        )
+    echo(f"  novelty_alarm: {', '.join(alarm_types) or 'passed (no image type is new)'}")
+    reasons: dict[str, int] = {}
+    for row in queue:
+        for reason in row["reasons"]:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    shown = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
+    echo(f"  review_queue: {len(queue)} images ({shown or 'none'})")
+    return entry
+
+
+def _rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            by_type.setdefault(str(row["image_type"]), []).append(row)
+    out: dict[str, dict[str, float | int]] = {}
+    for image_type, group in by_type.items():
+        graded = [r for r in group if r["grade"] is not None]
+        scored = [r for r in group if r["novel"] is not None]
+        out[image_type] = {
+            "images": len(group),
+            "grade_3_rate": sum(r["grade"] == 3 for r in graded) / max(1, len(graded)),
+            "novel_rate": sum(bool(r["novel"]) for r in scored) / max(1, len(scored)),
+        }
+    return out
+
+
+def _matrix(work_store: ObjectStore, story: Story) -> dict[str, dict[str, float]]:
+    """Test mIoU per image type on night 2's dataset version, for every model evaluated."""
+    version = str(story.nights[-1].value("dataset_version", "dataset_version"))
+    out: dict[str, dict[str, float]] = {}
+    for row in CellStore(work_store).read().to_pylist():
+        if row["dataset_version"] == version and row["group_kind"] == "image_type":
+            out.setdefault(row["group"], {})[row["model_version"]] = row["miou"]
+    return out
+
+
+def _print_matrix(story: Story, new_type: str, echo: Echo) -> None:
+    night = story.nights[-1]
+    version = night.value("dataset_version", "dataset_version")
+    echo(f"  test mIoU per image type on dataset version {version} (model 1 -> model 2):")
+    for image_type, by_model in sorted(story.matrix.items()):
+        before, after = by_model.get("1"), by_model.get("2")
+        if before is None or after is None:
+            continue
+        mark = "   <- the new type" if image_type == new_type else ""
+        echo(f"    {image_type:32s} {before:.3f} -> {after:.3f} ({after - before:+.3f}){mark}")
+
+
+def _print_change(story: Story, new_type: str, echo: Echo) -> None:
+    if len(story.days) < 2:
+        return
+    before, after = (d.by_type.get(new_type, {}) for d in story.days[:2])
+    nan = float("nan")
+    echo(
+        f"{new_type}: grade-3 rate {before.get('grade_3_rate', nan):.2f} on day 1 -> "
+        f"{after.get('grade_3_rate', nan):.2f} on day 2; novel "
+        f"{before.get('novel_rate', nan):.2f} -> {after.get('novel_rate', nan):.2f}"
+    )
+
+
+def _history(story: Story, run_job: Callable[..., Any], echo: Echo) -> None:
+    result = run_job("history", {})
+    story.history_success = result.success
+    meta = _metadata(result).get("performance_history", {})
+    echo(
+        f"performance_history: run {result.run_id[:8]} "
+        f"{'succeeded' if result.success else 'FAILED'}, champion terms "
+        f"{_value(meta, 'champion_terms')}, production days {_value(meta, 'production_days')}"
+    )
+    for check in result.get_asset_check_evaluations():
+        state = "passed" if check.passed else "WARNING"
+        echo(f"  {check.check_name}: {state}: {check.description}")
+
+
+def _done(story: Story, started: float, echo: Echo) -> Story:
+    story.seconds = time.perf_counter() - started
+    minutes, seconds = divmod(round(story.seconds), 60)
+    echo(f"demo {'finished' if story.ok else 'STOPPED'} in {minutes} min {seconds:02d} s")
+    return story
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
+    return {
+        e.asset_key.to_user_string(): dict(e.materialization.metadata)
+        for e in result.get_asset_materialization_events()
+        if e.asset_key
+    }
+
+
+def _value(metadata: dict[str, Any], key: str) -> Any:
+    entry = metadata.get(key)
+    return None if entry is None else entry.value
+
+
+def _short(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _dump(config: CoreConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
