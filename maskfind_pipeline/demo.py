@@ -219,6 +219,10 @@ def _night(
                 f"{k}={_short(night.value(asset, k))}" for k in keys if k in night.metadata[asset]
             )
             echo(f"  {asset}: {shown}")
+    if night.value("promotion", "promoted") is False:
+        reasons = str(night.value("promotion", "reasons"))
+        echo("  the gate refused (a blocking check: the run fails, the champion stays):")
+        echo("    " + reasons.replace("\n", "\n    "))
     return result.success
 
 

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_versions
 from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
+from tests.support.models import TINY_TRAINING
 from tests.support.stores import put_pair
 
 
@@ -69,3 +72,39 @@ def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) 
     recorded = instance.get_latest_materialization_event(dg.AssetKey("dataset_versions"))
     assert recorded is not None and recorded.dagster_event is not None
     assert recorded.dagster_event.partition == second["dataset_version"]
+
+
+def test_training_never_starts_on_a_version_whose_error_check_failed(tmp_path: Path) -> None:
+    """`failures_included` fails (ERROR) when the catalog's failures are all left out, here by
+    holding out their image type: the blocking check stops the run before `mask_model`."""
+    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(settings.data_uri)
+    kept, dropped = synthetic.DEFAULT_TYPES[:2]
+    synthetic.generate(data, [kept, dropped], 6, size=48)
+    synthetic.generate_failures(data, [dropped], 2, failed_model_version="1", size=48)
+    job = (
+        defs()
+        .resolve_implicit_global_asset_job_def()
+        .get_subset(
+            asset_selection={
+                dg.AssetKey(a) for a in ("image_catalog", "dataset_version", "mask_model")
+            }
+        )
+    )
+    config = {"dataset_version": {"config": {"held_out_types": [dropped.name]}}}
+    result = job.execute_in_process(
+        run_config={"ops": {**config, "mask_model": {"config": TINY_TRAINING}}},
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=build_resources(settings),
+        raise_on_error=False,
+    )
+    assert not result.success
+    errors = [
+        c.check_name
+        for c in result.get_asset_check_evaluations()
+        if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    assert errors == ["failures_included"]
+    assert not result.asset_materializations_for_node("mask_model")
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "mask_model" not in started

@@ -31,16 +31,21 @@ LITE0 = demo_model_spec(64).model_copy(update={"decoder_channels": (64, 32, 16, 
 PRETRAINED = tiny_training(LITE0, **HYPER)
 
 
-def _run(instance, settings, assets: list[str], config: dict) -> dg.ExecuteInProcessResult:
+def _run(
+    instance, settings, assets: list[str], config: dict, *, success: bool = True
+) -> dg.ExecuteInProcessResult:
     job = (
         defs()
         .resolve_implicit_global_asset_job_def()
         .get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     )
     result = job.execute_in_process(
-        run_config=config, instance=instance, resources=build_resources(settings)
+        run_config=config,
+        instance=instance,
+        resources=build_resources(settings),
+        raise_on_error=False,
     )
-    assert result.success
+    assert result.success is success
     return result
 
 
@@ -69,10 +74,12 @@ def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Pat
     )
     assert _meta(first, "promotion")["champion_after"] == "1"
 
+    # The gate is a blocking check: the refusal fails the run at `promotion`, and
+    # `reviewer_model`, downstream of the gate, never starts.
     held = _run(
         instance,
         settings,
-        chain,
+        [*chain, "reviewer_model"],
         {
             "ops": {
                 "dataset_version": {"config": {"held_out_types": [HELD_OUT]}},
@@ -80,10 +87,17 @@ def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Pat
                 **gate,
             }
         },
+        success=False,
     )
     promotion = _meta(held, "promotion")
     assert promotion["promoted"] is False and promotion["champion_after"] == "1"
     assert HELD_OUT in str(promotion["reasons"])
+    (gate_check,) = held.get_asset_check_evaluations()[-1:]
+    assert gate_check.check_name == "gate_passed" and not gate_check.passed
+    assert gate_check.severity == dg.AssetCheckSeverity.ERROR
+    assert not held.asset_materializations_for_node("reviewer_model")
+    started = {e.step_key for e in held.all_events if e.event_type_value == "STEP_START"}
+    assert "reviewer_model" not in started
     evaluation = _meta(held, "compat_evaluation")
     assert evaluation["cells_computed"] == 3  # v2 on both versions, v1 on the new one
 
@@ -124,7 +138,7 @@ def test_older_models_score_lower_on_new_production_failures(tmp_path: Path) -> 
     config = {
         "ops": {
             "mask_model": {"config": PRETRAINED},
-            "promotion": {"config": {"floor": 0.0, "tolerance": 1.0}},
+            "promotion": {"config": {"floor": 0.0, "tolerance": 1.0, "overall_tolerance": 1.0}},
         }
     }
     _run(instance, settings, chain, config)

@@ -33,7 +33,7 @@ def nightly_config(training: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "ops": {
             "mask_model": {"config": training or TINY_TRAINING},
-            "promotion": {"config": {"floor": 0.0}},
+            "promotion": {"config": {"floor": 0.0, "tolerance": 1.0, "overall_tolerance": 1.0}},
         }
     }
 

@@ -40,7 +40,11 @@ class DatasetConfig(run_config_for(VersionConfig)):
     group_name="datasets",
     deps=["image_catalog"],
     kinds={"parquet"},
-    check_specs=[dg.AssetCheckSpec(name, asset="dataset_version") for name in CHECKS],
+    # Blocking: a version failing an ERROR check stops the run here, so training never starts
+    # on it (WARN checks, e.g. every_image_type_tested, only warn).
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="dataset_version", blocking=True) for name in CHECKS
+    ],
 )
 def dataset_version(
     context: dg.AssetExecutionContext, config: DatasetConfig, work_store: ObjectStoreResource

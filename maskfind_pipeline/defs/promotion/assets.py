@@ -3,7 +3,7 @@
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
-from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.resources import MlflowResource, ObjectStoreResource
 from maskfind_pipeline.evaluation.gate import GatePolicy
 
@@ -16,7 +16,18 @@ class GateConfig(run_config_for(GatePolicy)):
 @dg.asset(
     group_name="promotion",
     deps=["compat_evaluation"],
-    check_specs=[dg.AssetCheckSpec("gate_passed", asset="promotion")],
+    # Blocking: a refused challenger fails the step (the champion stays), so nothing downstream
+    # of a failed gate runs in the same run, and declarative automation waits for a pass
+    # (`AutomationCondition.all_deps_blocking_checks_passed()` on production and the reviewer).
+    check_specs=[
+        dg.AssetCheckSpec(
+            "gate_passed",
+            asset="promotion",
+            blocking=True,
+            description="The challenger regressed on no image type of any dataset version "
+            "(with no champion: it reaches the floor).",
+        )
+    ],
 )
 def promotion(
     context: dg.AssetExecutionContext,
@@ -43,14 +54,14 @@ def promotion(
             "champion_after": outcome.champion_after or "none",
             "promoted": outcome.promoted,
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
-            "regressions": markdown_table(decision.regressions, limit=200),
-            "evidence": markdown_table(decision.evidence, limit=200),
+            "regressions": table(decision.regressions),
+            "evidence": table(decision.evidence),
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name="gate_passed",
                 passed=decision.passed,
-                severity=dg.AssetCheckSeverity.WARN,
+                severity=dg.AssetCheckSeverity.ERROR,
                 description="; ".join(decision.reasons)[:1000],
             )
         ],
