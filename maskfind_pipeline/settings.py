@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,8 @@ class Settings:
     Environment: MASKFIND_HOME (default `./.maskfind`), MASKFIND_DATA_URI (images, masks,
     production stream; default `<home>/data`), MASKFIND_WORK_URI (catalog, dataset versions;
     default `<home>/work`), MASKFIND_S3_ENDPOINT_URL (an S3 API server other than AWS),
-    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (default: SQLite under `<home>/mlflow`).
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (default: SQLite under `<home>/mlflow`),
+    MASKFIND_TIMEZONE (the schedules' IANA time zone, default UTC: the line's local night).
     Credentials follow boto3's usual chain (AWS_ACCESS_KEY_ID ...) and never enter run config.
     """
 
@@ -25,6 +27,15 @@ class Settings:
     s3_endpoint_url: str | None = None
     mlflow_tracking_uri: str | None = None
     mlflow_registry_uri: str | None = None
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"MASKFIND_TIMEZONE={self.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)"
+            ) from exc
 
     @property
     def cache_dir(self) -> Path:
@@ -57,4 +68,5 @@ class Settings:
             s3_endpoint_url=env.get("MASKFIND_S3_ENDPOINT_URL") or None,
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             mlflow_registry_uri=env.get("MLFLOW_REGISTRY_URI") or None,
+            timezone=env.get("MASKFIND_TIMEZONE") or "UTC",
         )

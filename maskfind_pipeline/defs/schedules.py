@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from maskfind_pipeline.settings import Settings
+
 nightly_job = dg.define_asset_job(
     "nightly",
     selection=dg.AssetSelection.assets(
@@ -17,9 +19,17 @@ nightly_job = dg.define_asset_job(
     tags={"maskfind/kind": "nightly"},
 )
 
-nightly_schedule = dg.ScheduleDefinition(
-    job=nightly_job,
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-)
+
+@dg.definitions
+def schedules() -> dg.Definitions:
+    """The nightly schedule at 02:00 in the line's time zone (`MASKFIND_TIMEZONE`, read when
+    the definitions load), off until switched on."""
+    nightly_schedule = dg.ScheduleDefinition(
+        name="nightly_schedule",
+        job=nightly_job,
+        cron_schedule="0 2 * * *",
+        execution_timezone=Settings.from_env().timezone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+    )
+    # A module with a `dg.definitions` function contributes only what that function returns.
+    return dg.Definitions(jobs=[nightly_job], schedules=[nightly_schedule])

@@ -6,6 +6,7 @@ import dagster as dg
 
 from maskfind_pipeline.alerts import WEBHOOK_ENV, send_alert
 from maskfind_pipeline.evaluation.history import alert_message
+from maskfind_pipeline.settings import Settings
 
 history_job = dg.define_asset_job(
     "history",
@@ -14,12 +15,19 @@ history_job = dg.define_asset_job(
     tags={"maskfind/kind": "history"},
 )
 
-history_schedule = dg.ScheduleDefinition(
-    job=history_job,
-    cron_schedule="0 6 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-)
+
+@dg.definitions
+def history_schedules() -> dg.Definitions:
+    """`history` daily at 06:00 in the line's time zone (`MASKFIND_TIMEZONE`), off by default."""
+    schedule = dg.ScheduleDefinition(
+        name="history_schedule",
+        job=history_job,
+        cron_schedule="0 6 * * *",
+        execution_timezone=Settings.from_env().timezone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+    )
+    # A module with a `dg.definitions` function contributes only what that function returns.
+    return dg.Definitions(jobs=[history_job], schedules=[schedule], sensors=[history_alert_sensor])
 
 
 @dg.asset_sensor(
