@@ -23,16 +23,58 @@ def overall_matrix(cells: pa.Table) -> tuple[list[str], list[str], np.ndarray]:
 
 def heatmap_png(cells: pa.Table, *, dataset_order: list[str] | None = None) -> bytes:
     """Overall mIoU of every evaluated (model version, dataset version) cell."""
+    models, datasets, values = overall_matrix(cells)
+    if dataset_order:
+        order = [datasets.index(d) for d in dataset_order if d in datasets]
+        datasets, values = [datasets[i] for i in order], values[:, order]
+    return _heatmap(
+        values,
+        columns=datasets,
+        rows=[f"v{m}" for m in models],
+        xlabel="dataset version (test split)",
+        ylabel="model version",
+        title="Backward compatibility: overall mIoU",
+    )
+
+
+def type_matrix(cells: pa.Table, dataset_version: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Image types (rows), models (columns, by version) and their mIoU on one dataset version."""
+    rows = [
+        r
+        for r in cells.to_pylist()
+        if r["group_kind"] == "image_type" and r["dataset_version"] == dataset_version
+    ]
+    types = sorted({r["group"] for r in rows})
+    models = sorted({r["model_version"] for r in rows}, key=_version_key)
+    values = np.full((len(types), len(models)), np.nan)
+    for r in rows:
+        values[types.index(r["group"]), models.index(r["model_version"])] = r["miou"]
+    return types, models, values
+
+
+def type_heatmap_png(cells: pa.Table, dataset_version: str) -> bytes:
+    """mIoU per image type (rows) of every model evaluated on `dataset_version` (columns): where
+    a new model got better or worse, type by type."""
+    types, models, values = type_matrix(cells, dataset_version)
+    return _heatmap(
+        values,
+        columns=[f"v{m}" for m in models],
+        rows=types,
+        xlabel="model version",
+        ylabel="image type",
+        title=f"mIoU per image type on {dataset_version}",
+    )
+
+
+def _heatmap(
+    values: np.ndarray, *, columns: list[str], rows: list[str], xlabel: str, ylabel: str, title: str
+) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models, datasets, values = overall_matrix(cells)
-    if dataset_order:
-        order = [datasets.index(d) for d in dataset_order if d in datasets]
-        datasets, values = [datasets[i] for i in order], values[:, order]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(datasets), 1.2 + 0.5 * len(models)))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.3 * len(columns), 1.2 + 0.5 * len(rows)))
     image = ax.imshow(
         np.ma.masked_invalid(values),
         cmap="viridis",
@@ -40,15 +82,15 @@ def heatmap_png(cells: pa.Table, *, dataset_order: list[str] | None = None) -> b
         vmax=1.0,
         aspect="auto",
     )
-    ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(models)), [f"v{m}" for m in models], fontsize=8)
-    ax.set_xlabel("dataset version (test split)")
-    ax.set_ylabel("model version")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white")
     fig.colorbar(image, ax=ax, label="mean IoU")
-    ax.set_title("Backward compatibility: overall mIoU")
+    ax.set_title(title)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -56,16 +98,20 @@ def heatmap_png(cells: pa.Table, *, dataset_order: list[str] | None = None) -> b
     return buffer.getvalue()
 
 
-def matrix_markdown(cells: pa.Table) -> str:
+def matrix_rows(cells: pa.Table) -> list[dict[str, object]]:
+    """The overall matrix as rows: `model` (v<version>), then one column per dataset version
+    (in evaluation order) holding its overall test mIoU, None where the cell is missing."""
     models, datasets, values = overall_matrix(cells)
-    lines = [
-        "| model \\ dataset | " + " | ".join(datasets) + " |",
-        "|---|" + "---|" * len(datasets),
+    return [
+        {
+            "model": f"v{model}",
+            **{
+                dataset: round(float(v), 4) if np.isfinite(v) else None
+                for dataset, v in zip(datasets, values[i], strict=True)
+            },
+        }
+        for i, model in enumerate(models)
     ]
-    for i, model in enumerate(models):
-        cells_text = [f"{v:.4f}" if np.isfinite(v) else "" for v in values[i]]
-        lines.append(f"| v{model} | " + " | ".join(cells_text) + " |")
-    return "\n".join(lines)
 
 
 def type_deltas(cells: pa.Table, candidate: str, champion: str) -> list[dict[str, object]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
-from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import COMPAT_CELLS, MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
@@ -45,7 +45,7 @@ def compat_evaluation(
     image type and source; only missing cells are computed."""
     from maskfind_pipeline.data.version_store import VersionStore
     from maskfind_pipeline.evaluation.cells import Cell, CellStore
-    from maskfind_pipeline.evaluation.report import heatmap_png, matrix_markdown
+    from maskfind_pipeline.evaluation.report import heatmap_png, matrix_rows, type_heatmap_png
     from maskfind_pipeline.flows.evaluation import update_matrix
 
     def record(cell: Cell, rows: list[dict[str, object]]) -> None:
@@ -59,7 +59,7 @@ def compat_evaluation(
                 metadata={
                     "miou": float(str(overall["miou"])),
                     "n_images": int(str(overall["n_images"])),
-                    "groups": markdown_table(rows, limit=100),
+                    "groups": table(rows, limit=100),
                 },
             )
         )
@@ -79,18 +79,27 @@ def compat_evaluation(
         on_cell=record,
         log=context.log.info,
     )
-    plan, table = outcome.plan, outcome.table
+    plan, cells = outcome.plan, outcome.table
     return dg.MaterializeResult(
         metadata={
             "cells_computed": len(outcome.written),
             "cells_total": len(plan.wanted),
             "models": ", ".join(f"v{m}" for m in plan.models),
-            "matrix": dg.MetadataValue.md(matrix_markdown(table)),
-            "challenger_vs_champion": markdown_table(outcome.deltas, limit=200),
+            "matrix": table(matrix_rows(cells)),
+            "challenger_vs_champion": table(outcome.deltas),
             **png_metadata(
-                heatmap_png(table, dataset_order=plan.datasets),
+                heatmap_png(cells, dataset_order=plan.datasets),
                 title="heatmap",
                 save_to=Path(cache.root).parent / "plots" / "compat_heatmap.png",
+            ),
+            **(
+                png_metadata(
+                    type_heatmap_png(cells, plan.datasets[-1]),
+                    title="heatmap_per_type",
+                    save_to=Path(cache.root).parent / "plots" / "compat_heatmap_per_type.png",
+                )
+                if plan.datasets
+                else {}
             ),
         }
     )

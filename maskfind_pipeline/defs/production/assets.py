@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
-from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata import markdown_table, table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
@@ -81,7 +81,7 @@ def production_predictions(
             "backend_images_per_second": markdown_table(report.backend_speeds),
             "grade_3_rate": grade_3_rate(day_rows),
             "novel_rate": sum(bool(r["novel"]) for r in scored) / len(scored) if scored else None,
-            "by_image_type": markdown_table(summary(day_rows), limit=200),
+            "by_image_type": table(summary(day_rows)),
             "failures": markdown_table(
                 [{"key": r["image_key"], "reason": r["reason"]} for r in failures], limit=50
             ),

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
-from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata import markdown_table, table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
@@ -73,7 +73,7 @@ def mask_model(
             "image_types_seen": len(outcome.image_types),
             "novelty_threshold": outcome.novelty.threshold,
             "novelty": outcome.novelty.config.method,
-            "val_metrics": markdown_table(result.val_metrics.rows(), limit=100),
+            "val_metrics": table(result.val_metrics.rows(), limit=100),
             "history": markdown_table(result.history, limit=200),
             **{
                 k: v
