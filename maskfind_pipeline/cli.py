@@ -167,28 +167,50 @@ def demo(count: int | None, size: int | None, fresh: bool) -> None:
 
 
 @main.command()
-@click.option("--port", default=3000, show_default=True)
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--mlflow-port", default=5000, show_default=True, help="MLflow UI port.")
 @click.option(
     "--host",
     default="127.0.0.1",
     show_default=True,
     help="The open-source webserver has no authentication: keep it on loopback.",
 )
-def ui(port: int, host: str) -> None:
-    """Serve the Dagster UI for this project (dagster dev)."""
-    _prepare_home()
-    dagster = Path(sys.executable).with_name("dagster")
-    cmd = [
-        str(dagster),
-        "dev",
-        "-w",
-        str(PROJECT_ROOT / "workspace.yaml"),
-        "-h",
-        host,
-        "-p",
-        str(port),
-    ]
-    sys.exit(subprocess.call(cmd, cwd=PROJECT_ROOT))
+def ui(port: int, mlflow_port: int, host: str) -> None:
+    """Serve the Dagster UI (dagster dev: webserver + daemon) and, beside it, the MLflow UI of
+    the embedded tracking store; Ctrl-C stops both."""
+    settings = _prepare_home()
+    dagster_cmd, mlflow_cmd = ui_commands(settings, host=host, port=port, mlflow_port=mlflow_port)
+    mlflow_ui = subprocess.Popen(mlflow_cmd, cwd=PROJECT_ROOT) if mlflow_cmd else None
+    mlflow_url = (
+        f"http://{host}:{mlflow_port}" if mlflow_cmd else settings.mlflow_tracking_uri or "?"
+    )
+    click.echo(
+        f"Dagster UI: http://{host}:{port}    MLflow UI: {mlflow_url}    (Ctrl-C stops both)"
+    )
+    try:
+        code = subprocess.call(dagster_cmd, cwd=PROJECT_ROOT)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        if mlflow_ui is not None:
+            mlflow_ui.terminate()
+            mlflow_ui.wait(timeout=30)
+    sys.exit(code)
+
+
+def ui_commands(
+    settings: Settings, *, host: str, port: int, mlflow_port: int
+) -> tuple[list[str], list[str] | None]:
+    """`dagster dev` for this project, and `mlflow ui` for the embedded SQLite tracking store
+    (None when MLFLOW_TRACKING_URI names a server: it has its own UI), both bound to `host`."""
+    bin_dir = Path(sys.executable).parent
+    dagster = [str(bin_dir / "dagster"), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    dagster += ["-h", host, "-p", str(port)]
+    if settings.mlflow_tracking_uri:
+        return dagster, None
+    mlflow = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", settings.tracking_uri]
+    mlflow += ["--host", host, "--port", str(mlflow_port)]
+    return dagster, mlflow
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
