@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from maskfind_pipeline.data.catalog import Catalog
+from maskfind_pipeline.data.contact_sheet import contact_sheet_png
 from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot, diff
@@ -48,3 +53,36 @@ def publish_dataset_version(
         CheckOutcome("manifest_checksum", True, "manifest sha256 and id verified"),
     ]
     return VersionOutcome(card, published.created, diff(parent, manifest), checks)
+
+
+def added_samples_sheet(
+    versions: VersionStore, data_store: ObjectStore, version_id: str, *, limit: int = 24
+) -> bytes | None:
+    """A contact sheet (PNG) of the samples `version_id` added to its parent, masks outlined,
+    captioned with image type and source: up to `limit`, taken in turn from each image type.
+    None when it added none."""
+    manifest = versions.manifest(version_id).to_pylist()
+    card = versions.card(version_id)
+    parent = versions.manifest(card["parent"]) if card.get("parent") else None
+    old = set(parent.column("sample_id").to_pylist()) if parent is not None else set()
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for row in manifest:
+        if row["sample_id"] not in old:
+            by_type.setdefault(str(row["image_type"]), []).append(row)
+    chosen = [rows[i] for i in range(limit) for rows in by_type.values() if i < len(rows)][:limit]
+    if not chosen:
+        return None
+    tiles = [
+        (
+            f"{row['image_type'][:22]} {row['source']}",
+            _decoded(data_store.get(str(row["image_key"])), rgb=True),
+            _decoded(data_store.get(str(row["mask_key"])), rgb=False) > 0,
+        )
+        for row in chosen
+    ]
+    return contact_sheet_png(tiles, columns=6, tile=128)
+
+
+def _decoded(data: bytes, *, rgb: bool) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB") if rgb else image.convert("L"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from PIL import Image
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
@@ -49,10 +50,12 @@ def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) 
 
     first = _nightly(settings, instance)
     assert first["created"] is True and first["parent"] == "none"
+    assert str(first["added_samples"]).startswith("![added_samples](data:image/png;base64,")
     assert instance.get_dynamic_partitions("dataset_versions") == [first["dataset_version"]]
 
     again = _nightly(settings, instance)
     assert again["created"] is False and again["dataset_version"] == first["dataset_version"]
+    assert "added_samples" not in again, "no new version, nothing added"
 
     for i in range(4):
         put_pair(
@@ -64,6 +67,9 @@ def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) 
         )
     second = _nightly(settings, instance)
     assert second["created"] is True and second["parent"] == first["dataset_version"]
+    sheet = tmp_path / "plots" / f"{second['dataset_version']}-added.png"
+    with Image.open(sheet) as image:  # the 4 failures only: one row of 6 tiles of 128 + captions
+        assert image.size == (6 * 128, 128 + 14)
     assert "failure" in str(second["diff_vs_parent"])
     assert instance.get_dynamic_partitions("dataset_versions") == [
         first["dataset_version"],

@@ -25,11 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "storage": set(),
     "alerts": set(),  # log and Slack; only defs/ sends alerts
     "data": GROUND,
-    "synthetic": GROUND,
+    "synthetic": GROUND | {"data"},  # the contact sheet grid (data.contact_sheet)
     "ml": GROUND | {"data"},
     "registry": GROUND | {"ml"},  # it stores models; it does not load datasets
     "evaluation": GROUND | {"data"},  # cells, the gate and planning are pure
-    "flows": GROUND | {"data", "ml", "registry", "evaluation"},
+    "flows": GROUND | {"data", "synthetic", "ml", "registry", "evaluation"},  # study defaults
     "defs": GROUND | {"alerts", "data", "ml", "registry", "evaluation", "flows"},
     "definitions": {"defs"},
     "demo": GROUND | {"data", "synthetic", "ml", "evaluation", "flows"},

@@ -1,16 +1,19 @@
 """`dataset_version`: an immutable, verified snapshot of the catalog; each one a partition."""
 
+from pathlib import Path
 from typing import Any, cast
 
 import dagster as dg
 
 from maskfind_pipeline.data.version_checks import CheckOutcome
+from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import EmptyCatalog, VersionConfig
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.partitions import DATASET_VERSIONS
-from maskfind_pipeline.defs.resources import ObjectStoreResource
-from maskfind_pipeline.flows.datasets import publish_dataset_version
+from maskfind_pipeline.defs.resources import CacheResource, ObjectStoreResource
+from maskfind_pipeline.flows.datasets import added_samples_sheet, publish_dataset_version
 from maskfind_pipeline.version import code_version
 
 CHECKS = (
@@ -47,13 +50,18 @@ class DatasetConfig(run_config_for(VersionConfig)):
     ],
 )
 def dataset_version(
-    context: dg.AssetExecutionContext, config: DatasetConfig, work_store: ObjectStoreResource
+    context: dg.AssetExecutionContext,
+    config: DatasetConfig,
+    work_store: ObjectStoreResource,
+    data_store: ObjectStoreResource,
+    cache: CacheResource,
 ) -> dg.MaterializeResult:
     """Snapshot the current catalog: stable hash-based splits, failures included and weighted.
     The id comes from the content, so the same catalog never makes a second version."""
+    work = work_store.open()
     try:
         outcome = publish_dataset_version(
-            work_store.open(), core_of(config, VersionConfig), code_version=code_version()
+            work, core_of(config, VersionConfig), code_version=code_version()
         )
     except EmptyCatalog as exc:
         raise dg.Failure(description=str(exc)) from exc
@@ -65,8 +73,20 @@ def dataset_version(
                 "dataset_versions", partition=vid, metadata=_card_metadata(card)
             )
         )
+    sheet = (
+        added_samples_sheet(VersionStore(work), data_store.open(), vid) if outcome.created else None
+    )
     return dg.MaterializeResult(
         metadata={
+            **(
+                png_metadata(
+                    sheet,
+                    title="added_samples",
+                    save_to=Path(cache.root).parent / "plots" / f"{vid}-added.png",
+                )
+                if sheet
+                else {}
+            ),
             "dataset_version": vid,
             "created": outcome.created,
             **_card_metadata(card),
