@@ -23,7 +23,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_GREY_FRACTION = 0.2
@@ -105,6 +105,13 @@ def _open(
         img = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"{what} refused as a decompression bomb: {exc}") from None
+    except ValueError as exc:
+        if "MAX_TEXT_CHUNK" in str(exc):  # Pillow: "Decompressed data too large for ..."
+            raise InvalidImage(
+                f"{what} refused as a PNG text-chunk bomb: a text chunk decompresses past "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK:,} bytes"
+            ) from None
+        raise InvalidImage(f"{what} is not a readable PNG or JPEG (ValueError)") from None
     except Exception as exc:
         raise InvalidImage(f"{what} is not a readable PNG or JPEG ({type(exc).__name__})") from None
     if img.format != expected_format:

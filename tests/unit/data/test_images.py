@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,9 +62,49 @@ def test_pillow_decompression_bomb_is_refused() -> None:
         decode_pair(bomb, encode(product_mask()), image_ext="png", max_pixels=10**10)
 
 
-def test_png_text_chunk_bomb_is_refused() -> None:
-    with pytest.raises(InvalidImage):
+def test_png_text_chunk_bomb_is_refused_for_that_reason() -> None:
+    with pytest.raises(InvalidImage, match="PNG text-chunk bomb"):
         decode_pair(text_bomb_png(), encode(product_mask()), image_ext="png")
+
+
+@pytest.mark.parametrize("bomb", ["text chunk", "30000x30000 header"])
+def test_refusing_a_bomb_keeps_peak_memory_small(bomb: str) -> None:
+    """The text chunk holds 20 MB of text, the header claims 2.7 GB of RGB pixels: neither is
+    inflated. Python's allocations during the refusal stay far below both (generous bound)."""
+    data = (
+        text_bomb_png()
+        if bomb == "text chunk"
+        else with_png_size(encode(product_image()), 30_000, 30_000)
+    )
+    mask = encode(product_mask())
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidImage, match="bomb"):
+            decode_pair(data, mask, image_ext="png", max_pixels=10**10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_truncated_jpeg_is_refused() -> None:
+    data = encode(product_image(64, 48), "JPEG")
+    with pytest.raises(InvalidImage, match="truncated"):
+        decode_pair(data[: len(data) // 2], encode(product_mask(64, 48)), image_ext="jpg")
+
+
+@pytest.mark.parametrize(
+    "marker", [b"\xff\xc4", b"\xff\xdb", b"\xff\xc0", b"\xff\xda"], ids=["DHT", "DQT", "SOF", "SOS"]
+)
+def test_bit_flipped_jpeg_segment_is_refused(marker: bytes) -> None:
+    """A flip in a segment's length (Huffman or quantisation table, frame or scan header) makes
+    the file unreadable. A flip inside the entropy-coded pixels decodes to slightly other
+    pixels: JPEG has no checksum, so the guard there is the content hash recorded at ingest
+    (a changed object is a new, different sample, never a silently changed one)."""
+    data = bytearray(encode(product_image(64, 48), "JPEG"))
+    data[data.index(marker) + 2] ^= 0xFF
+    with pytest.raises(InvalidImage, match="not a readable PNG or JPEG"):
+        decode_pair(bytes(data), encode(product_mask(64, 48)), image_ext="jpg")
 
 
 @pytest.mark.parametrize("mode", ["I;16", "CMYK", "P", "LA", "RGBA", "1", "L"])
