@@ -43,7 +43,7 @@ def compat_evaluation(
 ) -> dg.MaterializeResult:
     """Every model (last N, champion, challenger) on every dataset version's test split, per
     image type and source; only missing cells are computed."""
-    from maskfind_pipeline.data.version_store import VersionStore
+    from maskfind_pipeline.data.version_store import CorruptVersion, VersionStore
     from maskfind_pipeline.evaluation.cells import Cell, CellStore
     from maskfind_pipeline.evaluation.report import heatmap_png, matrix_rows, type_heatmap_png
     from maskfind_pipeline.flows.evaluation import update_matrix
@@ -65,20 +65,23 @@ def compat_evaluation(
         )
 
     work = work_store.open()
-    outcome = update_matrix(
-        core_of(config, EvaluationOptions),
-        registry=mlflow.registry(),
-        versions=VersionStore(work),
-        cells=CellStore(work),
-        data_store=data_store.open(),
-        cache=cache.open(),
-        decoded_root=Path(cache.root) / "decoded",
-        on_plan=lambda plan: context.instance.add_dynamic_partitions(
-            str(MODEL_VERSIONS.name), plan.models
-        ),
-        on_cell=record,
-        log=context.log.info,
-    )
+    try:
+        outcome = update_matrix(
+            core_of(config, EvaluationOptions),
+            registry=mlflow.registry(),
+            versions=VersionStore(work),
+            cells=CellStore(work),
+            data_store=data_store.open(),
+            cache=cache.open(),
+            decoded_root=Path(cache.root) / "decoded",
+            on_plan=lambda plan: context.instance.add_dynamic_partitions(
+                str(MODEL_VERSIONS.name), plan.models
+            ),
+            on_cell=record,
+            log=context.log.info,
+        )
+    except CorruptVersion as exc:  # changed or missing manifest: name it, write no cell
+        raise dg.Failure(description=str(exc)) from exc
     plan, cells = outcome.plan, outcome.table
     return dg.MaterializeResult(
         metadata={
