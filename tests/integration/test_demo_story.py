@@ -5,12 +5,17 @@ and promoted, and day 2's grade-3 rate on it falls."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pytest
+from PIL import Image
 
+from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.production import mask_key
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.demo import DemoSettings, run_story
@@ -86,5 +91,37 @@ def test_the_story_at_a_tiny_size(tmp_path: Path) -> None:
     assert story.matrix[new]["2"] > story.matrix[new]["1"] + 0.1, text
     assert story.nights[1].value("promotion", "promoted") is True, text
     assert story.nights[1].value("promotion", "champion_after") == "2"
-    assert second.by_type[new]["grade_3_rate"] < first.by_type[new]["grade_3_rate"], text
+    # Production day 2 on X is better in truth: the champion's masks against the generator's
+    # true masks. (The grade-3 rate is printed, not asserted: the tiny reviewer, about 0.7
+    # grade-3 AUC and blind to X on day 1, is too noisy a judge at this size.)
+    truth = [_true_miou(data, day.day, new, tmp_path / f"truth-{day.day}") for day in story.days]
+    assert truth[1] > truth[0] + 0.1, (truth, text)
+    assert second.by_type[new]["novel_rate"] < first.by_type[new]["novel_rate"], text
     assert "demo finished in" in text
+
+
+def _true_miou(data: LocalObjectStore, day: str, image_type: str, scratch: Path) -> float:
+    """Mean IoU of the masks production wrote for `image_type` on `day` against the true
+    masks, which the generator renders again (`relabel_production`, into a scratch store)."""
+    truth = LocalObjectStore(scratch)
+    keys = [
+        i.key for i in data.list(f"production/{day}/") if Path(i.key).name.startswith(image_type)
+    ]
+    for key in keys:
+        truth.put(key, data.get(key), tags=data.tags(key))
+    synthetic.relabel_production(
+        truth, keys, failed_model_version="-", reported_at=dt.datetime.now(dt.UTC)
+    )
+    ious = []
+    for key in keys:
+        image_id = Path(key).stem
+        true = _mask(truth.get(f"failures/{image_id}.mask.png"))
+        predicted = _mask(data.get(mask_key(day, image_id)))
+        union = (true | predicted).sum()
+        ious.append((true & predicted).sum() / union if union else 1.0)
+    assert ious, f"no {image_type} images on {day}"
+    return float(np.mean(ious))
+
+
+def _mask(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png))) > 0
