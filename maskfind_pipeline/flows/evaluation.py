@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from maskfind_pipeline.data.cache import ContentCache
@@ -160,7 +159,8 @@ class CellEvaluator:
 
 
 def log_cell_run(registry: ModelRegistry, cell: Cell, rows: CellRows) -> str:
-    """An MLflow evaluation run tagged with the model version and dataset version."""
+    """An MLflow evaluation run tagged with the model version and dataset version; its metrics
+    are the model version's LoggedModel's too, measured on the dataset version."""
     client = registry.client
     run = client.create_run(
         registry.experiment_id(),
@@ -172,13 +172,17 @@ def log_cell_run(registry: ModelRegistry, cell: Cell, rows: CellRows) -> str:
             "dataset_version": cell.dataset_version,
         },
     )
-    for row in rows:
-        name = (
-            "overall" if row["group_kind"] == "overall" else f"{row['group_kind']}/{row['group']}"
-        )
-        for metric in ("miou", "precision", "recall"):
-            value = float(str(row[metric]))
-            if np.isfinite(value):
-                client.log_metric(run.info.run_id, f"test_{metric}/{name}", value)
+    metrics = {
+        f"test_{metric}/{_group_name(row)}": float(str(row[metric]))
+        for row in rows
+        for metric in ("miou", "precision", "recall")
+    }
+    registry.log_model_metrics(
+        run.info.run_id, cell.model_version, metrics, dataset_version=cell.dataset_version
+    )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def _group_name(row: dict[str, object]) -> str:
+    return "overall" if row["group_kind"] == "overall" else f"{row['group_kind']}/{row['group']}"

@@ -1,10 +1,16 @@
 """Log training runs to MLflow and keep a registered model's versions and aliases.
 
-Every model version's artifacts are `model/weights.safetensors` and `model/config.json` (the
-model's settings, e.g. a mask model's `ModelConfig`): loading rebuilds the architecture from the
-JSON and reads tensors with safetensors, so no code is ever unpickled. The weights' sha256 is a
-tag of the version and is verified on every download. Aliases are used (`challenger`,
-`champion`), never stages.
+Every model version is an MLflow 3 `LoggedModel` (name `model`, output of its training run): a
+pyfunc *model from code* (`registry.pyfunc_models`) whose artifacts are `weights.safetensors`,
+`config.json` (the model's settings, e.g. a mask model's `ModelConfig`) and any further files,
+under the LoggedModel's `artifacts/`. So `mlflow.pyfunc.load_model("models:/<name>@champion")`
+and `mlflow models serve` work, and loading never unpickles code: the architecture is rebuilt
+from the JSON and the tensors are read with safetensors. Versions logged before that keep the
+same files in their run's `model/` folder and have no `model_id`; `download` reads both.
+
+The sha256 of the weights and of each further file are tags of the version, verified on every
+download; a version is registered only after its model is completely uploaded. Aliases are used
+(`challenger`, `champion`), never stages.
 """
 
 from __future__ import annotations
@@ -13,22 +19,34 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import re
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.entities import LoggedModel, LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from maskfind_pipeline.core_config import CoreConfig
+from maskfind_pipeline.registry.credentials import redact
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
+"""The LoggedModel's name; before pyfunc models, the run's folder holding the files."""
+PYFUNC_FILES = "artifacts"
+"""Where a LoggedModel (a saved pyfunc model) keeps the files."""
 FILES_TAG = "files_sha256"
+MODEL_ID_TAG = "model_id"
+"""The version tag naming its LoggedModel (MLflow's own registry stores keep no model id)."""
 
 
 class RegistryError(Exception):
@@ -61,6 +79,9 @@ class RegisteredModel:
     run_id: str
     tags: Mapping[str, str]
     aliases: tuple[str, ...] = ()
+    model_id: str = ""
+    """Its MLflow `LoggedModel` (`models:/<model_id>`); empty for a version logged before
+    versions were pyfunc models (its files are in its run's `model/` folder)."""
 
     @property
     def weights_sha256(self) -> str:
@@ -93,6 +114,8 @@ class ModelRegistry:
                 Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.tracking_uri = tracking_uri
+        self.where = redact(tracking_uri)
+        """The tracking URI fit to print: without a password."""
         self.model_name = model_name
         self.experiment = experiment
         self.artifact_location = artifact_location
@@ -113,7 +136,8 @@ class ModelRegistry:
     def log_training(
         self, record: TrainingRecord, *, alias: str | None = "challenger"
     ) -> RegisteredModel:
-        """Log a run, upload the model, then register it: no version exists without its weights."""
+        """Log a run and its model, then register the model: no version exists before its
+        model (weights, config, files) is completely uploaded."""
         run = self.client.create_run(
             self.experiment_id(),
             run_name=f"train-{record.dataset_version}",
@@ -122,20 +146,20 @@ class ModelRegistry:
         run_id = run.info.run_id
         try:
             self._log_run(run_id, record)
-            sha = hashlib.sha256(record.weights).hexdigest()
-            self._upload_model(run_id, record, sha)
+            logged = self._log_model(run.info.experiment_id, run_id, record)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
         self.client.set_terminated(run_id, status="FINISHED")
-        version = self._register(run_id, record, sha)
+        version = self._register(run_id, record, logged)
         if alias:
             self.set_alias(alias, version.version)
         return self.get(version.version)
 
     def set_alias(self, alias: str, version: str) -> None:
         self.get(version)
-        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+        with self._access(f"move alias {alias!r} to version {version}"):
+            self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
     def get(self, ref: str | int) -> RegisteredModel:
         """A version by number (`"3"`, `3`) or alias (`"champion"`); never falls back to latest."""
@@ -148,9 +172,9 @@ class ModelRegistry:
             )
         except MlflowException as exc:
             kind = "version" if text.isdigit() else "alias"
-            raise RegistryError(
+            raise _access_error(exc, self, f"read {kind} {text!r}") or RegistryError(
                 f"registered model {self.model_name!r} has no {kind} {text!r} "
-                f"(deleted, or never set) at {self.tracking_uri}"
+                f"(deleted, or never set) at {self.where}"
             ) from exc
         return _registered(mv)
 
@@ -167,12 +191,7 @@ class ModelRegistry:
         for alias, version in self.aliases().items():
             by_version.setdefault(str(version), []).append(alias)
         models = [_registered(mv) for mv in found]
-        models = [
-            RegisteredModel(
-                m.name, m.version, m.run_id, m.tags, tuple(sorted(by_version.get(m.version, ())))
-            )
-            for m in models
-        ]
+        models = [replace(m, aliases=tuple(sorted(by_version.get(m.version, ())))) for m in models]
         return sorted(models, key=lambda m: int(m.version))
 
     def aliases(self) -> dict[str, str]:
@@ -184,15 +203,32 @@ class ModelRegistry:
         return {str(k): str(v) for k, v in (registered.aliases or {}).items()}
 
     def tag_version(self, version: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, str(version), key, value)
+        with self._access(f"tag version {version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.model_name, str(version), key, value)
+
+    @contextlib.contextmanager
+    def _access(self, action: str) -> Iterator[None]:
+        """Refusals of an MLflow server with auth as `RegistryError`s that say what to do."""
+        try:
+            yield
+        except MlflowException as exc:
+            raise _access_error(exc, self, action) or exc from exc
 
     def download(self, ref: str | int) -> Download:
-        """Config and weights of a version, the weights verified against their recorded sha256."""
+        """Config, weights and files of a version (from its LoggedModel or, logged before
+        those, its run's `model/` folder), verified against their recorded sha256."""
         model = self.get(ref)
         expected = json.loads(model.tags.get(FILES_TAG, "{}"))
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(self.client.download_artifacts(model.run_id, MODEL_DIR, tmp))
+            local = self._download_files(model, Path(tmp))
+            missing = [
+                n for n in (CONFIG_FILE, WEIGHTS_FILE, *expected) if not (local / n).is_file()
+            ]
+            if missing:
+                raise RegistryError(
+                    f"{self.model_name} version {model.version} has no {', '.join(missing)}"
+                )
             config = (local / CONFIG_FILE).read_text()
             weights = (local / WEIGHTS_FILE).read_bytes()
             files = {name: (local / name).read_bytes() for name in expected}
@@ -206,6 +242,45 @@ class ModelRegistry:
             )
         return Download(model, config, weights, files)
 
+    def log_model_metrics(
+        self,
+        run_id: str,
+        version: str | int,
+        metrics: Mapping[str, float],
+        *,
+        dataset_version: str | None = None,
+    ) -> None:
+        """Log `metrics` (non-finite ones are left out) to run `run_id` and, where `version` is
+        a LoggedModel, to that model too (its page in the MLflow UI lists them), as measured on
+        `dataset_version`."""
+        self._log_metrics(run_id, metrics, self.get(version).model_id, dataset_version)
+
+    def _log_metrics(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        model_id: str,
+        dataset_version: str | None,
+    ) -> None:
+        name, digest = _dataset(dataset_version) if dataset_version else (None, None)
+        for key, value in metrics.items():
+            if math.isfinite(value):
+                self.client.log_metric(
+                    run_id,
+                    key,
+                    float(value),
+                    model_id=model_id or None,
+                    dataset_name=name,
+                    dataset_digest=digest,
+                )
+
+    def _download_files(self, model: RegisteredModel, into: Path) -> Path:
+        if not model.model_id:  # logged before versions were pyfunc models
+            return Path(self.client.download_artifacts(model.run_id, MODEL_DIR, str(into)))
+        location = self.client.get_logged_model(model.model_id).artifact_location
+        uri = f"{location.rstrip('/')}/{PYFUNC_FILES}"
+        return Path(download_artifacts(uri, dst_path=str(into), tracking_uri=self.tracking_uri))
+
     def _log_run(self, run_id: str, record: TrainingRecord) -> None:
         params = {k: _param(v) for k, v in record.params.items()}
         for key, value in params.items():
@@ -214,9 +289,6 @@ class ModelRegistry:
             for key, value in epoch.items():
                 if isinstance(value, int | float) and math.isfinite(value):
                     self.client.log_metric(run_id, key, float(value), step=step)
-        for key, value in record.metrics.items():
-            if math.isfinite(value):
-                self.client.log_metric(run_id, key, float(value))
         with tempfile.TemporaryDirectory() as tmp:
             for name, png in record.plots.items():
                 path = Path(tmp, f"{name}.png")
@@ -227,18 +299,42 @@ class ModelRegistry:
                 path.write_text(json.dumps(table, indent=2, default=str))
                 self.client.log_artifact(run_id, str(path), "tables")
 
-    def _upload_model(self, run_id: str, record: TrainingRecord, sha: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp, MODEL_DIR)
-            folder.mkdir()
-            (folder / WEIGHTS_FILE).write_bytes(record.weights)
-            (folder / CONFIG_FILE).write_text(record.config.to_json())
-            for name, data in record.files.items():
-                (folder / name).write_bytes(data)
-            self.client.log_artifacts(run_id, str(folder), MODEL_DIR)
-        self.client.set_tag(run_id, "weights_sha256", sha)
+    def _log_model(self, experiment_id: str, run_id: str, record: TrainingRecord) -> LoggedModel:
+        """The run's pyfunc LoggedModel, uploaded and READY; the final metrics are its too."""
+        from mlflow.models import Model
 
-    def _register(self, run_id: str, record: TrainingRecord, sha: str) -> ModelVersion:
+        from maskfind_pipeline.registry.pyfunc_models import save_pyfunc  # torch: only here
+
+        logged = self.client.create_logged_model(
+            experiment_id,
+            name=MODEL_DIR,
+            source_run_id=run_id,
+            tags=_version_tags(record),
+            params={k: _param(v) for k, v in record.params.items()},
+            model_type=self.model_name,
+        )
+        model_id = logged.model_id
+        try:
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+            self._log_metrics(run_id, record.metrics, model_id, record.dataset_version)
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp, MODEL_DIR)
+                mlmodel = Model(
+                    artifact_path=logged.artifact_location,
+                    model_uuid=model_id,
+                    run_id=run_id,
+                    model_id=model_id,
+                )
+                files = {WEIGHTS_FILE: record.weights, **record.files}
+                save_pyfunc(folder, config=record.config, files=files, model=mlmodel)
+                self.client.log_model_artifacts(model_id, str(folder))
+            self.client.set_tag(run_id, "weights_sha256", _sha(record.weights))
+        except BaseException:
+            self.client.finalize_logged_model(model_id, "FAILED")
+            raise
+        return self.client.finalize_logged_model(model_id, "READY")
+
+    def _register(self, run_id: str, record: TrainingRecord, logged: LoggedModel) -> ModelVersion:
         try:
             self.client.get_registered_model(self.model_name)
         except MlflowException:
@@ -246,19 +342,77 @@ class ModelRegistry:
                 self.client.create_registered_model(
                     self.model_name, description="maskfind U-Net: product mask for every image type"
                 )
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
         tags = {
-            "weights_sha256": sha,
             FILES_TAG: json.dumps({n: _sha(d) for n, d in sorted(record.files.items())}),
-            "dataset_version": record.dataset_version,
-            **_summary_tags(record.config),
-            **record.tags,
+            **_version_tags(record),
+            MODEL_ID_TAG: logged.model_id,
         }
-        return self.client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+        # The source is the LoggedModel's artifact location, not models:/<model_id>: MLflow's SQL
+        # registry resolves that URI with the process-global tracking URI, not this client's.
+        version = self.client.create_model_version(
+            self.model_name,
+            logged.artifact_location,
+            run_id=run_id,
+            tags=tags,
+            model_id=logged.model_id,
+        )
+        self._link_version(logged.model_id, version)
+        return version
+
+    def _link_version(self, model_id: str, version: ModelVersion) -> None:
+        """Name the version on its LoggedModel, as `mlflow.register_model` does (a tracking
+        server does it by itself: the entry is added once)."""
+        tags = self.client.get_logged_model(model_id).tags
+        entries = json.loads(tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+        if any(
+            (e["name"], str(e["version"])) == (version.name, str(version.version)) for e in entries
+        ):
+            return
+        entries.append({"name": version.name, "version": version.version})
+        self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(entries)})
+
+
+def _access_error(
+    exc: MlflowException, registry: ModelRegistry, action: str
+) -> RegistryError | None:
+    """A clear error for a request the server refused (401/403), None for any other failure."""
+    code = exc.error_code if isinstance(exc, RestException) else ""
+    status = re.search(r"error code (\d{3})", str(exc))
+    refused = {"401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED"}.get(
+        status.group(1) if status else "", code
+    )
+    user = urlsplit(registry.tracking_uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if refused == "UNAUTHENTICATED":
+        return RegistryError(
+            f"{registry.where} refused to {action}: not authenticated (set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or credentials in the URI)"
+        )
+    if refused == "PERMISSION_DENIED":
+        return RegistryError(
+            f"{registry.where} refused to {action} of {registry.model_name!r}: permission denied "
+            f"for user {user!r} (needs EDIT on the registered model); nothing was changed"
+        )
+    return None
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _version_tags(record: TrainingRecord) -> dict[str, str]:
+    """The tags of a version and of its LoggedModel: weights' sha256, dataset version, config
+    summary and the record's own tags."""
+    return {
+        "weights_sha256": _sha(record.weights),
+        "dataset_version": record.dataset_version,
+        **_summary_tags(record.config),
+        **record.tags,
+    }
+
+
+def _dataset(dataset_version: str) -> tuple[str, str]:
+    """A metric's dataset name and digest: the version id and its content hash."""
+    return dataset_version, dataset_version.removeprefix("ds-")[:36]
 
 
 def _summary_tags(config: CoreConfig) -> dict[str, str]:
@@ -277,6 +431,7 @@ def _registered(mv: ModelVersion) -> RegisteredModel:
         run_id=str(mv.run_id),
         tags=dict(mv.tags or {}),
         aliases=tuple(getattr(mv, "aliases", None) or ()),
+        model_id=str(mv.model_id or (mv.tags or {}).get(MODEL_ID_TAG, "")),
     )
 
 

@@ -72,7 +72,7 @@ def test_altered_weights_fail_their_hash(registry: ModelRegistry, tmp_path: Path
     other.mkdir()
     (other / "weights.safetensors").write_bytes(tiny_record(seed=5).weights)
     (other / "config.json").write_text(TINY.to_json())
-    registry.client.log_artifacts(model.run_id, str(other), "model")
+    registry.client.log_model_artifacts(model.model_id, str(other), "artifacts")
     with pytest.raises(RegistryError, match="do not match their sha256"):
         registry.download(model.version)
 
@@ -88,7 +88,7 @@ def test_files_beside_the_weights_come_back_verified(
     altered = tmp_path / "model"
     altered.mkdir()
     (altered / "novelty.json").write_bytes(b'{"threshold": 0.0}')
-    registry.client.log_artifacts(model.run_id, str(altered), "model")
+    registry.client.log_model_artifacts(model.model_id, str(altered), "artifacts")
     with pytest.raises(RegistryError, match=r"novelty\.json do not match their sha256"):
         registry.download(model.version)
 
