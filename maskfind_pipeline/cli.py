@@ -16,6 +16,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from maskfind_pipeline.registry.credentials import redact
 from maskfind_pipeline.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,9 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
     dagster_cmd, mlflow_cmd = ui_commands(settings, host=host, port=port, mlflow_port=mlflow_port)
     mlflow_ui = subprocess.Popen(mlflow_cmd, cwd=PROJECT_ROOT) if mlflow_cmd else None
     mlflow_url = (
-        f"http://{host}:{mlflow_port}" if mlflow_cmd else settings.mlflow_tracking_uri or "?"
+        f"http://{host}:{mlflow_port}"
+        if mlflow_cmd
+        else redact(settings.mlflow_tracking_uri or "?")
     )
     click.echo(
         f"Dagster UI: http://{host}:{port}    MLflow UI: {mlflow_url}    (Ctrl-C stops both)"

@@ -18,7 +18,9 @@ class Settings:
     default `<home>/work`), MASKFIND_S3_ENDPOINT_URL (an S3 API server other than AWS),
     MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (default: SQLite under `<home>/mlflow`),
     MASKFIND_TIMEZONE (the schedules' IANA time zone, default UTC: the line's local night).
-    Credentials follow boto3's usual chain (AWS_ACCESS_KEY_ID ...) and never enter run config.
+    Credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, or a tracking URI that carries them) are not settings: the resources
+    take them as `dg.EnvVar`s (`defs.resources`), and they never enter run config.
     """
 
     home: Path

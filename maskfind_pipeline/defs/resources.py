@@ -1,5 +1,12 @@
-"""Resources shared by every stage, built from `Settings` when the definitions load."""
+"""Resources shared by every stage, built from `Settings` when the definitions load.
 
+Secrets (S3 keys, the MLflow user's password, a tracking URI that carries credentials) reach the
+resources as `dg.EnvVar`s: run config, the UI and the event log show the variable's name, never
+its value.
+"""
+
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -18,9 +25,18 @@ class ObjectStoreResource(dg.ConfigurableResource):
     uri: str
     endpoint_url: str | None = None
     max_attempts: int = 5
+    aws_access_key_id: str | None = None
+    """None: boto3's usual chain (environment, profile, instance role)."""
+    aws_secret_access_key: str | None = None
 
     def open(self) -> ObjectStore:
-        return open_store(self.uri, endpoint_url=self.endpoint_url, max_attempts=self.max_attempts)
+        return open_store(
+            self.uri,
+            endpoint_url=self.endpoint_url,
+            max_attempts=self.max_attempts,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+        )
 
 
 class CacheResource(dg.ConfigurableResource):
@@ -37,6 +53,9 @@ class MlflowResource(dg.ConfigurableResource):
 
     tracking_uri: str
     registry_uri: str | None = None
+    username: str | None = None
+    """The MLflow server's basic-auth user (None: no auth, or MLflow's own environment lookup)."""
+    password: str | None = None
     artifact_location: str | None = None
     model_name: str = "maskfind-unet"
     reviewer_name: str = "maskfind-reviewer"
@@ -51,10 +70,11 @@ class MlflowResource(dg.ConfigurableResource):
         return self._registry(self.reviewer_name)
 
     def _registry(self, name: str) -> "ModelRegistry":
+        from maskfind_pipeline.registry.credentials import with_credentials
         from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 
         return ModelRegistry(
-            self.tracking_uri,
+            with_credentials(self.tracking_uri, self.username, self.password),
             registry_uri=self.registry_uri,
             model_name=name,
             experiment=self.experiment,
@@ -62,18 +82,35 @@ class MlflowResource(dg.ConfigurableResource):
         )
 
 
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def build_resources(
+    settings: Settings, env: Mapping[str, str] | None = None
+) -> dict[str, dg.ConfigurableResource]:
+    """The resources for `settings`; secrets that are set in `env` are passed as `dg.EnvVar`s."""
+    env = os.environ if env is None else env
+
+    def secret(name: str) -> str | None:
+        return dg.EnvVar(name) if env.get(name) else None  # type: ignore[return-value]
+
+    def from_env(name: str, value: str | None) -> str | None:  # as an EnvVar if it came from `name`
+        return dg.EnvVar(name) if value and env.get(name) == value else value  # type: ignore[return-value]
+
+    def store(uri: str) -> ObjectStoreResource:
+        return ObjectStoreResource(
+            uri=uri,
+            endpoint_url=settings.s3_endpoint_url,
+            aws_access_key_id=secret("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=secret("AWS_SECRET_ACCESS_KEY"),
+        )
+
     return {
-        "data_store": ObjectStoreResource(
-            uri=settings.data_uri, endpoint_url=settings.s3_endpoint_url
-        ),
-        "work_store": ObjectStoreResource(
-            uri=settings.work_uri, endpoint_url=settings.s3_endpoint_url
-        ),
+        "data_store": store(settings.data_uri),
+        "work_store": store(settings.work_uri),
         "cache": CacheResource(root=str(settings.cache_dir)),
         "mlflow": MlflowResource(
-            tracking_uri=settings.tracking_uri,
-            registry_uri=settings.mlflow_registry_uri,
+            tracking_uri=from_env("MLFLOW_TRACKING_URI", settings.tracking_uri) or "",
+            registry_uri=from_env("MLFLOW_REGISTRY_URI", settings.mlflow_registry_uri),
+            username=secret("MLFLOW_TRACKING_USERNAME"),
+            password=secret("MLFLOW_TRACKING_PASSWORD"),
             artifact_location=settings.artifact_location,
         ),
     }

@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "defs": GROUND | {"alerts", "data", "ml", "registry", "evaluation", "flows"},
     "definitions": {"defs"},
     "demo": GROUND | {"data", "synthetic", "ml", "evaluation", "flows"},
-    "cli": GROUND | {"data", "synthetic", "ml", "evaluation", "flows", "definitions", "demo"},
+    "cli": GROUND
+    | {"data", "synthetic", "ml", "registry", "evaluation", "flows", "definitions", "demo"},
 }
 DAGSTER_ALLOWED = {"defs", "definitions", "cli", "demo"}
 
