@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -116,11 +116,17 @@ def make_loaders(
     augment: AugmentConfig | None,
     seed: int,
     pin_memory: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, DataLoader[Sample]]:
     """One loader per split present in `manifest`: train shuffled and augmented, val/test neither.
 
     The train order is a pure function of `seed` (and of how many epochs were drawn); worker
     seeds come from per-split generators seeded from `seed`, so runs repeat exactly.
+
+    With `shard=(rank, world_size)` (data-parallel training) the train loader serves only this
+    rank's share of a permutation all ranks agree on (`DistributedSampler` seeded from `seed`;
+    call its `set_epoch` before each epoch), padded so that every rank has as many batches; its
+    workers are seeded per rank. Val and test are never sharded.
 
     Args:
         manifest: the manifest `decoded` was built from (same rows, same order).
@@ -130,6 +136,7 @@ def make_loaders(
         augment: training augmentation; never applied to val or test.
         seed: seeds the shuffling and the workers.
         pin_memory: pin batches for faster copies to a GPU.
+        shard: this process's rank and the number of processes training together.
 
     Raises:
         ValueError: `decoded` was built from another manifest.
@@ -138,6 +145,7 @@ def make_loaders(
         raise ValueError(f"{decoded.path} was decoded from another manifest")
     splits = np.asarray(manifest.column("split").to_pylist(), dtype=object)
     weights = manifest.column("weight").to_numpy()
+    rank, world_size = shard or (0, 1)
     loaders: dict[str, DataLoader[Sample]] = {}
     for offset, split in enumerate(SPLITS):
         selection = splits == split
@@ -145,14 +153,20 @@ def make_loaders(
             continue
         train = split == "train"
         dataset = MaskDataset(decoded, selection, weights, augment=augment if train else None)
+        sampler = (
+            DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
+            if train and shard is not None
+            else None
+        )
         loaders[split] = DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             num_workers=num_workers,
             pin_memory=pin_memory,
             worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(seed + offset),
+            generator=torch.Generator().manual_seed(seed + offset + len(SPLITS) * rank),
             persistent_workers=num_workers > 0,
         )
     return loaders

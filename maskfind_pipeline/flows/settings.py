@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Mapping
+
+from pydantic import Field
+
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.config import AuditConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.novelty import NoveltyConfig
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
+
+
+class DistributedSettings(CoreConfig):
+    """Data-parallel training in several processes on this machine (torchrun, PyTorch DDP):
+    NCCL with one GPU per process where training runs on CUDA, else gloo on the CPU."""
+
+    nproc: int = Field(default=2, ge=1)
+    """Training processes; each steps on `train.batch_size` images (the batch size is per
+    process), so one step sees nproc x batch_size images."""
+
+    def torchrun_command(self, module: str) -> list[str]:
+        """`torchrun --standalone --nproc_per_node=<nproc> -m <module>` with this interpreter."""
+        run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        return [*run, f"--nproc_per_node={self.nproc}", "-m", module]
+
+    def thread_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """OMP_NUM_THREADS giving each process its share of this machine's cores (torchrun
+        would set 1), unless the environment already sets it."""
+        environ = os.environ if environ is None else environ
+        if "OMP_NUM_THREADS" in environ:
+            return {}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return {"OMP_NUM_THREADS": str(max(1, (cores or os.cpu_count() or 1) // self.nproc))}
 
 
 class TrainingSettings(CoreConfig):
@@ -25,6 +54,9 @@ class TrainingSettings(CoreConfig):
     """Start from the champion's weights when it has this architecture (encoder, decoder,
     input size, normalisation), not from the ImageNet encoder: the new model keeps what the
     champion learned and adds the new data in a short budget."""
+    distributed: DistributedSettings | None = None
+    """Train in several processes launched by torchrun (through Dagster Pipes, so epochs still
+    stream to the run's logs); null: in the asset's own process."""
 
 
 class EvaluationOptions(CoreConfig):

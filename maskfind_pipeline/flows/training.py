@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from maskfind_pipeline.data.cache import ContentCache
-from maskfind_pipeline.data.decoded import build_decoded
+from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
@@ -36,6 +38,39 @@ class TrainingOutcome:
     image_types: list[str]
     novelty: NoveltyModel
 
+    def summary(self) -> dict[str, str | int | float | bool | None]:
+        """The scalars a materialization shows: version, run, dataset, threshold, metrics."""
+        result, model = self.result, self.registered
+        overall = result.val_metrics.overall
+        return {
+            "model_version": model.version,
+            "mlflow_run_id": model.run_id,
+            "dataset_version": self.dataset_version,
+            "threshold": result.config.threshold,
+            "val_miou": overall.miou,
+            "val_precision": overall.precision,
+            "val_recall": overall.recall,
+            "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason,
+            "pretrained": result.pretrained,
+            "warm_start_from": model.tags.get("warm_start_from") or "none",
+            "image_types_seen": len(self.image_types),
+            "novelty_threshold": self.novelty.threshold,
+            "novelty": self.novelty.config.method,
+        }
+
+
+@dataclass(frozen=True)
+class VersionData:
+    """A dataset version's manifest and its decoded arrays at the model's input size."""
+
+    version: str
+    manifest: pa.Table
+    decoded: DecodedArrays
+
+    def column(self, name: str) -> list[Any]:
+        return self.manifest.column(name).to_pylist()
+
 
 def train_and_register(
     settings: TrainingSettings,
@@ -55,32 +90,56 @@ def train_and_register(
         LookupError: no dataset version has been published yet.
     """
     vid = settings.dataset_version or latest_version(versions)
-    model_spec, config = settings.model, settings.train
-    manifest = versions.manifest(vid)
-    decoded = build_decoded(
-        manifest, data_store, cache, decoded_root, version_id=vid, size=model_spec.input_size
-    )
+    data = load_version(vid, settings, versions, data_store, cache, decoded_root)
+    config = settings.train
     device = select_device(config.device, mixed_precision=config.mixed_precision)
-    image_types = manifest.column("image_type").to_pylist()
-    start = _warm_start(registry, model_spec) if settings.warm_start else None
+    start = warm_start(registry, settings.model) if settings.warm_start else None
     result = train(
-        model_spec,
+        settings.model,
         config,
-        make_train_loaders(manifest, decoded, config, device),
-        image_types=image_types,
-        sources=manifest.column("source").to_pylist(),
+        make_train_loaders(data.manifest, data.decoded, config, device),
+        image_types=data.column("image_type"),
+        sources=data.column("source"),
         settings=device,
         on_epoch=on_epoch,
         progress=progress,
         progress_bar=progress is None,
         initial_state=start.model.state_dict() if start else None,
     )
-    splits = manifest.column("split").to_pylist()
+    return register(settings, data, result, registry, start, tags)
+
+
+def load_version(
+    vid: str,
+    settings: TrainingSettings,
+    versions: VersionStore,
+    data_store: ObjectStore,
+    cache: ContentCache,
+    decoded_root: Path,
+) -> VersionData:
+    """The manifest of dataset version `vid`, decoded at the model's input size (built once)."""
+    manifest = versions.manifest(vid)
+    decoded = build_decoded(
+        manifest, data_store, cache, decoded_root, version_id=vid, size=settings.model.input_size
+    )
+    return VersionData(vid, manifest, decoded)
+
+
+def register(
+    settings: TrainingSettings,
+    data: VersionData,
+    result: TrainResult,
+    registry: ModelRegistry,
+    start: Predictor | None,
+    tags: Mapping[str, str] | None,
+) -> TrainingOutcome:
+    """Fit the novelty score on the trained model, log the run and register it as `challenger`."""
+    vid, image_types, splits = data.version, data.column("image_type"), data.column("split")
     seen = sorted({t for t, s in zip(image_types, splits, strict=True) if s == "train"})
     weights = weights_to_bytes(result.model)
     novelty = fit_novelty(
         Predictor.from_weights(result.config, weights),
-        decoded.images,
+        data.decoded.images,
         image_types,
         splits,
         settings.novelty,
@@ -107,7 +166,7 @@ def train_and_register(
     return TrainingOutcome(registered, result, vid, seen, novelty)
 
 
-def _warm_start(registry: ModelRegistry, spec: ModelSpec) -> Predictor | None:
+def warm_start(registry: ModelRegistry, spec: ModelSpec) -> Predictor | None:
     """The champion, when there is one with the architecture of `spec` (any threshold)."""
     champion = registry.alias_or_none(CHAMPION)
     if champion is None:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from maskfind_pipeline.data.decoded import DecodedArrays
@@ -29,6 +29,7 @@ from maskfind_pipeline.ml.device import (
     select_device,
     tune_cpu_allocator,
 )
+from maskfind_pipeline.ml.distributed import AgreedBudget, Ranks
 from maskfind_pipeline.ml.fitting import (
     Budget,
     EarlyStopping,
@@ -70,6 +71,13 @@ class EpochReport:
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items() if k != "epochs"}
 
+    def describe(self) -> str:
+        """One log line: `epoch 3/20: loss 0.4120, val mIoU 0.8123 (57 img/s)`."""
+        return (
+            f"epoch {self.epoch}/{self.epochs}: loss {self.train_loss:.4f}, "
+            f"val mIoU {self.val_miou:.4f} ({self.images_per_second:.0f} img/s)"
+        )
+
 
 @dataclass
 class TrainResult:
@@ -109,14 +117,16 @@ def make_train_loaders(
     decoded: DecodedArrays,
     train_config: TrainConfig,
     settings: DeviceSettings | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, DataLoader[dict[str, Any]]]:
     """`make_loaders` with this config's batch size, workers, augmentation and seed.
 
     Args:
         manifest: the dataset version's manifest.
         decoded: its decoded arrays (`build_decoded`).
-        train_config: supplies batch size, workers, augmentation and seed.
+        train_config: supplies batch size (per process), workers, augmentation and seed.
         settings: pins memory for a GPU; default `select_device(train_config.device)`.
+        ranks: with several processes, the train split is sharded among them.
     """
     settings = settings or select_device(train_config.device)
     return make_loaders(
@@ -127,6 +137,7 @@ def make_train_loaders(
         augment=train_config.augment,
         seed=train_config.seed,
         pin_memory=settings.pin_memory,
+        shard=(ranks.rank, ranks.world_size) if ranks and ranks.distributed else None,
     )
 
 
@@ -167,32 +178,87 @@ def train(
         ValueError: a `train` or `val` loader is missing, or a loader is empty.
         PretrainedWeightsUnavailable: no local pretrained weights and `allow_scratch` is False.
     """
-    for split in ("train", "val"):
-        if split not in loaders:
-            raise ValueError(f"training needs a {split!r} loader; got {sorted(loaders)}")
-    seed_everything(train_config.seed)
     settings = settings or select_device(
         train_config.device, mixed_precision=train_config.mixed_precision
     )
-    if settings.device.type == "cpu":
-        tune_cpu_allocator()
-    if initial_state is None:
-        model, pretrained = build_pretrained(
-            lambda weights: build_model(model_config, pretrained=weights),
-            pretrained=model_config.encoder_weights is not None,
-            allow_scratch=train_config.allow_scratch,
-        )
-    else:
-        model, pretrained = build_model(model_config, pretrained=False), False
-        model.load_state_dict(initial_state)
+    _prepare(train_config, loaders, settings)
+    model, pretrained = _initial_model(model_config, train_config, initial_state)
     model = settings.prepare(model)
     run = _Run(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
     return run.finish(loaders["val"], pretrained)
 
 
+def train_replica(
+    model_config: ModelSpec,
+    train_config: TrainConfig,
+    loaders: Mapping[str, Loader],
+    *,
+    ranks: Ranks,
+    image_types: Sequence[str],
+    sources: Sequence[str],
+    settings: DeviceSettings,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[nn.Module, TrainResult | None]:
+    """`train` as one of `ranks.world_size` data-parallel processes (`ml.distributed`).
+
+    Each rank steps on its shard of the train split (`make_train_loaders(..., ranks=ranks)`)
+    under `DistributedDataParallel`, which starts every rank from rank 0's weights (so only
+    rank 0 loads pretrained or `initial_state` weights) and averages gradients. Rank 0 alone
+    validates, calls `on_epoch`, tunes the threshold and draws the plots; its decisions (time
+    budget, improvement, early stopping) are broadcast, so all ranks run the same epochs and
+    keep the same best epoch. Augmentation draws differ per rank (torch seeded with seed + rank).
+
+    Returns:
+        The best epoch's model (on CPU, eval mode; the same weights on every rank) and, on rank
+        0, the full `TrainResult` (None on the other ranks).
+    """
+    _prepare(train_config, loaders, settings)
+    if ranks.is_main:
+        model, pretrained = _initial_model(model_config, train_config, initial_state)
+    else:
+        model, pretrained = build_model(model_config, pretrained=False), False
+    torch.manual_seed(train_config.seed + ranks.rank)
+    run = _Run(
+        settings.prepare(model), model_config, train_config, settings, image_types, sources, ranks
+    )
+    run.fit(loaders["train"], loaders["val"], on_epoch, None, False)
+    if not ranks.is_main:
+        return run.replica_model(), None
+    result = run.finish(loaders["val"], pretrained)
+    return result.model, result
+
+
+def _prepare(
+    train_config: TrainConfig, loaders: Mapping[str, Loader], settings: DeviceSettings
+) -> None:
+    for split in ("train", "val"):
+        if split not in loaders:
+            raise ValueError(f"training needs a {split!r} loader; got {sorted(loaders)}")
+    seed_everything(train_config.seed)
+    if settings.device.type == "cpu":
+        tune_cpu_allocator()
+
+
+def _initial_model(
+    model_config: ModelSpec,
+    train_config: TrainConfig,
+    initial_state: Mapping[str, torch.Tensor] | None,
+) -> tuple[nn.Module, bool]:
+    if initial_state is None:
+        return build_pretrained(
+            lambda weights: build_model(model_config, pretrained=weights),
+            pretrained=model_config.encoder_weights is not None,
+            allow_scratch=train_config.allow_scratch,
+        )
+    model = build_model(model_config, pretrained=False)
+    model.load_state_dict(initial_state)
+    return model, False
+
+
 class _Run:
-    """The mutable state of one training run."""
+    """The mutable state of one training run (of one rank, with several processes)."""
 
     def __init__(
         self,
@@ -202,9 +268,12 @@ class _Run:
         settings: DeviceSettings,
         image_types: Sequence[str],
         sources: Sequence[str],
+        ranks: Ranks | None = None,
     ) -> None:
         self.model, self.config, self.tc = model, model_config, train_config
         self.settings = settings
+        self.ranks = ranks or Ranks()
+        self.net = self.ranks.wrap(model, settings)
         self.image_types = np.asarray(image_types, dtype=object)
         self.sources = np.asarray(sources, dtype=object)
         self.loss_fn = make_loss(train_config.loss)
@@ -214,10 +283,15 @@ class _Run:
             weight_decay=train_config.weight_decay,
             settings=settings,
         )
-        self.budget = Budget(train_config.max_minutes)
+        self.budget = (
+            AgreedBudget(train_config.max_minutes, self.ranks)
+            if self.ranks.distributed
+            else Budget(train_config.max_minutes)
+        )
         self.stopping = EarlyStopping(train_config.early_stopping_patience)
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, StateDict, Predictions] | None = None
+        self.kept: StateDict | None = None  # on ranks other than 0: rank 0's best weights
 
     def fit(
         self,
@@ -234,7 +308,10 @@ class _Run:
             self.optimiser.schedule(
                 lambda step: lr_factor(schedule, self.budget.progress(step, planned))
             )
+        sampler = getattr(train_loader, "sampler", None)
         for epoch in range(1, self.tc.epochs + 1):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
             start = time.perf_counter()
             bar = tqdm(
                 train_loader,
@@ -244,12 +321,32 @@ class _Run:
                 leave=False,
             )
             loss, images, out_of_time = self._train_epoch(bar, epoch, steps, progress)
-            report = self._validate(epoch, val_loader, loss, images, time.perf_counter() - start)
-            self.history.append(report.as_dict())
-            if on_epoch is not None:
-                on_epoch(report)
-            if self.stopping.stop(improved=report.improved, out_of_time=out_of_time):
+            seconds = time.perf_counter() - start
+            improved = self._end_epoch(epoch, val_loader, loss, images, seconds, on_epoch)
+            if self.stopping.stop(improved=improved, out_of_time=out_of_time):
                 return
+
+    def _end_epoch(
+        self,
+        epoch: int,
+        val_loader: Loader,
+        loss: float,
+        images: int,
+        seconds: float,
+        on_epoch: Callable[[EpochReport], None] | None,
+    ) -> bool:
+        """Rank 0 validates and reports; every rank learns whether the epoch improved."""
+        self.ranks.share_buffers(self.model)
+        if not self.ranks.is_main:
+            improved = bool(self.ranks.agree(False))
+            if improved:
+                self.kept = cpu_state(self.model)
+            return improved
+        report = self._validate(epoch, val_loader, loss, images, seconds)
+        self.history.append(report.as_dict())
+        if on_epoch is not None:
+            on_epoch(report)
+        return bool(self.ranks.agree(report.improved))
 
     def _train_epoch(
         self, batches: Iterable[Batch], epoch: int, steps: int, progress: Progress | None
@@ -264,16 +361,23 @@ class _Run:
             if progress is not None and (step % every == 0 or step == steps):
                 progress(f"train epoch {epoch}/{self.tc.epochs}", step, steps)
             if self.budget.spent():
-                return float(total) / max(images, 1), images, True
+                return (*self._totals(total, images), True)
         if images == 0:
             raise ValueError("the train loader yielded no batches")
-        return float(total) / images, images, False
+        return (*self._totals(total, images), False)
+
+    def _totals(self, total: torch.Tensor, images: int) -> tuple[float, int]:
+        """The mean loss and the images of an epoch, over all ranks."""
+        if self.ranks.distributed:
+            summed, counted = self.ranks.sum([float(total), images])
+            return summed / max(counted, 1), int(counted)
+        return float(total) / max(images, 1), images
 
     def _step(self, batch: Batch) -> torch.Tensor:
         device = self.settings.device
         masks = batch["mask"].to(device, non_blocking=True)
         weights = self._weights(batch).to(device, non_blocking=True)
-        logits = forward(self.model, self.config, batch["image"], self.settings)
+        logits = forward(self.net, self.config, batch["image"], self.settings)
         return self.optimiser.step(self.loss_fn(logits.float(), masks, weights))
 
     def _weights(self, batch: Batch) -> torch.Tensor:
@@ -305,6 +409,13 @@ class _Run:
             seconds=seconds,
             images_per_second=images / max(seconds, 1e-9),
         )
+
+    def replica_model(self) -> nn.Module:
+        """A rank's best-epoch model, like `finish`'s, on ranks other than 0."""
+        assert self.kept is not None
+        model = _place(self.model, torch.device("cpu"), torch.contiguous_format)
+        model.load_state_dict(self.kept)
+        return model.eval()
 
     def finish(self, val_loader: Loader, pretrained: bool) -> TrainResult:
         assert self.best is not None
