@@ -1,0 +1,141 @@
+"""Celery workers for tests: a RabbitMQ vhost of the test's own on this machine's broker, and
+workers started as an operator would, with deploy/celery/worker.sh, each in its own process group.
+
+The vhost is made and deleted with `rabbitmqctl` (local, needs root or the broker's Erlang
+cookie). Where that is refused, the test shares the default vhost and only its queue is its own:
+`isolated_broker` deletes that queue afterwards instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.daemon import stop_process_group, subprocess_env
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_SCRIPT = ROOT / "deploy" / "celery" / "worker.sh"
+HOST, PORT, USER, PASSWORD = "127.0.0.1", 5672, "guest", "guest"
+
+
+def rabbitmq_reachable(timeout_s: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((HOST, PORT), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def broker_url(vhost: str) -> str:
+    return f"pyamqp://{USER}:{PASSWORD}@{HOST}:{PORT}/{vhost}"
+
+
+@contextmanager
+def isolated_broker(queue: str) -> Iterator[str]:
+    """The broker URL of a fresh vhost for the block, deleted after with all it holds; without
+    `rabbitmqctl`, the default vhost's, with `queue` deleted after."""
+    vhost = f"maskfind_celery_{uuid.uuid4().hex[:12]}"
+    if not _rabbitmqctl("add_vhost", vhost):
+        try:
+            yield broker_url("/")
+        finally:
+            _delete_queue(broker_url("/"), queue)
+        return
+    try:
+        if not _rabbitmqctl("set_permissions", "-p", vhost, USER, ".*", ".*", ".*"):
+            raise RuntimeError(f"rabbitmqctl could not give {USER} the vhost {vhost}")
+        yield broker_url(vhost)
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def vhost_exists(vhost: str) -> bool:
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
+    )
+    return vhost in listing.stdout.split()
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    if shutil.which("rabbitmqctl") is None:
+        return False
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    from kombu.connection import Connection
+
+    with Connection(url) as connection:
+        connection.default_channel.queue_delete(queue)
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One `deploy/celery/worker.sh` process group: the worker and its pool processes."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def owns(self, pid: int) -> bool:
+        """Whether `pid` is a live process of this worker (its process group)."""
+        try:
+            return os.getpgid(pid) == self.process.pid
+        except ProcessLookupError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, deadline: float) -> None:
+        """Until the worker consumes its queue (it logs `<name>@<host> ready.`)."""
+        ready = re.compile(rf"\b{re.escape(self.name)}@\S+ ready\.")
+        while not ready.search(self.log()):
+            code = self.process.poll()
+            if code is not None or time.monotonic() > deadline:
+                why = "was not ready in time" if code is None else f"exited with {code}"
+                raise AssertionError(f"celery worker {self.name} {why}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+
+
+@contextmanager
+def celery_workers(
+    names: Sequence[str], env: Mapping[str, str], log_dir: Path, *, ready_timeout_s: float = 90
+) -> Iterator[list[CeleryWorker]]:
+    """One worker per name (one pool process each), ready when the block starts, stopped after.
+
+    `env` is what the operator sets on a worker machine: DAGSTER_HOME, MASKFIND_* and
+    MASKFIND_CELERY_BROKER. The script finds `python` and `dagster-celery` of this venv on PATH.
+    """
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with ExitStack() as stack:
+        workers = []
+        for name in names:
+            log_path = log_dir / f"celery-{name}.log"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    [str(WORKER_SCRIPT), name, "--concurrency", "1", "--without-mingle"],
+                    cwd=ROOT,
+                    env=subprocess_env({**env, "PATH": path}),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            stack.callback(stop_process_group, process)
+            workers.append(CeleryWorker(name, process, log_path))
+        deadline = time.monotonic() + ready_timeout_s
+        for worker in workers:
+            worker.wait_ready(deadline)
+        yield workers
