@@ -13,6 +13,7 @@ from maskfind_pipeline.storage.keys import (
     Source,
     mask_image_id,
     parse_image_key,
+    printable_key,
     validate_key,
 )
 
@@ -97,4 +98,5 @@ def _classify(
 
 
 def _refuse(info: ObjectInfo, stage: str, reason: str, retryable: bool = False) -> Refusal:
-    return Refusal(info.key, info.etag, "", stage, reason, retryable)
+    # A key refused as invalid may not be UTF-8; the quarantine must still be able to hold it.
+    return Refusal(printable_key(info.key), info.etag, "", stage, reason, retryable)

@@ -51,7 +51,7 @@ def _text(tags: Mapping[str, str], name: str) -> str | None:
     value = tags.get(name)
     if value is None or value == "":
         return None
-    if len(value) > 256 or any(ord(c) < 32 for c in value):
+    if len(value) > 256 or any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in value):
         raise InvalidTags(f"malformed tag {name}={value[:40]!r}")
     return value
 
@@ -62,6 +62,8 @@ def _time(tags: Mapping[str, str], name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise InvalidTags(f"malformed tag {name}={value[:40]!r}: not an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before the first UTC time
+        raise InvalidTags(f"malformed tag {name}={value[:40]!r}: out of range in UTC") from None

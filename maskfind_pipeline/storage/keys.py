@@ -39,6 +39,8 @@ def _key_problem(key: str) -> str | None:
         return "empty"
     if _CONTROL.search(key):
         return "contains a NUL or control character"
+    if printable_key(key) != key:
+        return "is not valid UTF-8 (a local file name in another encoding?)"
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         return f"longer than {MAX_KEY_BYTES} bytes"
     if key.startswith("/") or key.startswith("\\") or re.match(r"^[A-Za-z]:", key):
@@ -53,6 +55,13 @@ def _key_problem(key: str) -> str | None:
         if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
             return f"has a segment longer than {MAX_SEGMENT_BYTES} bytes"
     return None
+
+
+def printable_key(key: str) -> str:
+    """`key` as valid UTF-8 text, for a catalog or a message: a local file name that is not
+    UTF-8 is listed with surrogate escapes (PEP 383), which no Parquet column can hold; each
+    becomes a visible `\\udcXX`. Valid keys come back unchanged."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,10 +86,17 @@ class LocalObjectStore(ObjectStore):
             raw = self._path(tags_sidecar_key(key)).read_bytes()
         except FileNotFoundError:
             return {}
-        parsed = json.loads(raw)
+        try:
+            parsed = json.loads(raw)
+        except RecursionError:  # a ValueError, like any other malformed sidecar
+            raise ValueError(f"{key}: tags sidecar is nested too deeply") from None
         if not isinstance(parsed, dict):
             raise ValueError(f"{key}: tags sidecar is not a JSON object")
-        return {str(k): str(v) for k, v in parsed.items()}
+        # Tags are strings, as in S3: a null or a number is not turned into "None" or "3".
+        wrong = sorted(k for k, v in parsed.items() if not isinstance(v, str))
+        if wrong:
+            raise ValueError(f"{key}: tags sidecar values are not strings: {wrong[:5]!r}")
+        return dict(parsed)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
