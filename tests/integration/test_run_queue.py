@@ -1,14 +1,15 @@
-"""Only one training at a time: two runs that each materialize `mask_model`, submitted through
-the real run queue (`dagster job launch` + `dagster-daemon`, the project's dagster.yaml and
-workspace.yaml), never run their training steps at the same time, and both succeed."""
+"""The run queue of the real instance (`dagster job launch` + `dagster-daemon`, the project's
+dagster.yaml and workspace.yaml): only one training at a time (pool `training`), only one nightly
+run at a time (tag limit `maskfind/kind: nightly`). One daemon and instance serve the module."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -20,9 +21,9 @@ from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.daemon import (
     LOCATION_OVERRIDES,
-    StepSpan,
     dagster_daemon,
     launch_runs,
+    run_span,
     step_span,
     stop_process_group,
     subprocess_env,
@@ -38,20 +39,102 @@ STEP = "mask_model"
 # The implicit job of all assets: unlike `nightly` it has no `maskfind/kind` tag, so the nightly
 # tag limit cannot be what keeps the two runs apart.
 JOB = "__ASSET_JOB"
+NIGHTLY = ("maskfind/kind", "nightly")
 
 
-def test_two_queued_training_runs_never_train_at_the_same_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runs, log = train_twice_through_the_queue(tmp_path, monkeypatch, ROOT / "dagster.yaml")
+@dataclass(frozen=True)
+class RunQueue:
+    """A fresh instance (DAGSTER_HOME with the project's dagster.yaml) and its running daemon,
+    with synthetic data ingested and a dataset version published."""
 
-    first, second = sorted((span for _, span in runs), key=lambda span: span.start)
+    tmp: Path
+    env: Mapping[str, str]
+    instance: dg.DagsterInstance
+    daemon: subprocess.Popen[bytes]
+    daemon_log: Path
+
+    def run_twice(
+        self, name: str, job: str, run_config: Mapping[str, object], op_selection: Sequence[str]
+    ) -> list[dg.DagsterRun]:
+        """Submit two identical runs at once and wait for both to finish."""
+        log_dir = self.tmp / name
+        log_dir.mkdir()
+        run_ids = launch_runs(
+            WORKSPACE,
+            self.env,
+            log_dir,
+            job=job,
+            run_config=run_config,
+            op_selection=op_selection,
+            count=2,
+        )
+        runs = wait_for_runs(
+            self.instance, run_ids, daemon=self.daemon, daemon_log=self.daemon_log, timeout_s=200
+        )
+        return list(runs.values())
+
+    def log(self) -> str:
+        """The daemon's log, its run workers' included."""
+        return self.daemon_log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunQueue]:
+    tmp = tmp_path_factory.mktemp("run-queue")
+    env = {"MASKFIND_HOME": str(tmp / "home"), "DAGSTER_HOME": str(tmp / "dagster")}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        for key in LOCATION_OVERRIDES:
+            monkeypatch.delenv(key, raising=False)
+        Path(env["DAGSTER_HOME"]).mkdir()
+        shutil.copy(ROOT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml")
+        settings = Settings.from_env()
+        daemon_log = tmp / "daemon.log"
+        with (
+            # The instance's SQLite storage is created here, before the daemon opens it: two
+            # processes creating it at once stamp its schema version twice.
+            dg.DagsterInstance.get() as instance,
+            # The daemon and MLflow's schema creation mostly wait (on a code server, on SQLite):
+            # start them, make the data and the upstream assets meanwhile.
+            dagster_daemon(WORKSPACE, env, daemon_log) as daemon,
+        ):
+            with _creating_mlflow_store(settings.tracking_uri, tmp / "mlflow-init.log"):
+                synthetic.generate(
+                    LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], 8, size=64
+                )
+                upstream = (
+                    defs()
+                    .resolve_implicit_global_asset_job_def()
+                    .execute_in_process(
+                        instance=instance,
+                        asset_selection=[
+                            dg.AssetKey("image_catalog"),
+                            dg.AssetKey("dataset_version"),
+                        ],
+                    )
+                )
+                assert upstream.success
+            yield RunQueue(tmp, env, instance, daemon, daemon_log)
+
+
+def test_two_queued_training_runs_never_train_at_the_same_time(queue: RunQueue) -> None:
+    runs = queue.run_twice(
+        "training",
+        JOB,
+        run_config={"ops": {STEP: nightly_config(TINY_TRAINING)["ops"][STEP]}},
+        op_selection=[STEP],
+    )
+    log = queue.log()
+
+    spans = [step_span(queue.instance, run.run_id, STEP) for run in runs]
+    first, second = sorted(spans, key=lambda span: span.start)
     assert first.end <= second.start, (
         f"the training steps overlapped by {first.end - second.start:.1f} s: {first}, {second}"
     )
-    for run, _ in runs:
+    for run in runs:
         assert run.status == dg.DagsterRunStatus.SUCCESS, (run.run_id, run.status, log[-4000:])
-        assert "maskfind/kind" not in run.tags, run.tags  # the nightly tag limit played no part
+        assert NIGHTLY[0] not in run.tags, run.tags  # the nightly tag limit played no part
     # Kept apart by the pool, not by chance: the second training waited for the pool's slot,
     # in its run worker (granularity `op`) or, if the daemon saw the first run start, in the queue.
     waited_in_worker = any(f"blocked by limit for pool {POOL}" in m for m in second.messages)
@@ -59,54 +142,33 @@ def test_two_queued_training_runs_never_train_at_the_same_time(
     assert waited_in_worker or waited_in_queue, (second, log[-4000:])
 
 
-def train_twice_through_the_queue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dagster_yaml: Path
-) -> tuple[list[tuple[dg.DagsterRun, StepSpan]], str]:
-    """Two `mask_model` runs through the queue of a fresh instance configured by `dagster_yaml`;
-    each run with the span of its training step, and the daemon's log (run workers' included)."""
-    env = {"MASKFIND_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in LOCATION_OVERRIDES:
-        monkeypatch.delenv(key, raising=False)
-    Path(env["DAGSTER_HOME"]).mkdir()
-    shutil.copy(dagster_yaml, Path(env["DAGSTER_HOME"]) / "dagster.yaml")
-    settings = Settings.from_env()
-    daemon_log = tmp_path / "daemon.log"
-    with (
-        # The instance's SQLite storage is created here, before the daemon opens it: two
-        # processes creating it at once stamp its schema version twice.
-        dg.DagsterInstance.get() as instance,
-        # The daemon and MLflow's schema creation mostly wait (on a code server, on SQLite):
-        # start them, make the data and the upstream assets meanwhile, then submit the runs.
-        dagster_daemon(WORKSPACE, env, daemon_log) as daemon,
-    ):
-        with _creating_mlflow_store(settings.tracking_uri, tmp_path / "mlflow-init.log"):
-            synthetic.generate(
-                LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], 8, size=64
-            )
-            upstream = (
-                defs()
-                .resolve_implicit_global_asset_job_def()
-                .execute_in_process(
-                    instance=instance,
-                    asset_selection=[dg.AssetKey("image_catalog"), dg.AssetKey("dataset_version")],
-                )
-            )
-            assert upstream.success
+def test_two_nightly_runs_submitted_together_run_one_after_the_other(queue: RunQueue) -> None:
+    limits = queue.instance.get_concurrency_config().run_queue_config
+    assert limits is not None and limits.max_concurrent_runs > 1  # room for both runs...
+    nightly_limit = {"key": NIGHTLY[0], "value": NIGHTLY[1], "limit": 1}
+    assert nightly_limit in limits.tag_concurrency_limits  # ...but for the nightly tag limit
 
-        run_ids = launch_runs(
-            WORKSPACE,
-            env,
-            tmp_path,
-            job=JOB,
-            run_config={"ops": {STEP: nightly_config(TINY_TRAINING)["ops"][STEP]}},
-            op_selection=[STEP],
-            count=2,
-        )
-        runs = wait_for_runs(instance, run_ids, daemon=daemon, daemon_log=daemon_log, timeout_s=200)
-        spans = [(run, step_span(instance, run.run_id, STEP)) for run in runs.values()]
-        return spans, daemon_log.read_text(errors="replace")
+    # `image_catalog` alone: cheap, and in no pool.
+    assert defs().resolve_assets_def("image_catalog").op.pool is None
+    runs = queue.run_twice("nightly", "nightly", run_config={}, op_selection=["image_catalog"])
+    log = queue.log()
+
+    spans = [run_span(queue.instance, run.run_id) for run in runs]
+    first, second = sorted(spans, key=lambda span: span.start)
+    for run in runs:
+        assert run.job_name == "nightly" and run.tags.get(NIGHTLY[0]) == NIGHTLY[1], run.tags
+        assert run.status == dg.DagsterRunStatus.SUCCESS, (run.run_id, run.status, log[-4000:])
+    assert first.succeeded and second.succeeded
+    assert first.end <= second.start, (
+        f"the nightly runs overlapped by {first.end - second.start:.1f} s: {first}, {second}"
+    )
+    # The second run was queued before the first ended, and the daemon took it from the queue
+    # only once the first had ended. Room for 4 runs, `image_catalog` in no pool, and no "blocked
+    # by global concurrency limits" line for it: the nightly tag limit held it back. (Dagster logs
+    # no line per run for a tag limit, only for pools.)
+    assert second.enqueued < first.end, f"the second run came after the first ended: {first}"
+    assert second.dequeued >= first.end, (first, second, log[-4000:])
+    assert f"Run {second.run_id} is blocked by global concurrency limits" not in log
 
 
 @contextmanager

@@ -212,3 +212,46 @@ def step_span(instance: dg.DagsterInstance, run_id: str, step_key: str) -> StepS
     if start is None or end is None:
         raise AssertionError(f"run {run_id} has no complete span for step {step_key}")
     return StepSpan(run_id, step_key, start, end, succeeded, tuple(messages))
+
+
+@dataclass(frozen=True)
+class RunSpan:
+    """When one run was queued (RUN_ENQUEUED), taken from the queue by the daemon (RUN_STARTING,
+    just before it launches the run worker), started in its worker (RUN_START) and finished
+    (event log timestamps, seconds); `succeeded` when it ended with RUN_SUCCESS."""
+
+    run_id: str
+    enqueued: float
+    dequeued: float
+    start: float
+    end: float
+    succeeded: bool
+
+
+def run_span(instance: dg.DagsterInstance, run_id: str) -> RunSpan:
+    times: dict[dg.DagsterEventType, float] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is not None and event.event_type in _RUN_EVENTS:
+            times.setdefault(event.event_type, record.timestamp)
+    ended = [times[kind] for kind in _RUN_ENDS if kind in times]
+    missing = [kind.value for kind in _RUN_EVENTS[:3] if kind not in times]
+    if missing or not ended:
+        raise AssertionError(f"run {run_id} lacks events {missing or 'RUN_SUCCESS/FAILURE'}")
+    return RunSpan(
+        run_id,
+        enqueued=times[dg.DagsterEventType.RUN_ENQUEUED],
+        dequeued=times[dg.DagsterEventType.RUN_STARTING],
+        start=times[dg.DagsterEventType.RUN_START],
+        end=min(ended),
+        succeeded=dg.DagsterEventType.RUN_SUCCESS in times,
+    )
+
+
+_RUN_ENDS = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE)
+_RUN_EVENTS = (
+    dg.DagsterEventType.RUN_ENQUEUED,
+    dg.DagsterEventType.RUN_STARTING,
+    dg.DagsterEventType.RUN_START,
+    *_RUN_ENDS,
+)
