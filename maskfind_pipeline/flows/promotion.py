@@ -36,13 +36,20 @@ class PromotionOutcome:
 def gate_and_promote(
     registry: ModelRegistry, cells: CellStore, policy: GatePolicy, *, actor: str
 ) -> PromotionOutcome:
-    """Promote the challenger only if the gate passes against the champion's cells."""
-    candidate = registry.get(CHALLENGER).version
+    """Promote the challenger only if the gate passes against the champion's cells; never one
+    from a failed training attempt (`registry.attempts`)."""
+    challenger = registry.get(CHALLENGER)
+    candidate = challenger.version
     champion = registry.alias_or_none(CHAMPION)
     before = champion.version if champion else None
     if before == candidate:
         return PromotionOutcome(candidate, before, before, GateDecision(True, ["already champion"]))
-    decision = decide(cells.read(), candidate, before, policy)
+    failed = challenger.failed_attempt
+    decision = (
+        GateDecision(False, [f"candidate {candidate} is from a failed training attempt: {failed}"])
+        if failed
+        else decide(cells.read(), candidate, before, policy)
+    )
     if decision.passed:
         promote(registry, candidate, actor=actor, reason="gate passed", evidence=decision.evidence)
     after = registry.alias_or_none(CHAMPION)
@@ -56,7 +63,7 @@ def promote_by_hand(
 
     Raises:
         ValueError: the request has no reason.
-        RegistryError: the version does not exist.
+        RegistryError: the version does not exist, or is from a failed training attempt.
         PromotionRefused: the gate failed and `force` is not set.
     """
     if not request.reason.strip():

@@ -19,6 +19,7 @@ from maskfind_pipeline.ml.novelty import NoveltyModel, to_files
 from maskfind_pipeline.ml.novelty_features import fit_novelty
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.train import EpochReport, TrainResult, make_train_loaders, train
+from maskfind_pipeline.registry.attempts import resume
 from maskfind_pipeline.registry.mlflow_registry import (
     ModelRegistry,
     RegisteredModel,
@@ -107,6 +108,13 @@ def train_and_register(
         initial_state=start.model.state_dict() if start else None,
     )
     return register(settings, data, result, registry, start, tags)
+
+
+def resume_training(registry: ModelRegistry, training_key: str) -> RegisteredModel | None:
+    """What earlier attempts at training `training_key` left (a retry's first step): the version
+    one of them registered before it was killed, verified and `challenger`; None when the
+    training must run, every earlier attempt marked failed (`registry.attempts`)."""
+    return resume(registry, training_key, alias=CHALLENGER)
 
 
 def load_version(

@@ -10,7 +10,9 @@ same files in their run's `model/` folder and have no `model_id`; `download` rea
 
 The sha256 of the weights and of each further file are tags of the version, verified on every
 download; a version is registered only after its model is completely uploaded. Aliases are used
-(`challenger`, `champion`), never stages.
+(`challenger`, `champion`), never stages. The version is a training's commit point: its run is
+FINISHED only after it (and its alias) exist, so a run still RUNNING and without a version is an
+attempt that died (`registry.attempts` settles those when the training is retried).
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ PYFUNC_FILES = "artifacts"
 FILES_TAG = "files_sha256"
 MODEL_ID_TAG = "model_id"
 """The version tag naming its LoggedModel (MLflow's own registry stores keep no model id)."""
+TRAINING_KEY_TAG = "training_key"
+"""Names one training (e.g. a Dagster run group's `mask_model` step) on the run, LoggedModel and
+version of every attempt at it: a retry finds what earlier attempts left by it."""
+ATTEMPT_TAG = "training_attempt"
+"""`failed` on the run, LoggedModel and version of an attempt that died, was superseded or whose
+files do not verify (never aliased, never promoted); `resumed` on a run a retry completed."""
+ATTEMPT_NOTE_TAG = "training_attempt_note"
+"""Why an attempt was marked: what a retry found."""
+FAILED = "failed"
 
 
 class RegistryError(Exception):
@@ -86,6 +97,13 @@ class RegisteredModel:
     @property
     def weights_sha256(self) -> str:
         return self.tags.get("weights_sha256", "")
+
+    @property
+    def failed_attempt(self) -> str:
+        """Why this version is from a failed training attempt; empty when it is not."""
+        if self.tags.get(ATTEMPT_TAG) != FAILED:
+            return ""
+        return self.tags.get(ATTEMPT_NOTE_TAG) or "marked failed"
 
 
 class Download(NamedTuple):
@@ -137,7 +155,13 @@ class ModelRegistry:
         self, record: TrainingRecord, *, alias: str | None = "challenger"
     ) -> RegisteredModel:
         """Log a run and its model, then register the model: no version exists before its
-        model (weights, config, files) is completely uploaded."""
+        model (weights, config, files) is completely uploaded, and the run is FINISHED only
+        once the version exists (after `alias` was set, or failed to be).
+
+        Raises:
+            RegistryError: among others, the run was marked failed meanwhile (a retry of the
+                same training took over): nothing is registered.
+        """
         run = self.client.create_run(
             self.experiment_id(),
             run_name=f"train-{record.dataset_version}",
@@ -147,13 +171,15 @@ class ModelRegistry:
         try:
             self._log_run(run_id, record)
             logged = self._log_model(run.info.experiment_id, run_id, record)
+            version = self._register(run_id, record, logged)
         except BaseException:
             self.client.set_terminated(run_id, status="FAILED")
             raise
-        self.client.set_terminated(run_id, status="FINISHED")
-        version = self._register(run_id, record, logged)
-        if alias:
-            self.set_alias(alias, version.version)
+        try:
+            if alias:
+                self.set_alias(alias, version.version)
+        finally:
+            self.client.set_terminated(run_id, status="FINISHED")
         return self.get(version.version)
 
     def set_alias(self, alias: str, version: str) -> None:
@@ -201,6 +227,16 @@ class ModelRegistry:
         except MlflowException:
             return {}
         return {str(k): str(v) for k, v in (registered.aliases or {}).items()}
+
+    def versions_of_runs(self, run_ids: Sequence[str]) -> list[RegisteredModel]:
+        """The versions registered from runs `run_ids`, oldest first (aliases not read)."""
+        if not run_ids:
+            return []
+        runs = ", ".join(f"'{r}'" for r in run_ids)
+        found = self.client.search_model_versions(
+            f"name = '{self.model_name}' AND run_id IN ({runs})"
+        )
+        return sorted((_registered(mv) for mv in found), key=lambda m: int(m.version))
 
     def tag_version(self, version: str, tags: Mapping[str, str]) -> None:
         with self._access(f"tag version {version}"):
@@ -329,10 +365,22 @@ class ModelRegistry:
                 save_pyfunc(folder, config=record.config, files=files, model=mlmodel)
                 self.client.log_model_artifacts(model_id, str(folder))
             self.client.set_tag(run_id, "weights_sha256", _sha(record.weights))
+            self._check_not_taken_over(run_id)
         except BaseException:
             self.client.finalize_logged_model(model_id, "FAILED")
             raise
         return self.client.finalize_logged_model(model_id, "READY")
+
+    def _check_not_taken_over(self, run_id: str) -> None:
+        """A retry of the same training marks the runs of earlier attempts failed: one that is
+        still alive (an orphaned step process) must then neither finish its model nor register."""
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING" or run.data.tags.get(ATTEMPT_TAG) == FAILED:
+            raise RegistryError(
+                f"run {run_id} was marked {run.info.status} "
+                f"({run.data.tags.get(ATTEMPT_NOTE_TAG, 'not by this process')}): a retry of the "
+                "same training took over, so its model is not registered"
+            )
 
     def _register(self, run_id: str, record: TrainingRecord, logged: LoggedModel) -> ModelVersion:
         try:

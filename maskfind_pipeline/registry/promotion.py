@@ -37,12 +37,19 @@ def promote(
     evidence: Sequence[dict[str, object]] = (),
     forced: bool = False,
 ) -> AliasMove:
-    """Make `candidate` the champion after verifying its weights' sha256.
+    """Make `candidate` the champion after verifying its weights' sha256; never a version from
+    a failed training attempt (`registry.attempts`).
 
     The record (previous champion, who, why, evidence) is written before the alias moves, so a
     crash between the two leaves either the old champion in place or a new one that can be
     rolled back; `promoted_at` is written last and marks a completed move.
     """
+    failed = registry.get(candidate).failed_attempt
+    if failed:
+        raise RegistryError(
+            f"{registry.model_name} version {candidate} is from a failed training attempt "
+            f"({failed}): it is never promoted"
+        )
     registry.download(candidate)
     current = registry.alias_or_none(CHAMPION)
     previous = current.version if current else None

@@ -43,6 +43,7 @@ def test_mask_model_trains_registers_challenger_and_reloads(tmp_path: Path) -> N
     challenger = registry.get("challenger")
     assert challenger.version == "1"
     assert challenger.tags["dagster_run_id"] == result.run_id
+    assert challenger.tags["training_key"] == f"{result.run_id}/mask_model"  # what a retry finds
     assert set(challenger.tags["image_types_seen"].split(",")) <= {
         t.name for t in synthetic.DEFAULT_TYPES[:3]
     }

@@ -23,6 +23,7 @@ _CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunErro
 FLIP_BYTE = "flip_byte"
 RESET_AFTER = "reset_after"
 RESPOND_STATUS = "respond_status"
+CUT_REQUEST = "cut_request"
 
 
 @dataclass
@@ -65,7 +66,8 @@ class FaultProxy:
     proxy), except where a fault applies. Faults are matched in the order they were added; each
     applies ``times`` times to requests whose method equals ``method`` (None: any) and
     whose target (path and query) contains ``path_contains`` (None: any). Body faults
-    apply only to 2xx responses with a non-empty body. All methods are thread-safe.
+    apply only to 2xx responses with a non-empty body; ``cut_request`` applies to the request,
+    before upstream can answer. All methods are thread-safe.
 
     A request is *in flight* from when the proxy has read it whole until it starts to write
     the response, so a client that waits for each response before it sends its next request
@@ -155,6 +157,17 @@ class FaultProxy:
     ) -> None:
         """Sends the response head and ``nbytes`` of its body, then resets the connection."""
         self._add(_Fault(RESET_AFTER, times, path_contains, method, nbytes=nbytes))
+
+    def cut_request(
+        self,
+        nbytes: int,
+        times: int = 1,
+        path_contains: str | None = None,
+        method: str | None = "PUT",
+    ) -> None:
+        """Relays the request head and ``nbytes`` of its body upstream, then resets both
+        connections: an upload that dies in the middle (the client gets no response)."""
+        self._add(_Fault(CUT_REQUEST, times, path_contains, method, nbytes=nbytes))
 
     def respond_status(
         self,
@@ -336,6 +349,11 @@ class FaultProxy:
         try:
             await self._wait_for_hold(head.method, head.target)
             await self._wait_delay()
+            cut = self._take((CUT_REQUEST,), head.method, head.target)
+            if cut is not None:
+                await upstream.cut(head.raw + body.raw[: cut.nbytes])
+                await _send_then_reset(writer, b"")
+                return False
             fault = self._take((RESPOND_STATUS,), head.method, head.target)
             if fault is None:
                 with contextlib.suppress(*_CLIENT_ERRORS):
@@ -404,6 +422,12 @@ class _Upstream:
         if head.closes or body.until_close:
             self.close()
         return head, body
+
+    async def cut(self, data: bytes) -> None:
+        """Sends `data` (part of a request), then resets the connection."""
+        _, writer = await self._connect()
+        self._streams = None
+        await _send_then_reset(writer, data)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._streams is not None and self._streams[0].at_eof():

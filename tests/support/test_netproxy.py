@@ -232,3 +232,18 @@ def test_faults_match_only_their_predicate(s3: Any, proxy: FaultProxy) -> None:
     with pytest.raises(ClientError, match="AccessDenied"):
         _put(s3, "match/a", b"x")
     assert proxy.faults_applied == {"respond_status": 1}
+
+
+def test_cut_request_relays_part_of_an_upload_then_resets(s3: Any, proxy: FaultProxy) -> None:
+    body = b"u" * 200_000
+    proxy.cut_request(1000, path_contains="/cut")
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port)
+    connection.request("PUT", f"/{BUCKET}/cut", body=body)
+    with pytest.raises(ConnectionError):  # reset, or closed before any response
+        connection.getresponse()
+    connection.close()
+    assert proxy.faults_applied == {"cut_request": 1}
+    with pytest.raises(ClientError, match="NoSuchKey"):  # upstream never had the whole body
+        _get(s3, "cut")
+    _put(s3, "cut", body)  # once only: the next upload passes
+    assert _get(s3, "cut") == body

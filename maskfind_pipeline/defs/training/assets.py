@@ -8,7 +8,7 @@ from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.partitions import MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.defs.training.distributed import launch
-from maskfind_pipeline.defs.training.metadata import training_metadata
+from maskfind_pipeline.defs.training.metadata import resumed_metadata, training_metadata
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.version import code_version
 
@@ -34,13 +34,30 @@ def mask_model(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """A U-Net trained on a dataset version, its threshold tuned on validation, registered in
-    MLflow with alias `challenger`; in several torchrun processes when `distributed` is set."""
+    MLflow with alias `challenger`; in several torchrun processes when `distributed` is set.
+
+    A retry (of the step, or of its run) first settles what a killed attempt left: the version it
+    registered is kept rather than trained again, its dead runs are marked failed."""
     from maskfind_pipeline.data.version_store import VersionStore
-    from maskfind_pipeline.flows.training import train_and_register
+    from maskfind_pipeline.flows.training import resume_training, train_and_register
+    from maskfind_pipeline.registry.mlflow_registry import TRAINING_KEY_TAG
 
     settings = core_of(config, TrainingSettings)
-    tags = {"code_version": code_version(), "dagster_run_id": context.run.run_id}
-    if settings.distributed is not None:
+    key = f"{context.run.root_run_id or context.run.run_id}/{context.asset_key.to_user_string()}"
+    tags = {
+        "code_version": code_version(),
+        "dagster_run_id": context.run.run_id,
+        TRAINING_KEY_TAG: key,
+    }
+    registry = mlflow.registry()
+    resumed = resume_training(registry, key)
+    if resumed is not None:
+        context.log.warning(
+            f"an earlier attempt at this training registered version {resumed.version} "
+            "before it died: kept, not trained again"
+        )
+        version, metadata = resumed.version, resumed_metadata(resumed)
+    elif settings.distributed is not None:
         version, metadata = launch(
             context,
             settings,
@@ -57,7 +74,7 @@ def mask_model(
             data_store=data_store.open(),
             cache=cache.open(),
             decoded_root=Path(cache.root) / "decoded",
-            registry=mlflow.registry(),
+            registry=registry,
             on_epoch=lambda report: context.log.info(report.describe()),
             tags=tags,
         )

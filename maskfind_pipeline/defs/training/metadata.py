@@ -12,6 +12,7 @@ from maskfind_pipeline.defs.metadata_images import png_metadata
 
 if TYPE_CHECKING:
     from maskfind_pipeline.flows.training import TrainingOutcome
+    from maskfind_pipeline.registry.mlflow_registry import RegisteredModel
 
 
 def training_metadata(outcome: TrainingOutcome, plots_root: Path) -> dict[str, Any]:
@@ -27,6 +28,16 @@ def training_metadata(outcome: TrainingOutcome, plots_root: Path) -> dict[str, A
             for name, png in result.plots.items()
             for k, v in png_metadata(png, title=name, save_to=plots_dir / f"{name}.png").items()
         },
+    }
+
+
+def resumed_metadata(model: RegisteredModel) -> dict[str, Any]:
+    """What a retry shows when it kept the version a killed attempt registered."""
+    return {
+        "model_version": model.version,
+        "mlflow_run_id": model.run_id,
+        "dataset_version": model.tags.get("dataset_version", ""),
+        "resumed": True,
     }
 
 
