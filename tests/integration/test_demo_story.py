@@ -40,6 +40,7 @@ TINY = DemoSettings(
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~2 min on 2 idle cores; each step has its own test in `make test`
 def test_the_story_at_a_tiny_size(tmp_path: Path) -> None:
     settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
     data, work = LocalObjectStore(settings.data_uri), LocalObjectStore(settings.work_uri)

@@ -154,7 +154,15 @@ LAUNCHERS: dict[str, Launcher] = {
 }
 
 
-@pytest.mark.parametrize("name", LAUNCHERS)
+# The launchers that start a server of their own for this test alone (7-14 s each) run behind
+# `slow`; the session's servers, the proxy and the webhook cost nothing extra in `make test`.
+OWN_SERVER = {"mlflow-basic-auth-server", "dagster-webserver", "dagster-daemon"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in OWN_SERVER else n for n in LAUNCHERS],
+)
 def test_test_servers_listen_only_on_loopback(
     name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
