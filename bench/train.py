@@ -17,15 +17,29 @@ values are printed. Achieved GFLOP/s counts a training step as 3x the forward FL
 (2048² on CPU, 8192² on a GPU).
 
 On a GPU (`--device cuda`, the default where one is visible) both loops run there: the naive
-one in float32 NCHW, the shipped one with bf16 autocast and channels_last.
+one in float32 NCHW, the shipped one with bf16 autocast and channels_last, augmenting whole
+batches on the GPU (`AugmentConfig.where="auto"`; per sample in the loader on the CPU).
+
+`--where sample,batch` compares where the shipped loop augments instead (`AugmentConfig.where`:
+per sample in the loader, or whole batches on the training device), without the naive loop:
+
+- the data path alone: an epoch of the train loader, copied to the device (and augmented there
+  in `batch` mode), with no model: the most images/s that augmentation lets training reach;
+- training (not with `--data-only`): whole shipped runs of 1 + `--epochs` epochs per mode (the
+  first not counted).
+
+Modes alternate, `--repeats` rounds of each, so a noisy neighbour hits all alike; the best and
+the median of each mode are reported with every value, as ratios to the first mode's.
 
     python -m bench.train [--samples 104] [--size 256] [--batch-size 8] [--epochs 2]
                           [--encoder resnet34] [--workers 0] [--no-augment] [--device cpu]
+                          [--where auto | --where sample,batch [--repeats 3] [--data-only]]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +52,9 @@ from torch.utils.data import DataLoader
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
-from maskfind_pipeline.data.decoded import build_decoded
+from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
+from maskfind_pipeline.data.loader import MaskBatches
+from maskfind_pipeline.ml.batch_augment import BatchAugment
 from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
 from maskfind_pipeline.ml.losses import make_loss
@@ -55,10 +71,11 @@ def main() -> None:
     args = _parse()
     settings = select_device(args.device)
     config = ModelConfig(encoder_name=args.encoder, encoder_weights=None, input_size=args.size)
+    modes = args.where.split(",")
     train_config = TrainConfig(
         epochs=args.epochs + 1,
         batch_size=args.batch_size,
-        augment=AugmentConfig(enabled=not args.no_augment),
+        augment=AugmentConfig(enabled=not args.no_augment, where=modes[0]),
         num_workers=args.workers,
         device=str(settings.device),
     )
@@ -78,8 +95,12 @@ def main() -> None:
         train_rows = [r for r in manifest.to_pylist() if r["split"] == "train"]
         print(
             f"{len(train_rows)} train images at {args.size}², batch {args.batch_size}, "
-            f"{config.encoder_name} U-Net from scratch, {torch.get_num_threads()} threads"
+            f"{config.encoder_name} U-Net from scratch, {torch.get_num_threads()} threads, "
+            f"{args.workers} workers"
         )
+        if len(modes) > 1:
+            compare_modes(modes, config, train_config, manifest, decoded, settings, args)
+            return
         naive = NaiveLoop(config, train_config, store, train_rows, args.size, settings.device)
         rates = interleaved(config, train_config, manifest, decoded, naive, settings)
     _report(rates, 3 * forward_flops(config, args.size) / 1e9, _matmul_side(settings.device))
@@ -151,17 +172,136 @@ def interleaved(
         rates["matmul"].append(bf16_matmul_gflops(device))
 
     print(f"shipped settings: {settings.describe()}")
-    train(
-        config,
-        train_config,
-        make_train_loaders(manifest, decoded, train_config, settings),
-        image_types=manifest.column("image_type").to_pylist(),
-        sources=manifest.column("source").to_pylist(),
-        settings=settings,
-        on_epoch=between,
-        progress_bar=False,
-    )
+    _train(config, train_config, manifest, decoded, settings, on_epoch=between)
     return rates
+
+
+def compare_modes(
+    modes: list[str],
+    config: ModelConfig,
+    train_config: TrainConfig,
+    manifest: pa.Table,
+    decoded: DecodedArrays,
+    settings: DeviceSettings,
+    args: argparse.Namespace,
+) -> None:
+    """The data path alone, then training, per `AugmentConfig.where` mode (module docstring)."""
+    data = data_path_rates(modes, train_config, manifest, decoded, settings, args.repeats)
+    _report_modes("data path alone (loader + copy + augmentation)", data)
+    if args.data_only:
+        return
+    rates = modes_interleaved(
+        modes, config, train_config, manifest, decoded, settings, args.repeats
+    )
+    matmul = max(rates.pop("matmul"))
+    gflop_per_image = 3 * forward_flops(config, args.size) / 1e9
+    _report_modes("training (shipped loop)", rates, gflop_per_image, matmul)
+
+
+def data_path_rates(
+    modes: list[str],
+    train_config: TrainConfig,
+    manifest: pa.Table,
+    decoded: DecodedArrays,
+    settings: DeviceSettings,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """Images/s of train-loader epochs copied to the device and augmented, no model; modes
+    alternate (one warm-up epoch each first: worker start-up)."""
+    paths = {mode: DataPath(train_config, mode, manifest, decoded, settings) for mode in modes}
+    for path in paths.values():
+        path.epoch()
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(repeats):
+        for mode, path in paths.items():
+            rates[mode].append(path.epoch())
+            print(f"  data path, {mode:6}: {rates[mode][-1]:8.1f} images/s")
+    return rates
+
+
+class DataPath:
+    """The shipped train loader of one `AugmentConfig.where` mode, and what the loop does with
+    a batch before the model: the copy to the device and, for `MaskBatches`, augmentation."""
+
+    def __init__(
+        self,
+        train_config: TrainConfig,
+        mode: str,
+        manifest: pa.Table,
+        decoded: DecodedArrays,
+        settings: DeviceSettings,
+    ) -> None:
+        config = _with_where(train_config, mode)
+        self.loader = make_train_loaders(manifest, decoded, config, settings)["train"]
+        self.device = settings.device
+        dataset = self.loader.dataset
+        augment = dataset.device_augment if isinstance(dataset, MaskBatches) else None
+        self.augment = BatchAugment(augment, config.seed) if augment else None
+
+    def epoch(self) -> float:
+        """Images per second of one epoch."""
+        start, images = time.perf_counter(), 0
+        for batch in self.loader:
+            image = batch["image"].to(self.device, non_blocking=True)
+            mask = batch["mask"].to(self.device, non_blocking=True)
+            if self.augment is not None:
+                image, mask = self.augment(image, mask)
+            images += len(image)
+        torch.get_device_module(self.device).synchronize()
+        return images / (time.perf_counter() - start)
+
+
+def modes_interleaved(
+    modes: list[str],
+    config: ModelConfig,
+    train_config: TrainConfig,
+    manifest: pa.Table,
+    decoded: DecodedArrays,
+    settings: DeviceSettings,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """Shipped runs per mode, alternating; a matmul timing after each run."""
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    rates["matmul"] = [bf16_matmul_gflops(settings.device)]
+    for _ in range(repeats):
+        for mode in modes:
+
+            def timed(report: EpochReport, mode: str = mode) -> None:
+                if report.epoch > 1:
+                    rates[mode].append(report.images_per_second)
+                    print(f"  training,  {mode:6}: {report.images_per_second:8.1f} images/s")
+
+            mode_config = _with_where(train_config, mode)
+            _train(config, mode_config, manifest, decoded, settings, on_epoch=timed)
+            rates["matmul"].append(bf16_matmul_gflops(settings.device))
+    return rates
+
+
+def _with_where(train_config: TrainConfig, mode: str) -> TrainConfig:
+    augment = train_config.augment.model_copy(update={"where": mode})
+    return train_config.model_copy(update={"augment": augment})
+
+
+def _report_modes(
+    title: str,
+    rates: dict[str, list[float]],
+    gflop_per_image: float | None = None,
+    matmul: float | None = None,
+) -> None:
+    """Best and median images/s per mode, as ratios to the first mode's."""
+    base = next(iter(rates.values()))
+    print(f"\n{title} (all: {', '.join(f'{k}={_fmt(v)}' for k, v in rates.items())})")
+    for mode, values in rates.items():
+        best, median = max(values), statistics.median(values)
+        line = (
+            f"{mode:6}  best {best:8.1f} images/s ({best / max(base):5.2f}x)  "
+            f"median {median:8.1f} ({median / statistics.median(base):5.2f}x)"
+        )
+        if gflop_per_image is not None and matmul is not None:
+            line += f"  best {100 * gflop_per_image * best / matmul:5.1f} % of bf16 matmul"
+        print(line)
+    if matmul is not None:
+        print(f"bf16 matmul {matmul:8.0f} GFLOP/s")
 
 
 def _report(rates: dict[str, list[float]], gflop_per_image: float, side: int) -> None:
@@ -220,7 +360,28 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0, help="shipped loader workers")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
+    parser.add_argument(
+        "--where",
+        default="auto",
+        help="AugmentConfig.where of the shipped loop; several (sample,batch) compare them",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of a --where comparison")
+    parser.add_argument("--data-only", action="store_true", help="compare the data path only")
     return parser.parse_args()
+
+
+def _train(config, train_config, manifest, decoded, settings, *, on_epoch):
+    """One shipped-loop training on the decoded version, reporting each epoch to `on_epoch`."""
+    return train(
+        config,
+        train_config,
+        make_train_loaders(manifest, decoded, train_config, settings),
+        image_types=manifest.column("image_type").to_pylist(),
+        sources=manifest.column("source").to_pylist(),
+        settings=settings,
+        on_epoch=on_epoch,
+        progress_bar=False,
+    )
 
 
 if __name__ == "__main__":

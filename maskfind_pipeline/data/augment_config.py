@@ -1,10 +1,13 @@
 """Training augmentation settings (torch-free, so run config classes can reuse them).
 
-`data.loader.build_augmentation` turns them into a torchvision v2 transform applied to image and
-mask together.
+Two implementations draw the same transforms: `data.loader.build_augmentation`, a torchvision v2
+transform applied to each sample in the loader, and `ml.batch_augment.BatchAugment`, applied to
+whole batches on the training device by the training loop. `where` picks one.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from maskfind_pipeline.core_config import CoreConfig
 
@@ -14,6 +17,10 @@ class AugmentConfig(CoreConfig):
 
     enabled: bool = True
     """Whether to augment at all."""
+    where: Literal["auto", "sample", "batch"] = "auto"
+    """`sample`: per sample in the loader's workers (torchvision v2); `batch`: whole batches on
+    the training device after the copy (`ml.batch_augment`); `auto`: batch on a GPU, per sample
+    on the CPU."""
     flip_p: float = 0.5
     """Probability of each of a horizontal and a vertical flip."""
     rotate90: bool = True
@@ -34,3 +41,11 @@ class AugmentConfig(CoreConfig):
     """Saturation jitter, as in `v2.ColorJitter`."""
     hue: float = 0.0
     """Hue jitter, as in `v2.ColorJitter` (at most 0.5; costly, about 1.5 ms per 256² image)."""
+
+    def on_device(self, device_type: str) -> bool:
+        """Whether training on a `device_type` ("cuda", "cpu", ...) augments whole batches there."""
+        if not self.enabled:
+            return False
+        if self.where == "auto":
+            return device_type != "cpu"
+        return self.where == "batch"

@@ -4,6 +4,8 @@ Keep it out of anything the Dagster definitions import; training code imports it
 
 Samples are uint8 images and 0/1 masks at the cached size. Normalisation (mean/std) is not done
 here: the model's preprocessing does it on the device, so batches cross to the GPU as bytes.
+Augmentation happens here per sample, or, where training augments on the device
+(`AugmentConfig.where`), not at all: the train loader then reads whole batches (`MaskBatches`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,22 @@ class MaskDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def batch(self, positions: Sequence[int]) -> Sample:
+        """The samples at `positions`, un-augmented, as one batch read with one gather per array.
+
+        Rows come in ascending order (a forward pass over the memory map). Images are uint8
+        (B, 3, H, W) in channels_last memory (the cache's layout), masks uint8 (B, 1, H, W) 0/1,
+        weights float32 (B,), indices int64 (B,).
+        """
+        rows = np.sort(self.indices[np.asarray(positions, dtype=np.int64)])
+        images = torch.from_numpy(np.take(self.decoded.images, rows, axis=0))
+        return {
+            "image": images.permute(0, 3, 1, 2),
+            "mask": torch.from_numpy(np.take(self.decoded.masks, rows, axis=0)).unsqueeze(1),
+            "weight": torch.from_numpy(self.weights[rows]),
+            "index": torch.from_numpy(rows),
+        }
+
     def __getitem__(self, position: int) -> Sample:
         index = int(self.indices[position])
         image = torch.from_numpy(np.array(self.decoded.images[index].transpose(2, 0, 1)))
@@ -107,6 +125,38 @@ class MaskDataset(Dataset[Sample]):
         }
 
 
+class MaskBatches(MaskDataset):
+    """A `MaskDataset` that a DataLoader reads a batch at a time (`MaskDataset.batch`), with
+    `augment` left to the training loop, which applies it to each batch on the training device
+    (`ml.batch_augment.BatchAugment`). Its DataLoader needs `collate_fn=collated`.
+
+    Args:
+        decoded: the decoded dataset version.
+        selection: the rows to serve, as a boolean mask over all rows or as row indices.
+        weights: one training weight per row of `decoded` (default 1.0).
+        augment: the augmentation the training loop is to apply (None: none).
+    """
+
+    def __init__(
+        self,
+        decoded: DecodedArrays,
+        selection: np.ndarray | Sequence[int] | Sequence[bool],
+        weights: np.ndarray | Sequence[float] | None = None,
+        *,
+        augment: AugmentConfig | None = None,
+    ) -> None:
+        super().__init__(decoded, selection, weights)
+        self.device_augment = augment
+
+    def __getitems__(self, positions: list[int]) -> Sample:
+        return self.batch(positions)
+
+
+def collated(batch: Any) -> Sample:
+    """The `collate_fn` of a `MaskBatches` loader: its batches come collated."""
+    return batch
+
+
 def make_loaders(
     manifest: pa.Table,
     decoded: DecodedArrays,
@@ -117,8 +167,13 @@ def make_loaders(
     seed: int,
     pin_memory: bool = False,
     shard: tuple[int, int] | None = None,
+    device_augment: bool = False,
 ) -> dict[str, DataLoader[Sample]]:
     """One loader per split present in `manifest`: train shuffled and augmented, val/test neither.
+
+    With `device_augment` (and an enabled `augment`) the train loader serves `MaskBatches`:
+    whole un-augmented batches (uint8 masks, rows sorted within each batch, the same rows per
+    batch as without it), and the training loop augments them on its device.
 
     The train order is a pure function of `seed` (and of how many epochs were drawn); worker
     seeds come from per-split generators seeded from `seed`, so runs repeat exactly.
@@ -137,6 +192,7 @@ def make_loaders(
         seed: seeds the shuffling and the workers.
         pin_memory: pin batches for faster copies to a GPU.
         shard: this process's rank and the number of processes training together.
+        device_augment: leave the train split's augmentation to the training loop.
 
     Raises:
         ValueError: `decoded` was built from another manifest.
@@ -152,18 +208,25 @@ def make_loaders(
         if not selection.any():
             continue
         train = split == "train"
-        dataset = MaskDataset(decoded, selection, weights, augment=augment if train else None)
+        batched = train and device_augment and augment is not None and augment.enabled
+        kind = MaskBatches if batched else MaskDataset
+        dataset = kind(decoded, selection, weights, augment=augment if train else None)
         sampler = (
             DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
             if train and shard is not None
             else None
         )
+        per_rank = -(-int(selection.sum()) // world_size)
         loaders[split] = DataLoader(
             dataset,
             batch_size=batch_size,
+            # A last batch of one sample gives batch norm nothing to normalise over (an error
+            # once the deepest feature map is 1x1): drop it, when there is more than one batch.
+            drop_last=train and per_rank > batch_size and per_rank % batch_size == 1,
             shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=num_workers,
+            collate_fn=collated if batched else None,
             pin_memory=pin_memory,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(seed + offset + len(SPLITS) * rank),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import segmentation_models_pytorch as smp
@@ -66,9 +67,20 @@ def preprocess(images: torch.Tensor, config: ModelSpec) -> torch.Tensor:
         raise ValueError(
             f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
         )
-    mean = torch.tensor(config.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
+    scale, shift = _normalisation(tuple(config.mean), tuple(config.std), images.device)
+    return images.float().mul_(scale).sub_(shift)
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std) on `device`, made once: building them from Python lists on a
+    GPU every step would make the CPU wait for the GPU's queue (a copy from pageable memory)."""
+    with torch.inference_mode(False):  # normal tensors, whichever mode the first call is in
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (1.0 / (255.0 * std_t)).to(device), (mean_t / std_t).to(device)
 
 
 def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) -> int:

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from maskfind_pipeline.data.decoded import DecodedArrays
-from maskfind_pipeline.data.loader import MaskDataset, make_loaders
+from maskfind_pipeline.data.loader import MaskBatches, MaskDataset, make_loaders
 from maskfind_pipeline.ml import plots
+from maskfind_pipeline.ml.batch_augment import BatchAugment
 from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.device import (
     DeviceSettings,
@@ -121,11 +122,15 @@ def make_train_loaders(
 ) -> dict[str, DataLoader[dict[str, Any]]]:
     """`make_loaders` with this config's batch size, workers, augmentation and seed.
 
+    Where the augmentation is to run on the training device (`AugmentConfig.on_device`), the
+    train loader serves un-augmented batches and `train` augments them after the copy.
+
     Args:
         manifest: the dataset version's manifest.
         decoded: its decoded arrays (`build_decoded`).
         train_config: supplies batch size (per process), workers, augmentation and seed.
-        settings: pins memory for a GPU; default `select_device(train_config.device)`.
+        settings: pins memory for a GPU and decides where augmentation runs; default
+            `select_device(train_config.device)`.
         ranks: with several processes, the train split is sharded among them.
     """
     settings = settings or select_device(train_config.device)
@@ -138,6 +143,7 @@ def make_train_loaders(
         seed=train_config.seed,
         pin_memory=settings.pin_memory,
         shard=(ranks.rank, ranks.world_size) if ranks and ranks.distributed else None,
+        device_augment=train_config.augment.on_device(settings.device.type),
     )
 
 
@@ -292,6 +298,7 @@ class _Run:
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, StateDict, Predictions] | None = None
         self.kept: StateDict | None = None  # on ranks other than 0: rank 0's best weights
+        self.augment: BatchAugment | None = None
 
     def fit(
         self,
@@ -309,6 +316,7 @@ class _Run:
                 lambda step: lr_factor(schedule, self.budget.progress(step, planned))
             )
         sampler = getattr(train_loader, "sampler", None)
+        self.augment = _device_augmentation(train_loader, self.tc.seed + self.ranks.rank)
         for epoch in range(1, self.tc.epochs + 1):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
@@ -375,9 +383,12 @@ class _Run:
 
     def _step(self, batch: Batch) -> torch.Tensor:
         device = self.settings.device
+        images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
+        if self.augment is not None:
+            images, masks = self.augment(images, masks)
         weights = self._weights(batch).to(device, non_blocking=True)
-        logits = forward(self.net, self.config, batch["image"], self.settings)
+        logits = forward(self.net, self.config, images, self.settings)
         return self.optimiser.step(self.loss_fn(logits.float(), masks, weights))
 
     def _weights(self, batch: Batch) -> torch.Tensor:
@@ -461,6 +472,14 @@ class _Run:
             "val_gallery": gallery,
             "training_curves": plots.training_curves_png(self.history),
         }
+
+
+def _device_augmentation(loader: Loader, seed: int) -> BatchAugment | None:
+    """The augmentation a `MaskBatches` train loader left to the loop, drawn from `seed`."""
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, MaskBatches) and dataset.device_augment is not None:
+        return BatchAugment(dataset.device_augment, seed)
+    return None
 
 
 def _place(model: nn.Module, device: torch.device, fmt: torch.memory_format) -> nn.Module:
