@@ -22,7 +22,9 @@ class AugmentConfig(CoreConfig):
     the training device after the copy (`ml.batch_augment`); `auto`: batch on a GPU, per sample
     on the CPU."""
     flip_p: float = 0.5
-    """Probability of each of a horizontal and a vertical flip."""
+    """Probability of a horizontal flip, and of a vertical one unless `vflip_p` is set."""
+    vflip_p: float | None = None
+    """Probability of a vertical flip (0 for photographs with a natural up); null: `flip_p`."""
     rotate90: bool = True
     """Rotate by a random multiple of 90 degrees."""
     affine_p: float = 0.3
@@ -41,6 +43,11 @@ class AugmentConfig(CoreConfig):
     """Saturation jitter, as in `v2.ColorJitter`."""
     hue: float = 0.0
     """Hue jitter, as in `v2.ColorJitter` (at most 0.5; costly, about 1.5 ms per 256² image)."""
+
+    @property
+    def vertical_flip_p(self) -> float:
+        """The probability of a vertical flip."""
+        return self.flip_p if self.vflip_p is None else self.vflip_p
 
     def on_device(self, device_type: str) -> bool:
         """Whether training on a `device_type` ("cuda", "cpu", ...) augments whole batches there."""

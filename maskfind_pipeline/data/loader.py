@@ -49,7 +49,9 @@ def build_augmentation(config: AugmentConfig) -> v2.Transform | None:
         return None
     steps: list[v2.Transform] = []
     if config.flip_p > 0:
-        steps += [v2.RandomHorizontalFlip(config.flip_p), v2.RandomVerticalFlip(config.flip_p)]
+        steps.append(v2.RandomHorizontalFlip(config.flip_p))
+    if config.vertical_flip_p > 0:
+        steps.append(v2.RandomVerticalFlip(config.vertical_flip_p))
     if config.rotate90:
         steps.append(RandomRot90())
     if config.affine_p > 0:

@@ -105,7 +105,7 @@ def draw(
     def chance(p: float) -> torch.Tensor:
         return torch.rand(count, generator=generator, dtype=torch.float64) < p
 
-    hflip, vflip = chance(config.flip_p), chance(config.flip_p)
+    hflip, vflip = chance(config.flip_p), chance(config.vertical_flip_p)
     turns = torch.randint(4, (count,), generator=generator)
     if not config.rotate90:
         turns.zero_()

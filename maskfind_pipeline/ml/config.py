@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.augment_config import AugmentConfig
@@ -18,6 +18,7 @@ from maskfind_pipeline.data.augment_config import AugmentConfig
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEMO_ENCODER = "tu-tf_efficientnet_lite0"
+LossName = Literal["dice_bce", "bce", "dice", "focal", "lovasz", "bce_lovasz"]
 
 
 class ModelSpec(CoreConfig):
@@ -40,6 +41,27 @@ class ModelSpec(CoreConfig):
     """Per-channel mean of the encoder's normalisation, on [0, 1] pixels."""
     std: tuple[float, float, float] = IMAGENET_STD
     """Per-channel standard deviation of the encoder's normalisation."""
+    tta_flip: bool = False
+    """Test-time augmentation: average the logits with those of the left-right mirrored image
+    (mirrored back). Evaluation, validation and production all predict this way; it costs one
+    more forward pass per image."""
+    tta_scales: tuple[float, ...] = (1.0,)
+    """Test-time augmentation: predict at these scales of the input side (1.0 among them; each
+    side rounded to the encoder's stride, the logits resized back) and average; each scale but
+    1.0 costs a forward pass (two with `tta_flip`)."""
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _scales(cls, scales: tuple[float, ...]) -> tuple[float, ...]:
+        if 1.0 not in scales or any(not 0.25 <= s <= 4.0 for s in scales):
+            raise ValueError(f"tta_scales must hold 1.0 and lie within [0.25, 4]: {scales}")
+        return scales
+
+    @property
+    def tta_passes(self) -> int:
+        """Forward passes per image at prediction time (at most: scales that round to the same
+        side at the model's input size are one pass)."""
+        return len(set(self.tta_scales)) * (2 if self.tta_flip else 1)
 
 
 def demo_model_spec(input_size: int = 256) -> ModelSpec:
@@ -79,8 +101,30 @@ class TrainConfig(CoreConfig):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     """Learning-rate shape over training progress: the share of `epochs` done or, where further
     along, of `max_minutes` spent, so a run the budget cuts short still warms up and anneals."""
-    loss: Literal["dice_bce", "bce", "dice", "focal"] = "dice_bce"
+    loss: LossName = "dice_bce"
     """Training loss."""
+    encoder_lr_factor: float = Field(default=1.0, ge=0.0)
+    """The encoder's learning rate as a share of `learning_rate`: below 1, the pretrained
+    encoder is fine-tuned more gently than the new decoder learns."""
+    freeze_encoder: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of training progress (as the schedule counts it) with the encoder frozen (its
+    learning rate 0; batch-norm statistics still adapt): the new decoder warms up on the
+    pretrained features before they move."""
+    low_res_size: int | None = Field(default=None, ge=32)
+    """Progressive resizing: train on batches downscaled to this side (a multiple of the
+    encoder's stride) for the first `low_res_share` of progress; cheaper steps, more epochs.
+    Validation always runs at the model's input size. Null: never."""
+    low_res_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of training progress at `low_res_size`."""
+    final_loss: LossName | None = None
+    """The loss of the last `final_loss_share` of progress (e.g. `lovasz`, a surrogate of IoU
+    itself, once `loss` has found the objects); null: `loss` throughout."""
+    final_loss_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    """Share of training progress, at the end, trained with `final_loss`."""
+    ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Validate, keep and register an exponential moving average of the weights and batch-norm
+    statistics, updated every step with this decay (its horizon is about 1 / (1 - decay)
+    steps); null: the weights themselves."""
     augment: AugmentConfig = AugmentConfig()
     """Augmentation of the train split."""
     failure_weight: float | None = None
@@ -108,6 +152,41 @@ class TrainConfig(CoreConfig):
     """"cuda", "cpu" or null for CUDA when available."""
     mixed_precision: bool = True
     """bf16/fp16 autocast where the device supports it (see `ml.device`)."""
+
+
+PHOTO_AUGMENT = AugmentConfig(
+    vflip_p=0.0,
+    rotate90=False,
+    affine_p=0.8,
+    degrees=10.0,
+    translate=0.1,
+    scale=0.25,
+    brightness=0.3,
+    contrast=0.3,
+    saturation=0.3,
+)
+"""Augmentation for photographs: left-right flips only (objects keep their up), scale and crop
+jitter (zoom 0.75-1.25, shifts up to a tenth of the side) on most samples, stronger colour."""
+
+FINE_TUNING = TrainConfig(
+    epochs=200,
+    batch_size=32,
+    learning_rate=3e-3,
+    early_stopping_patience=0,
+    max_minutes=20.0,
+    augment=PHOTO_AUGMENT,
+    encoder_lr_factor=0.3,
+    freeze_encoder=0.05,
+    final_loss="bce_lovasz",
+    final_loss_share=0.2,
+    ema_decay=0.99,
+)
+"""The training recipe chosen on real photographs (`bench/real_quality.py`, README "Quality on
+real photographs"): the one-cycle schedule over a 20-minute budget (no early stop, which would
+cut it before it anneals), the pretrained encoder at 0.3 of the decoder's learning rate and
+frozen for the first 5 %, photo augmentation, BCE + Lovász for the last 20 %, a moving average
+of the weights. Progressive resizing (`low_res_size`) was measured and not kept: more epochs,
+lower validation mIoU on boats. The nightly job's default (`TrainingSettings.train`)."""
 
 
 class AuditConfig(CoreConfig):

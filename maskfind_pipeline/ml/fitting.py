@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from maskfind_pipeline.ml.device import DeviceSettings
 from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
@@ -23,7 +25,7 @@ class Optimiser:
 
     def __init__(
         self,
-        parameters: Iterable[nn.Parameter],
+        parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
         *,
         learning_rate: float,
         weight_decay: float,
@@ -38,8 +40,9 @@ class Optimiser:
         self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.grad_scaler)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
-    def schedule(self, factor: Callable[[int], float]) -> None:
-        """Multiply the learning rate by `factor(step)` from now on."""
+    def schedule(self, factor: Callable[[int], float] | list[Callable[[int], float]]) -> None:
+        """Multiply the learning rate by `factor(step)` from now on (one factor per parameter
+        group where a list is given)."""
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def step(self, loss: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,7 @@ class Optimiser:
 
     @property
     def learning_rate(self) -> float:
+        """The first parameter group's current learning rate."""
         return float(self.optimizer.param_groups[0]["lr"])
 
 
@@ -92,6 +96,43 @@ class EarlyStopping:
         return self.reason != "completed"
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers (`AveragedModel`).
+
+    The decay warms up as min(`decay`, (1 + n) / (10 + n)) over the first n updates, as
+    TensorFlow's `ExponentialMovingAverage` does with `num_updates`: early on the average
+    follows the weights closely, so a short run's average is not held back at its first steps.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged copy of the model."""
+        return self.averaged.module
+
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights and buffers into the average."""
+        self.updates += 1
+        self.averaged.update_parameters(model)
+
+    @torch.no_grad()
+    def _average(
+        self,
+        averaged: Sequence[torch.Tensor],
+        current: Sequence[torch.Tensor],
+        _: torch.Tensor | int,
+    ) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(list(averaged), list(current), 1.0 - decay)  # pyright: ignore[reportPrivateImportUsage]
+            return
+        for mine, theirs in zip(averaged, current, strict=True):
+            mine.copy_(theirs)  # integer buffers (batch norm's num_batches_tracked): the count
+
+
 def build_pretrained(
     build: Callable[[bool], nn.Module], *, pretrained: bool, allow_scratch: bool
 ) -> tuple[nn.Module, bool]:
@@ -114,11 +155,14 @@ def lr_factor(schedule: str, progress: float) -> float:
     """Multiplier of the configured learning rate at `progress` (0 = start, 1 = end).
 
     `onecycle` follows `torch.optim.lr_scheduler.OneCycleLR`'s defaults (cosine warm-up from
-    1/25 over the first 30 %, cosine annealing to 1/250000); `cosine` anneals from 1 to 0.
+    1/25 over the first 30 %, cosine annealing to 1/250000); `cosine` anneals from 1 to 0;
+    `constant` stays 1.
     """
-    if schedule not in ("onecycle", "cosine"):
+    if schedule not in ("onecycle", "cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}")
     p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
     if schedule == "cosine":
         return _cosine(1.0, 0.0, p)
     warmup, start, end = 0.3, 1 / 25, 1 / 25 / 1e4

@@ -13,6 +13,7 @@ from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate
 from maskfind_pipeline.ml.model import preprocess
+from maskfind_pipeline.ml.tta import averaged_logits
 
 Batch = Mapping[str, Any]
 
@@ -44,6 +45,17 @@ def forward(
         return model(inputs)
 
 
+def predict_logits(
+    model: nn.Module, config: ModelSpec, images: torch.Tensor, settings: DeviceSettings
+) -> torch.Tensor:
+    """Float32 logits of a uint8 batch as predictions are made: `forward`, averaged over the
+    test-time augmentation `config` asks for (`ml.tta`; none by default)."""
+    images = images.to(settings.device, non_blocking=True)
+    inputs = preprocess(images.contiguous(memory_format=settings.memory_format), config)
+    with settings.autocast():
+        return averaged_logits(model, inputs, config)
+
+
 @torch.inference_mode()
 def predict_probabilities(
     model: nn.Module,
@@ -52,7 +64,8 @@ def predict_probabilities(
     *,
     settings: DeviceSettings | None = None,
 ) -> Predictions:
-    """Sigmoid probabilities of every batch of `loader`, batched, without gradients.
+    """Sigmoid probabilities of every batch of `loader`, batched, without gradients, with the
+    config's test-time augmentation (`predict_logits`).
 
     The model is put in eval mode (and back into its previous mode afterwards); autocast and
     channels_last follow `settings` (default: `select_device()` on the model's device).
@@ -63,7 +76,7 @@ def predict_probabilities(
     model.eval()
     probs, masks, indices = [], [], []
     for batch in loader:
-        logits = forward(model, config, batch["image"], settings)
+        logits = predict_logits(model, config, batch["image"], settings)
         quantised = torch.sigmoid(logits.float()).mul_(255).round_().to(torch.uint8)
         probs.append(quantised[:, 0].cpu().numpy())
         masks.append(batch["mask"][:, 0].to(torch.uint8).numpy())

@@ -15,7 +15,7 @@ from safetensors.torch import save as save_safetensors
 from maskfind_pipeline.data.decoded import resize_image
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
-from maskfind_pipeline.ml.inference import forward
+from maskfind_pipeline.ml.inference import forward, predict_logits
 from maskfind_pipeline.ml.model import build_model
 
 
@@ -85,9 +85,12 @@ class Predictor:
         return replace(self, model=settings.prepare(self.model), settings=settings)
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, *, tta: bool = True) -> torch.Tensor:
         """Logits (B,1,H,W), float32 on the predictor's device, for uint8 images (B,3,H,W)
-        already at the model's input size."""
+        already at the model's input size: averaged over the config's test-time augmentation,
+        or of the plain forward pass alone with `tta=False`."""
+        if tta:
+            return predict_logits(self.model, self.config, images, self.settings)
         return forward(self.model, self.config, images, self.settings).float()
 
     @torch.no_grad()

@@ -227,14 +227,18 @@ def _predictions(
     if images.shape[1:3] != (size, size):
         raise ValueError(f"{name} takes {size}² images, got {images.shape[1:3]}")
     threshold = predictor.config.threshold
-    probs, flipped = [], []
+    # The flip baseline compares plain forward passes: with test-time flipping the predicted
+    # mask is mirror-symmetric by construction and would always agree with itself.
+    tta = predictor.config.tta_passes > 1
+    probs, plain, flipped = [], [], []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)
-        probs.append(_quantized(predictor.logits(batch)))
-        flipped.append(_quantized(predictor.logits(batch.flip(-1)).flip(-1)))
+        plain.append(_quantized(predictor.logits(batch, tta=False)))
+        probs.append(_quantized(predictor.logits(batch)) if tta else plain[-1])
+        flipped.append(_quantized(predictor.logits(batch.flip(-1), tta=False).flip(-1)))
     quantized, mirror = np.concatenate(probs), np.concatenate(flipped)
     masks = _masks(quantized, threshold)
-    agreement = mask_ious(masks, _masks(mirror, threshold))
+    agreement = mask_ious(_masks(np.concatenate(plain), threshold), _masks(mirror, threshold))
     count = len(images)
     return {
         "image_index": np.arange(count, dtype=np.int64),

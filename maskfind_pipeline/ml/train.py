@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
@@ -35,6 +37,7 @@ from maskfind_pipeline.ml.fitting import (
     Budget,
     EarlyStopping,
     Optimiser,
+    WeightAverage,
     build_pretrained,
     cpu_state,
     lr_factor,
@@ -46,10 +49,11 @@ from maskfind_pipeline.ml.inference import (
     forward,
     predict_probabilities,
 )
-from maskfind_pipeline.ml.losses import make_loss
+from maskfind_pipeline.ml.losses import LossFn, make_loss
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate, iou_per_image, pixel_counts
 from maskfind_pipeline.ml.model import build_model
 from maskfind_pipeline.ml.threshold import ThresholdChoice, tune_threshold
+from maskfind_pipeline.ml.tta import stride
 
 Progress = Callable[[str, int, int], None]
 StateDict = dict[str, torch.Tensor]
@@ -282,12 +286,17 @@ class _Run:
         self.net = self.ranks.wrap(model, settings)
         self.image_types = np.asarray(image_types, dtype=object)
         self.sources = np.asarray(sources, dtype=object)
-        self.loss_fn = make_loss(train_config.loss)
+        self.recipe = _Recipe(model, model_config, train_config)
         self.optimiser = Optimiser(
-            model.parameters(),
+            self.recipe.parameter_groups(),
             learning_rate=train_config.learning_rate,
             weight_decay=train_config.weight_decay,
             settings=settings,
+        )
+        self.ema = (
+            WeightAverage(model, train_config.ema_decay)
+            if train_config.ema_decay is not None
+            else None
         )
         self.budget = (
             AgreedBudget(train_config.max_minutes, self.ranks)
@@ -299,6 +308,8 @@ class _Run:
         self.best: tuple[float, int, StateDict, Predictions] | None = None
         self.kept: StateDict | None = None  # on ranks other than 0: rank 0's best weights
         self.augment: BatchAugment | None = None
+        self.steps, self.done = 0, 0.0
+        self.progress: Callable[[], float] = lambda: 0.0
 
     def fit(
         self,
@@ -310,11 +321,9 @@ class _Run:
     ) -> None:
         steps = len(train_loader)
         planned = steps * self.tc.epochs
-        if self.tc.schedule != "constant":
-            schedule = self.tc.schedule
-            self.optimiser.schedule(
-                lambda step: lr_factor(schedule, self.budget.progress(step, planned))
-            )
+        self.progress = lambda: self.budget.progress(self.steps, planned)
+        # The schedule reads the progress of the step just taken (one clock reading per step).
+        self.optimiser.schedule(self.recipe.lr_factors(lambda _: self.done))
         sampler = getattr(train_loader, "sampler", None)
         self.augment = _device_augmentation(train_loader, self.tc.seed + self.ranks.rank)
         for epoch in range(1, self.tc.epochs + 1):
@@ -344,11 +353,11 @@ class _Run:
         on_epoch: Callable[[EpochReport], None] | None,
     ) -> bool:
         """Rank 0 validates and reports; every rank learns whether the epoch improved."""
-        self.ranks.share_buffers(self.model)
+        self.ranks.share_buffers(self.evaluated)
         if not self.ranks.is_main:
             improved = bool(self.ranks.agree(False))
             if improved:
-                self.kept = cpu_state(self.model)
+                self.kept = cpu_state(self.evaluated)
             return improved
         report = self._validate(epoch, val_loader, loss, images, seconds)
         self.history.append(report.as_dict())
@@ -387,9 +396,15 @@ class _Run:
         masks = batch["mask"].to(device, non_blocking=True)
         if self.augment is not None:
             images, masks = self.augment(images, masks)
+        self.done = self.progress()
+        images, masks = self.recipe.resize(images, masks, self.done)
         weights = self._weights(batch).to(device, non_blocking=True)
         logits = forward(self.net, self.config, images, self.settings)
-        return self.optimiser.step(self.loss_fn(logits.float(), masks, weights))
+        loss = self.optimiser.step(self.recipe.loss(self.done)(logits.float(), masks, weights))
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.steps += 1
+        return loss
 
     def _weights(self, batch: Batch) -> torch.Tensor:
         if self.tc.failure_weight is None:
@@ -401,13 +416,13 @@ class _Run:
         self, epoch: int, val_loader: Loader, loss: float, images: int, seconds: float
     ) -> EpochReport:
         predictions = predict_probabilities(
-            self.model, self.config, val_loader, settings=self.settings
+            self.evaluated, self.config, val_loader, settings=self.settings
         )
         counts = pixel_counts(predictions.probabilities, predictions.masks, 0.5)
         miou = float(iou_per_image(counts).mean())
         improved = self.best is None or miou > self.best[0] + self.tc.min_delta
         if improved:
-            self.best = (miou, epoch, cpu_state(self.model), predictions)
+            self.best = (miou, epoch, cpu_state(self.evaluated), predictions)
         assert self.best is not None
         return EpochReport(
             epoch=epoch,
@@ -420,6 +435,11 @@ class _Run:
             seconds=seconds,
             images_per_second=images / max(seconds, 1e-9),
         )
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What is validated and kept: the weights' moving average where configured."""
+        return self.model if self.ema is None else self.ema.module
 
     def replica_model(self) -> nn.Module:
         """A rank's best-epoch model, like `finish`'s, on ranks other than 0."""
@@ -472,6 +492,64 @@ class _Run:
             "val_gallery": gallery,
             "training_curves": plots.training_curves_png(self.history),
         }
+
+
+class _Recipe:
+    """The fine-tuning schedule of a `TrainConfig`: per-group learning rates (encoder slower,
+    frozen at first), progressive resizing and the loss of the final stretch, each decided by
+    training progress (a share of the epochs or, further along, of the time budget)."""
+
+    def __init__(self, model: nn.Module, model_config: ModelSpec, train_config: TrainConfig):
+        self.model, self.tc = model, train_config
+        self.loss_fn = make_loss(train_config.loss)
+        self.final_loss_fn = make_loss(train_config.final_loss) if train_config.final_loss else None
+        size, step = train_config.low_res_size, stride(model_config)
+        if size is not None and size % step:
+            raise ValueError(
+                f"low_res_size {size} is not a multiple of the encoder's stride {step}"
+            )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The decoder and head (first: the learning rate reported) and the encoder."""
+        encoder = {id(p) for p in self.model.get_submodule("encoder").parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in encoder]
+        lr = self.tc.learning_rate
+        return [
+            {"params": rest},
+            {
+                "params": list(self.model.get_submodule("encoder").parameters()),
+                "lr": lr * self.tc.encoder_lr_factor,
+            },
+        ]
+
+    def lr_factors(self, progress: Callable[[int], float]) -> list[Callable[[int], float]]:
+        """The schedule's factor of each parameter group at an optimiser step."""
+        schedule, frozen = self.tc.schedule, self.tc.freeze_encoder
+
+        def decoder(step: int) -> float:
+            return lr_factor(schedule, progress(step))
+
+        def encoder(step: int) -> float:
+            done = progress(step)
+            return 0.0 if done < frozen else lr_factor(schedule, done)
+
+        return [decoder, encoder]
+
+    def resize(
+        self, images: torch.Tensor, masks: torch.Tensor, progress: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at `low_res_size` during the first `low_res_share` of progress."""
+        size = self.tc.low_res_size
+        if size is None or progress >= self.tc.low_res_share or images.shape[-1] <= size:
+            return images, masks
+        small = TF.resize(images, [size, size], antialias=True)
+        return small, (F.interpolate(masks, size=(size, size), mode="area") >= 0.5).float()
+
+    def loss(self, progress: float) -> LossFn:
+        """`final_loss` over the last `final_loss_share` of progress, else `loss`."""
+        if self.final_loss_fn is not None and progress >= 1.0 - self.tc.final_loss_share:
+            return self.final_loss_fn
+        return self.loss_fn
 
 
 def _device_augmentation(loader: Loader, seed: int) -> BatchAugment | None:

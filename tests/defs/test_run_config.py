@@ -34,6 +34,8 @@ SPECIAL: dict[tuple[str, str], Any] = {
     ("AuditConfig", "max_iou"): 0.4,
     ("AuditConfig", "min_confident_share"): 0.6,
     ("AuditConfig", "min_disagreement"): 0.1,
+    ("ModelSpec", "tta_scales"): [1.0, 0.75],
+    ("TrainConfig", "low_res_size"): 96,
 }
 
 

@@ -1,5 +1,6 @@
-"""The backend interface and the one graph every backend runs: preprocessing, model, sigmoid,
-and the image features (`ml.features`) from the same pass."""
+"""The backend interface and the one graph every backend runs: preprocessing, model (with the
+config's test-time augmentation), sigmoid, and the image features (`ml.features`) of the plain
+pass."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from torch import nn
 
 from maskfind_pipeline.ml.config import ModelSpec
 from maskfind_pipeline.ml.features import segment_with_features
+from maskfind_pipeline.ml.tta import averaged_logits
 
 
 class Prediction(NamedTuple):
     """What a backend returns for a batch of B images at the model's input size S, from one
-    forward pass: float32 CPU tensors.
+    run of `ProbabilityModel`: float32 CPU tensors.
 
     Attributes:
         probabilities: Sigmoid probabilities (B,1,S,S).
@@ -36,7 +38,7 @@ class InferenceBackend(Protocol):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """Probabilities and features of uint8 RGB images (B,3,S,S) on the CPU at the model's
-        input size S, from one forward pass."""
+        input size S, from one run of the graph."""
         ...
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -48,8 +50,9 @@ class ProbabilityModel(nn.Module):
     """`model` with its input preprocessing and output sigmoid, and the image features of the
     same pass: uint8 images (B,3,S,S) in, (probabilities (B,1,S,S), features (B,D)) out.
 
-    The arithmetic is `ml.model.preprocess`'s (one multiply, one subtract, float32 constants)
-    and the pass is `ml.features.segment_with_features`, so in float32 it gives the Predictor's
+    The arithmetic is `ml.model.preprocess`'s (one multiply, one subtract, float32 constants),
+    the pass is `ml.features.segment_with_features` and the logits are averaged over the
+    config's test-time augmentation views (`ml.tta`), so in float32 it gives the Predictor's
     probabilities and the features' one definition; exported, it makes every runtime take the
     same uint8 input and give the same two outputs. The sigmoid and the features are computed
     in float32 whatever precision the network runs in (e.g. under bf16 autocast).
@@ -61,16 +64,17 @@ class ProbabilityModel(nn.Module):
     def __init__(self, model: nn.Module, config: ModelSpec) -> None:
         super().__init__()
         self.model = model
+        self.config = config
         mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", mean / std)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, features = segment_with_features(
-            self.model, images.float() * self.scale - self.shift
-        )
-        return torch.sigmoid(logits.float()), features
+        inputs = images.float() * self.scale - self.shift
+        plain, features = segment_with_features(self.model, inputs)
+        logits = averaged_logits(self.model, inputs, self.config, plain)
+        return torch.sigmoid(logits), features
 
 
 def check_images(images: torch.Tensor, size: int) -> None:

@@ -25,14 +25,14 @@ SIZE = 32
 class BrightPixels(Predictor):
     """A stand-in mask model: product where the image is bright (mirror-symmetric)."""
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, *, tta: bool = True) -> torch.Tensor:
         return (images.float().mean(dim=1, keepdim=True) - 128.0) / 8.0
 
 
 class LeftHalf(Predictor):
     """A stand-in mask model that always marks the left half: the worst flip agreement."""
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, *, tta: bool = True) -> torch.Tensor:
         out = torch.full((images.shape[0], 1, *images.shape[2:]), -5.0)
         out[..., : images.shape[-1] // 2] = 5.0
         return out
