@@ -8,7 +8,9 @@
 #    training runs, alternating, with ratios (bench/train.py --where sample,batch);
 # 3. inference: the shipped Predictor path vs plain float32 NCHW (bench/predict.py);
 # 4. training: shipped loop vs naive loop and vs an 8192² bf16 matmul (bench/train.py);
-# 5. quality: the demo data's validation mIoU after 3 minutes of training (bench/quality.py).
+# 5. quality: the demo data's validation mIoU after 3 minutes of training (bench/quality.py);
+# 6. quality on real photos where ../shared/data/real exists: the shipped and fine-tuning recipes
+#    for REAL_MINUTES (default 5) each at 256² (bench/real_quality.py).
 set -uo pipefail  # one step failing does not hide the others
 export PYTHONUNBUFFERED=1
 PY=${PY:-.venv/bin/python}
@@ -23,3 +25,6 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__, "smp",
 "$PY" -m bench.predict --device cuda --batches 20
 "$PY" -m bench.train --device cuda --samples 1040 --batch-size 32 --workers 8
 "$PY" -m bench.quality --minutes "${QUALITY_MINUTES:-3}" --workers 6
+if [ -d ../shared/data/real ]; then
+    "$PY" -m bench.real_quality --recipes shipped,finetune --minutes "${REAL_MINUTES:-5}"
+fi

@@ -23,11 +23,15 @@ agreement (`feat err`) is the largest absolute difference in an image's features
 torch_fp32's relative to that image's largest feature, over the batch (the unit tests' measure).
 Last, what `choose_backend` (production's `auto`) picks with its own shorter measurement.
 
+`--tta-flip`: the model predicts with test-time flipping (`ModelSpec.tta_flip`) on every
+backend, and one more row, `fp32_no_tta`, runs the same weights without it: its `vs fp32` is
+what the flip costs.
+
 `--device cuda`: only the two torch rows, on the GPU (the other runtimes run on the CPU here),
 timed with the host-device copies of input and output.
 
     python -m bench.predict [--encoder resnet34 | --demo] [--size 256] [--batch-size 32]
-        [--batches 5] [--rounds 3] [--threads N] [--device cpu] [--cache DIR]
+        [--batches 5] [--rounds 3] [--threads N] [--device cpu] [--cache DIR] [--tta-flip]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -74,7 +79,9 @@ def main() -> None:
 def _config(args: argparse.Namespace) -> ModelConfig:
     spec = demo_model_spec(args.size) if args.demo else None
     fields = spec.model_dump() if spec else {"encoder_name": args.encoder, "input_size": args.size}
-    return ModelConfig.model_validate({**fields, "encoder_weights": None})
+    return ModelConfig.model_validate(
+        {**fields, "encoder_weights": None, "tta_flip": args.tta_flip}
+    )
 
 
 def _open(
@@ -97,6 +104,10 @@ def _open(
             backends[name] = open_backend(name, exports)
         except Exception as exc:  # a missing runtime only removes its row
             notes.append(f"{name} skipped: {type(exc).__name__}: {exc}")
+    if exports.predictor.config.tta_flip:  # the same weights without test-time flipping
+        exact = exports.exact_predictor()
+        plain = replace(exact, config=exact.config.model_copy(update={"tta_flip": False}))
+        backends["fp32_no_tta"] = TorchBackend("fp32_no_tta", plain)
     openvino = backends.get("openvino")
     if isinstance(openvino, OpenVinoBackend):
         notes.append(f"openvino {openvino.precision}, {len(openvino.requests)} streams")
@@ -178,6 +189,11 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
     parser.add_argument("--device", default=None, help="cpu (default) or cuda: torch rows only")
     parser.add_argument("--cache", default=None, help="export cache (default: temporary)")
+    parser.add_argument(
+        "--tta-flip",
+        action="store_true",
+        help="predict with test-time flipping; adds fp32_no_tta, the same weights without it",
+    )
     return parser.parse_args()
 
 
