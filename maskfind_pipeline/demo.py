@@ -34,7 +34,7 @@ from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
+from maskfind_pipeline.ml.config import FINE_TUNING, TrainConfig, demo_model_spec
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 from maskfind_pipeline.storage.base import ObjectStore
 
@@ -189,14 +189,15 @@ def run_story(
 def _nightly_config(settings: DemoSettings, *, warm_start: bool) -> dict[str, Any]:
     minutes = settings.night2_minutes if warm_start else settings.night1_minutes
     epochs = settings.night2_epochs if warm_start else settings.night1_epochs
+    # The production recipe (FINE_TUNING, with test-time flipping) at the demo's size and budget.
     training = TrainingSettings(
-        model=demo_model_spec(settings.size),
-        train=TrainConfig(
-            epochs=epochs,
-            batch_size=32,
-            learning_rate=1e-3 if warm_start else 3e-3,
-            early_stopping_patience=10,
-            max_minutes=minutes,
+        model=demo_model_spec(settings.size).model_copy(update={"tta_flip": True}),
+        train=FINE_TUNING.model_copy(
+            update={
+                "epochs": epochs,
+                "learning_rate": 1e-3 if warm_start else 3e-3,
+                "max_minutes": minutes,
+            }
         ),
         warm_start=warm_start,
     )

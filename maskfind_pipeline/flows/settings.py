@@ -11,7 +11,7 @@ from pydantic import Field
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import AuditConfig, ModelSpec, TrainConfig
+from maskfind_pipeline.ml.config import FINE_TUNING, AuditConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.novelty import NoveltyConfig
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 
@@ -44,10 +44,12 @@ class TrainingSettings(CoreConfig):
 
     dataset_version: str | None = None
     """The dataset version to train on; null: the latest."""
-    model: ModelSpec = ModelSpec()
-    """Architecture, encoder weights, input size and normalisation."""
-    train: TrainConfig = TrainConfig()
-    """Hyper-parameters, augmentation, early stopping, threshold policy, device."""
+    model: ModelSpec = ModelSpec(tta_flip=True)
+    """Architecture, encoder weights, input size, normalisation and test-time augmentation
+    (left-right flip by default: README, "Quality on real photographs")."""
+    train: TrainConfig = FINE_TUNING
+    """Hyper-parameters, augmentation, early stopping, threshold policy, device: by default
+    the fine-tuning recipe chosen on real photographs (`ml.config.FINE_TUNING`)."""
     novelty: NoveltyConfig = NoveltyConfig()
     """The new-image-type score fitted on the trained model's features, stored beside it."""
     warm_start: bool = False
