@@ -144,7 +144,7 @@ def _table(
         f"{'mean |dp|':>10} {'max |dp|':>9} {'feat err':>9}  rounds"
     ]
     for name, backend in backends.items():
-        probabilities, features = backend.predict(images)
+        probabilities, features, _ = backend.predict(images)
         difference = (probabilities - reference.probabilities).abs()
         best = max(rates[name])
         lines.append(

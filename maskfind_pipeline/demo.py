@@ -7,24 +7,31 @@
 3. the demo plays the people: only the queued images come back relabeled under `failures/`
    (with the generator's true masks);
 4. night 2: dataset version 2 holds them; model 2 starts from the champion (warm start), is
-   evaluated against model 1 on both versions and promoted only if the gate passes;
+   evaluated against model 1 on both versions and promoted only if the gate passes; the
+   reviewer is trained again against the new champion (as `champion_changed_sensor` requests
+   in production), now also on the relabeled failures;
 5. production day 2: new images of every type, graded again; `performance_history` shows
    each type's champion mIoU and daily rates over the two days, with its warning checks.
 
 Everything printed is read from what the runs wrote: their materializations and checks, the
-evaluation cells, the prediction logs and the review queue. `run_story` returns the same
-numbers, so a test can assert the story at a tiny size.
+evaluation cells, the prediction logs and the review queue; beside each day's grades, the share
+of masks that are truly bad (against the generator's true masks: the demo knows the truth,
+production does not). `run_story` returns the same numbers, so a test can assert the story at
+a tiny size.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import numpy as np
+from PIL import Image
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.core_config import CoreConfig
@@ -34,7 +41,7 @@ from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import FINE_TUNING, TrainConfig, demo_model_spec
+from maskfind_pipeline.ml.config import FINE_TUNING, demo_model_spec
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 from maskfind_pipeline.storage.base import ObjectStore
 
@@ -63,15 +70,14 @@ class DemoSettings(CoreConfig):
     """A cap on night 2's training time (about 40 s here when idle)."""
     reviewer: ReviewerSettings = ReviewerSettings(
         spec=ReviewerSpec(input_size=64),
-        train=ReviewerTrainConfig(epochs=8, max_minutes=1.5),
-        fold_models=1,
-        fold_train=TrainConfig(
-            epochs=2, batch_size=32, learning_rate=3e-3, max_minutes=1.0, allow_scratch=True
-        ),
-        held_out_count=1,
-        max_images=360,
+        train=ReviewerTrainConfig(epochs=6, max_minutes=1.0),
+        folds=3,
+        fold_train=FINE_TUNING.model_copy(update={"epochs": 4, "max_minutes": 1.0}),
+        max_images=400,
     )
-    """The reviewer's training: small and short, for the demo's time budget."""
+    """The grader's training (after each night's promotion, as `champion_changed_sensor` asks
+    for it in production): three folds of fold mask models and CNN reviewers, small and short
+    for the demo's time budget."""
     gate: GatePolicy = GatePolicy(floor=0.5, min_samples=3, tolerance=0.02)
     """The promotion gate."""
     seed: int = 0
@@ -150,16 +156,7 @@ def run_story(
 
     if not _night(story, 1, run_job, _nightly_config(settings, warm_start=False), echo):
         return _done(story, started, echo)
-    reviewer = run_job(
-        "reviewer", {"ops": {"reviewer_model": {"config": _dump(settings.reviewer)}}}
-    )
-    meta = _metadata(reviewer).get("reviewer_model", {})
-    story.reviewer_version = _value(meta, "reviewer_version")
-    echo(
-        f"reviewer: run {reviewer.run_id[:8]} {'succeeded' if reviewer.success else 'FAILED'}, "
-        f"version {story.reviewer_version}, grade-3 AUC on its held-out type "
-        f"{_short(_value(meta, 'auc_grade3_unseen'))}"
-    )
+    _reviewer(story, run_job, echo)
 
     first = _production_day(story, day1, types, data_store, work_store, instance, run_job, echo)
     if not first.success:
@@ -180,10 +177,30 @@ def run_story(
         return _done(story, started, echo)
     story.matrix = _matrix(work_store, story)
     _print_matrix(story, new.name, echo)
+    _reviewer(story, run_job, echo)
     _production_day(story, day2, types, data_store, work_store, instance, run_job, echo)
     _print_change(story, new.name, echo)
     _history(story, run_job, echo)
     return _done(story, started, echo)
+
+
+def _reviewer(story: Story, run_job: Callable[..., Any], echo: Echo) -> None:
+    """Train the grader against the new champion (what `champion_changed_sensor` requests)."""
+    config = {"ops": {"reviewer_model": {"config": _dump(story.settings.reviewer)}}}
+    start = time.perf_counter()
+    result = run_job("reviewer", config)
+    meta = _metadata(result).get("reviewer_model", {})
+    story.reviewer_version = _value(meta, "reviewer_version") or story.reviewer_version
+    echo(
+        f"reviewer: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
+        f"{time.perf_counter() - start:.0f} s, version {_value(meta, 'reviewer_version')}, "
+        f"grades with {_value(meta, 'scorer')} (grade-3 AUC {_short(_value(meta, 'auc_grade3'))} "
+        f"out of fold; best free signal alone {_value(meta, 'best_free_signal')}), promoted "
+        f"{_value(meta, 'promoted')}"
+    )
+    refused = _value(meta, "reviewer_refused")
+    if refused and not str(refused).startswith("no:"):
+        echo(f"  {str(refused).split(': production grades')[0]}")
 
 
 def _nightly_config(settings: DemoSettings, *, warm_start: bool) -> dict[str, Any]:
@@ -267,6 +284,7 @@ def _production_day(
     config = {"ops": {"production_predictions": {"config": _dump(options)}}}
     result = run_job("production", config, partition_key=partition)
     rows = PredictionLog(work_store, partition).current().to_pylist()
+    truth = _true_bad(data_store, rows, settings.reviewer.spec.grades.usable)
     alarms = [
         c
         for c in result.get_asset_check_evaluations()
@@ -278,7 +296,7 @@ def _production_day(
         partition,
         result.success,
         time.perf_counter() - start,
-        _rates(rows),
+        _rates(rows, truth),
         alarm_types,
         queue,
     )
@@ -289,10 +307,11 @@ def _production_day(
         f"per type, run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
         f"{entry.seconds:.0f} s"
     )
+    echo(f"  {'image type':32s} graded 3  expected bad  truly bad  novel")
     for image_type, rates in sorted(entry.by_type.items()):
         echo(
-            f"  {image_type:32s} grade-3 rate {rates['grade_3_rate']:.2f}   novel "
-            f"{rates['novel_rate']:.2f}"
+            f"  {image_type:32s} {rates['grade_3_rate']:8.2f}  {rates['expected_bad']:12.2f}  "
+            f"{rates['true_bad']:9.2f}  {rates['novel_rate']:5.2f}"
         )
     echo(f"  novelty_alarm: {', '.join(alarm_types) or 'passed (no image type is new)'}")
     reasons: dict[str, int] = {}
@@ -304,7 +323,10 @@ def _production_day(
     return entry
 
 
-def _rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+def _rates(rows: list[dict[str, Any]], truly_bad: set[str]) -> dict[str, dict[str, float | int]]:
+    """Per image type: images, the share graded 3, the expected bad share (mean P(grade 3),
+    calibrated), the share truly bad (IoU with the generator's true mask below `usable`) and
+    the novel share."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "ok":
@@ -316,9 +338,28 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
         out[image_type] = {
             "images": len(group),
             "grade_3_rate": sum(r["grade"] == 3 for r in graded) / max(1, len(graded)),
+            "expected_bad": sum(float(r["p_grade3"]) for r in graded) / max(1, len(graded)),
+            "true_bad": sum(r["image_key"] in truly_bad for r in group) / len(group),
             "novel_rate": sum(bool(r["novel"]) for r in scored) / max(1, len(scored)),
         }
     return out
+
+
+def _true_bad(store: ObjectStore, rows: list[dict[str, Any]], usable: float) -> set[str]:
+    """The image keys whose written mask has an IoU below `usable` with the generator's true
+    mask: what the grades should find (the demo knows the truth; production does not)."""
+    bad = set()
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        key = str(row["image_key"])
+        truth = synthetic.true_production_mask(key, store.get(key))
+        with Image.open(io.BytesIO(store.get(str(row["mask_key"])))) as written:
+            mask = np.asarray(written) != 0
+        union = int((truth | mask).sum())
+        if union and (truth & mask).sum() / union < usable:
+            bad.add(key)
+    return bad
 
 
 def _matrix(work_store: ObjectStore, story: Story) -> dict[str, dict[str, float]]:
@@ -346,12 +387,15 @@ def _print_matrix(story: Story, new_type: str, echo: Echo) -> None:
 def _print_change(story: Story, new_type: str, echo: Echo) -> None:
     if len(story.days) < 2:
         return
-    before, after = (d.by_type.get(new_type, {}) for d in story.days[:2])
-    nan = float("nan")
+    days = [d.by_type.get(new_type, {}) for d in story.days[:2]]
+
+    def change(key: str) -> str:
+        return " -> ".join(f"{d.get(key, float('nan')):.2f}" for d in days)
+
     echo(
-        f"{new_type}: grade-3 rate {before.get('grade_3_rate', nan):.2f} on day 1 -> "
-        f"{after.get('grade_3_rate', nan):.2f} on day 2; novel "
-        f"{before.get('novel_rate', nan):.2f} -> {after.get('novel_rate', nan):.2f}"
+        f"{new_type}, day 1 -> day 2: truly bad {change('true_bad')}; graded 3 "
+        f"{change('grade_3_rate')}; expected bad (calibrated) {change('expected_bad')}; "
+        f"novel {change('novel_rate')}"
     )
 
 

@@ -64,8 +64,11 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("novel", pa.bool_()),
         pa.field("predicted_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
+        pa.field("grade_scorer", pa.string()),
+        pa.field("flip_disagreement", pa.float32()),
     ]
 )
+"""Columns added later are nullable and last: parts written before them read as null there."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class PredictionLog:
     def read(self) -> pa.Table:
         """Every row ever logged for the day (a retried image has several)."""
         parts = [
-            pq.read_table(io.BytesIO(self.store.get(info.key))).cast(PREDICTION_SCHEMA)
+            _conformed(pq.read_table(io.BytesIO(self.store.get(info.key))))
             for info in self.store.list(self.prefix)
             if info.key.endswith(".parquet")
         ]
@@ -162,6 +165,14 @@ class PredictionLog:
             return
         key = self.prefix + part_name(run_id, part)
         self.store.put(key, to_parquet(rows_to_table(rows, PREDICTION_SCHEMA)), create_only=True)
+
+
+def _conformed(table: pa.Table) -> pa.Table:
+    """A stored part in `PREDICTION_SCHEMA`, nullable columns it predates filled with nulls."""
+    for field in PREDICTION_SCHEMA:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
 
 
 def failed_row(

@@ -40,6 +40,7 @@ from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.base import Prediction
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.grading import grades_of
 from maskfind_pipeline.ml.novelty import (
     DayAlarm,
     NoveltyConfig,
@@ -49,7 +50,7 @@ from maskfind_pipeline.ml.novelty import (
 )
 from maskfind_pipeline.ml.novelty_features import encoder_features, feature_predictor
 from maskfind_pipeline.ml.predict import Predictor, model_input, to_image_size
-from maskfind_pipeline.registry.loading import load_reviewer
+from maskfind_pipeline.registry.loading import load_grader
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHAMPION
 from maskfind_pipeline.storage.base import ObjectInfo, ObjectStore, StoreError
@@ -67,13 +68,25 @@ Pending = tuple[Row, "Future[None] | None"]
 
 
 class Grader(Protocol):
-    """The reviewer as production uses it (`ml.reviewer.Reviewer`)."""
+    """The grader as production uses it (`ml.grader.Grader`)."""
 
-    version: str
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def scorer(self) -> str:
+        """The scorer the grades come from (`ml.grading.SCORERS`)."""
+        ...
 
     def grade_batch(
-        self, images: torch.Tensor, probabilities: torch.Tensor, threshold: float
-    ) -> torch.Tensor:
+        self,
+        images: torch.Tensor,
+        probabilities: torch.Tensor,
+        threshold: float,
+        *,
+        flip_disagreement: torch.Tensor | np.ndarray | None = None,
+        novelty: np.ndarray | None = None,
+    ) -> np.ndarray:
         """P(grade 1, 2, 3) (B, 3) of the masks of the mask model's input batch."""
         ...
 
@@ -89,6 +102,7 @@ class ProductionModels:
     features (B,D) (an inference backend's `predict`)."""
     backend: str
     grader: Grader | None = None
+    """The champion grader (None before any is registered: rows get no grade)."""
     novelty: NoveltyModel | None = None
     """The champion's new-image-type score (None for a version registered without one)."""
     features: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -175,11 +189,7 @@ def predict_production_day(
         batch_size=options.batch_size,
         weights=download.weights,
     )
-    reviewer = (
-        load_reviewer(reviewers, CHAMPION).to()  # bf16 + channels_last where the device has it
-        if reviewers.alias_or_none(CHAMPION)
-        else None
-    )
+    grader = load_grader(reviewers, CHAMPION).to() if reviewers.alias_or_none(CHAMPION) else None
     novelty = from_files(download.files)
     reference = feature_predictor(config, novelty.config) if novelty else None
     models = ProductionModels(
@@ -187,7 +197,7 @@ def predict_production_day(
         config,
         choice.backend.predict,
         choice.backend.name,
-        reviewer,
+        grader,
         novelty,
         partial(encoder_features, reference) if reference else None,
     )
@@ -207,7 +217,7 @@ def predict_production_day(
         outcome,
         day_rows,
         champion.version,
-        reviewer.version if reviewer else None,
+        grader.version if grader else None,
         choice.backend.name,
         speeds,
         config.threshold,
@@ -279,6 +289,7 @@ class _Run:
         self.common: Row = {
             "model_version": models.champion_version,
             "reviewer_version": models.grader.version if models.grader else None,
+            "grade_scorer": models.grader.scorer if models.grader else None,
             "backend": models.backend,
             "run_id": run_id,
         }
@@ -314,13 +325,20 @@ class _Run:
         novelty = _novelty_fields(self.models.novelty, features, len(loaded))
         grader, threshold = self.models.grader, self.models.config.threshold
         grades = (
-            grader.grade_batch(images, probabilities, threshold).float().cpu().numpy()
+            grader.grade_batch(
+                images,
+                probabilities,
+                threshold,
+                flip_disagreement=prediction.flip_disagreement,
+                novelty=np.asarray([n["novelty"] for n in novelty], dtype=np.float64),
+            )
             if grader
             else None
         )
         for i, item in enumerate(loaded):
             grade = grades[i] if grades is not None else None
-            pending.append(self._image(item, probabilities[i], grade, novelty[i], pool))
+            flip = float(prediction.flip_disagreement[i])
+            pending.append(self._image(item, probabilities[i], grade, novelty[i], flip, pool))
             if grade is not None:
                 self._remember(item, probabilities[i], float(grade[2]))
         return pending
@@ -331,6 +349,7 @@ class _Run:
         probabilities: torch.Tensor,
         grade: np.ndarray | None,
         novelty: dict[str, Any],
+        flip_disagreement: float,
         pool: ThreadPoolExecutor,
     ) -> Pending:
         height, width = item.image.shape[:2]
@@ -361,6 +380,7 @@ class _Run:
             "probability_mean": float(full.mean()),
             "uncertain_share": float(((full > UNCERTAIN[0]) & (full < UNCERTAIN[1])).mean()),
             "predicted_at": datetime.now(UTC),
+            "flip_disagreement": flip_disagreement,
             **_grade_fields(grade),
             **novelty,
         }
@@ -425,10 +445,11 @@ def _written(row: Row, write: Future[None] | None) -> Row:
 
 
 def _grade_fields(grade: np.ndarray | None) -> dict[str, Any]:
+    """The grade (`ml.grading.grades_of`) and the grade probabilities of one image's row."""
     if grade is None:
         return {"grade": None, "p_grade1": None, "p_grade2": None, "p_grade3": None}
     return {
-        "grade": int(np.argmax(grade)) + 1,
+        "grade": int(grades_of(grade[None])[0]),
         **{f"p_grade{g}": float(grade[g - 1]) for g in (1, 2, 3)},
     }
 

@@ -1,21 +1,32 @@
-"""Train the reviewer on a dataset version, judge it on image types it never saw, register it.
+"""Train the grader of production masks on a dataset version, judged as production uses it.
 
-Training data are masks of the version's labeled images: real predictions of the champion, the
-challenger and "fold" mask models trained briefly without a share of the types (their
-predictions on those types are failures of the kind a new image type brings), plus degraded
-true masks (`ml.reviewer_data`). The reviewer trains on all but the held-out types and is judged
-on those, against the entropy and flip-disagreement baselines, on all masks and on real
-predictions only. It is registered as `maskfind-reviewer` with alias `challenger`, and becomes
-`champion` when its grade-3 AUC on the held-out types is not below the champion reviewer's on
-the same masks.
+The masks it learns from and is judged on are real ones, of images no mask model trained on:
+
+- `champion`: the champion's masks of the version's val and test images (every type);
+- `fold`: the masks of "fold" mask models, each trained with the champion's architecture and
+  recipe on all types but one fold of them, on every image of the types it never saw: what
+  the champion does with a new image type;
+- `failure`: every relabeled production image (`failures/<id>`, source `failure`) with the
+  mask of the model version that failed on it, re-predicted: the loop's real failures;
+- `degraded`: true masks degraded to a target IoU (the CNN reviewer's training only).
+
+Image types are dealt into folds (`ml.grading.type_folds`); every type is held out once.
+Per fold, the CNN reviewer trains on the other folds' masks and scores this fold's, and every
+scorer (`ml.grading.SCORERS`: the free signals alone, together, the CNN, everything) is fitted
+and calibrated on the other folds' real masks: so every score below is out of fold, on types
+the scorer never saw. They are compared on the same masks (`champion` and `fold` together:
+known types and new ones, as a production day brings them), and the grade production writes
+comes from the winner, refitted on all folds. A CNN that does not beat the best free signal is
+not what grades, and the outcome says why. The version becomes `champion` when its winner's
+grade-3 AUC is not below the champion grader's on the same masks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,46 +38,122 @@ from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import ReviewerSettings
 from maskfind_pipeline.flows.training import latest_version
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation
-from maskfind_pipeline.ml.reviewer_data import ReviewSamples, build_review_samples, split_by_type
-from maskfind_pipeline.ml.reviewer_train import (
-    ReviewerEpoch,
-    ReviewerResult,
-    evaluate_on,
-    train_reviewer,
+from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE, reviewer_logit
+from maskfind_pipeline.ml.grading import (
+    REVIEWER,
+    GradeModel,
+    cross_fitted,
+    fit_grade_model,
+    type_folds,
+    uses_reviewer,
 )
+from maskfind_pipeline.ml.grading_report import (
+    ScorerEvaluation,
+    calibration_png,
+    choose_scorer,
+    evaluate_scorer,
+)
+from maskfind_pipeline.ml.novelty import NoveltyModel, from_files
+from maskfind_pipeline.ml.novelty_features import feature_predictor, features_of
+from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
+from maskfind_pipeline.ml.review_metrics import risk_coverage_png, roc_png
+from maskfind_pipeline.ml.reviewer import grade_probabilities
+from maskfind_pipeline.ml.reviewer_data import (
+    ReviewSamples,
+    degraded_masks,
+    predicted_masks,
+)
+from maskfind_pipeline.ml.reviewer_train import ReviewerEpoch, ReviewerResult, train_reviewer
 from maskfind_pipeline.ml.train import make_train_loaders, train
-from maskfind_pipeline.registry.loading import load_model, load_reviewer
+from maskfind_pipeline.registry.loading import load_grader
 from maskfind_pipeline.registry.mlflow_registry import (
     ModelRegistry,
     RegisteredModel,
+    RegistryError,
     TrainingRecord,
 )
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
 from maskfind_pipeline.storage.base import ObjectStore
 
 Log = Callable[[str], None]
+PRODUCTION_LIKE = "production_like"
+"""The masks the grader is chosen on: the champion's of known types and the fold models' of
+types they never saw."""
+SUBSETS = {
+    PRODUCTION_LIKE: ("champion", "fold"),
+    "champion_known_types": ("champion",),
+    "fold_models_new_types": ("fold",),
+    "production_failures": ("failure",),
+}
+"""Each report's masks, by origin (`ReviewSamples.origins`)."""
+_NOVELTY_ROWS = 4000
+"""A fold's novelty model is fitted on at most this many train images (a content-hash sample)."""
+
+
+@dataclass(frozen=True)
+class MaskMaker:
+    """A mask model whose masks are graded, with its novelty model (None: it has none)."""
+
+    predictor: Predictor
+    novelty: NoveltyModel | None
+    name: str
 
 
 @dataclass(frozen=True)
 class ReviewerOutcome:
-    """The registered reviewer, how it was judged, and whether it became champion."""
+    """The registered grader, how every scorer was judged, and what became of it."""
 
     registered: RegisteredModel
-    result: ReviewerResult
     dataset_version: str
-    held_out_types: list[str]
-    mask_models: list[str]
+    scorer: str
+    """The scorer production grades with (the winner on production-like masks)."""
+    evaluations: dict[str, dict[str, ScorerEvaluation]]
+    """Per subset (`SUBSETS`), per scorer, the out-of-fold evaluation."""
+    folds: dict[str, int]
+    """Each image type's fold."""
     samples: dict[str, dict[str, int]]
-    unseen: ReviewerEvaluation
-    unseen_real: ReviewerEvaluation
+    """Masks per origin and true grade."""
+    mask_models: list[str]
+    cnn_results: list[ReviewerResult]
+    best_free: tuple[str, float] | None
+    reviewer_refused: str
+    """Why the CNN reviewer does not grade production (empty when it does)."""
     champion_auc: float | None
     promoted: bool
+    plots: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def auc_grade3(self) -> float:
-        return self.unseen.scores["reviewer"].auc_grade3
+        """The winner's out-of-fold grade-3 AUC on production-like masks."""
+        return self.evaluations[PRODUCTION_LIKE][self.scorer].ranking.auc_grade3
+
+    @property
+    def winner(self) -> ScorerEvaluation:
+        return self.evaluations[PRODUCTION_LIKE][self.scorer]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per subset and scorer (a comparison table)."""
+        return [
+            {"masks": subset, **evaluation.row()}
+            for subset, by_scorer in self.evaluations.items()
+            for evaluation in by_scorer.values()
+        ]
+
+    def calibration_rows(self) -> list[dict[str, Any]]:
+        """Per image type: the winner's expected, observed and graded bad shares."""
+        return [
+            {
+                "image_type": t.image_type,
+                "n": t.n,
+                "expected_bad_share": t.expected,
+                "observed_bad_share": t.observed,
+                "graded_3_share": t.graded,
+                "error": t.error,
+            }
+            for t in self.winner.by_type
+        ]
 
 
 def train_and_register_reviewer(
@@ -82,193 +169,454 @@ def train_and_register_reviewer(
     on_epoch: Callable[[ReviewerEpoch], None] | None = None,
     log: Log = lambda _: None,
 ) -> ReviewerOutcome:
-    """Build graded masks, train the reviewer, judge it on held-out types, register, promote.
+    """Build graded masks, cross-fit and judge every scorer, register the winner, promote it.
 
     Raises:
-        LookupError: no dataset version, or no mask model registered yet.
+        LookupError: no dataset version or champion mask model yet.
+        ValueError: fewer than two image types (nothing can be held out).
     """
     vid = settings.dataset_version or latest_version(versions)
-    models = _registered_mask_models(registry)
-    size = models[0].config.input_size
+    champion = _champion(registry)
+    size = champion.predictor.config.input_size
     manifest = versions.manifest(vid)
     decoded = build_decoded(manifest, data_store, cache, decoded_root, version_id=vid, size=size)
-    all_types = np.asarray(manifest.column("image_type").to_pylist(), dtype=object)
-    held_out = list(settings.held_out_types) or _held_out(all_types, settings.held_out_count)
-    folds = [
-        _fold_model(settings, manifest, decoded, models[0], group, log)
-        for group in _fold_groups(all_types, held_out, settings.fold_models)
-    ]
-    predictors = [m for m in models if m.config.input_size == size] + folds
-    rows = _sample_rows(manifest, settings.max_images)
-    types = all_types[rows]
-    log(f"grading masks of {len(rows)} images by {len(predictors)} mask models")
-    samples = build_review_samples(
-        np.asarray(decoded.images[rows]),
-        np.asarray(decoded.masks[rows]),
-        types,
-        predictors,
-        degraded_share=settings.train.degraded_share,
-        seed=settings.train.seed,
-        grades=settings.spec.grades,
+    rows = _Rows(manifest)
+    folds = type_folds(rows.types.tolist(), settings.folds)
+    if len(folds) < 2:
+        raise ValueError(f"the grader needs >= 2 image types to hold out, got {sorted(folds)}")
+    makers = _Makers(settings, manifest, decoded, rows, champion, registry, log)
+    samples = makers.samples(folds)
+    sample_folds = np.asarray([folds[str(t)] for t in samples.sample_types], dtype=np.int64)
+    rule = settings.spec.grades
+    grades = samples.grades(rule)
+    real = ~samples.of_origin("degraded")
+    log(f"{len(samples)} graded masks: {samples.counts(rule)}")
+    cnns, oof_logit = _cross_fit_cnn(settings, samples, sample_folds, on_epoch, log)
+    signals = {**samples.signals, REVIEWER: oof_logit}
+    out_of_fold = {
+        scorer: cross_fitted(signals, grades, sample_folds, real, scorer)
+        for scorer in settings.scorers
+    }
+    evaluations = _evaluate(samples, grades, {k: v[1] for k, v in out_of_fold.items()})
+    production = evaluations[PRODUCTION_LIKE]
+    choice = choose_scorer(production, settings.scorers)
+    if choice is None:
+        counts = samples.take(samples.of_origin(*SUBSETS[PRODUCTION_LIKE])).counts(rule)
+        raise ValueError(
+            f"no scorer can be judged: the production-like masks are all of one grade ({counts}); "
+            "nothing was registered (train the mask models longer, or grade more images)"
+        )
+    scorer = choice.scorer
+    if choice.reviewer_refused:
+        log(choice.reviewer_refused)
+    model = fit_grade_model(_rows_of(signals, real), grades[real], scorer).calibrated(
+        out_of_fold[scorer][0][real, 2], grades[real] == 3
     )
-    seen, unseen = split_by_type(samples.sample_types, held_out)
-    train_part, val_part = _split_images(samples, seen, settings.val_share)
-    result = train_reviewer(
-        settings.spec, settings.train, train_part, val_part, on_epoch=on_epoch, progress_bar=False
-    )
-    judged = samples.take(unseen)
-    _, evaluations = evaluate_on(result.model, settings.spec, judged)
-    evaluation, real = evaluations["mix"], evaluations["real"]
-    champion_auc = _champion_auc(reviewers, judged)
-    record = _record(settings, vid, result, evaluation, real, samples, held_out, models, tags)
+    cnn_weights = _final_cnn(settings, samples, cnns, uses_reviewer(scorer), on_epoch, log)
+    outcome_plots = _plots(production, scorer)
+    champion_auc = _champion_auc(reviewers, samples, signals, grades)
+    record = _record(
+        settings, vid, model, cnn_weights, evaluations, samples, folds, cnns, tags,
+        champion, choice.reviewer_refused, outcome_plots,
+    )  # fmt: skip
     registered = reviewers.log_training(record, alias=CHALLENGER)
-    ours = evaluation.scores["reviewer"].auc_grade3
+    ours = production[scorer].ranking.auc_grade3
     promoted = champion_auc is None or ours >= champion_auc
     if promoted:
-        evidence = [{"auc_grade3_unseen": ours, "champion_auc_grade3_unseen": champion_auc}]
-        reason = "first reviewer" if champion_auc is None else "grade-3 AUC on unseen types"
+        evidence = [{"auc_grade3_production_like": ours, "champion_auc_grade3": champion_auc}]
+        reason = "first reviewer" if champion_auc is None else f"grade-3 AUC ({scorer})"
         promote(
             reviewers, registered.version, actor="reviewer_model", reason=reason, evidence=evidence
         )
     return ReviewerOutcome(
-        registered,
-        result,
-        vid,
-        held_out,
-        [p.version for p in predictors],
-        samples.counts(settings.spec.grades),
-        evaluation,
-        real,
-        champion_auc,
-        promoted,
+        registered=registered,
+        dataset_version=vid,
+        scorer=scorer,
+        evaluations=evaluations,
+        folds=folds,
+        samples=samples.counts(settings.spec.grades),
+        mask_models=makers.names,
+        cnn_results=cnns,
+        best_free=choice.best_free,
+        reviewer_refused=choice.reviewer_refused,
+        champion_auc=champion_auc,
+        promoted=promoted,
+        plots=outcome_plots,
     )
 
 
-def _registered_mask_models(registry: ModelRegistry) -> list[Predictor]:
-    """The champion and the challenger (once each), the challenger first."""
-    refs = [r for r in (CHALLENGER, CHAMPION) if registry.alias_or_none(r) is not None]
-    if not refs:
-        raise LookupError("no mask model is registered yet: materialize mask_model first")
-    loaded = {}
-    for ref in refs:
-        predictor = load_model(registry, ref)
-        loaded.setdefault(predictor.version, predictor)
-    return list(loaded.values())
+class _Rows:
+    """The manifest's columns the grader needs, as arrays."""
+
+    def __init__(self, manifest: pa.Table) -> None:
+        column = lambda name: np.asarray(manifest.column(name).to_pylist(), dtype=object)  # noqa: E731
+        self.types = column("image_type")
+        self.splits = column("split")
+        self.sources = column("source")
+        self.sample_ids = column("sample_id")
+        self.failed_versions = column("failed_model_version")
+
+    def where(self, selection: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """The selected rows, at most `limit` of them: a uniform sample by content hash."""
+        picked = np.flatnonzero(selection)
+        if limit is not None and len(picked) > limit:
+            order = np.argsort(self.sample_ids[picked].astype(str), kind="stable")
+            picked = np.sort(picked[order[:limit]])
+        return picked
 
 
-def _fold_groups(types: np.ndarray, held_out: list[str], folds: int) -> list[list[str]]:
-    """The types each fold model never sees. The first fold model never sees the reviewer's
-    held-out types, so judging on them includes failures of a model new to them; each further
-    one leaves out a share of the others, so the reviewer also trains on such failures."""
-    if folds < 1:
-        return []
-    others = sorted(set(types.tolist()) - set(held_out), key=_hash)
-    groups = [others[k::folds] for k in range(folds - 1)] if len(others) > 1 else []
-    return [held_out, *(g for g in groups if 0 < len(g) < len(others))]
+class _Makers:
+    """The mask models whose masks are graded, and the graded masks they make."""
+
+    def __init__(
+        self,
+        settings: ReviewerSettings,
+        manifest: pa.Table,
+        decoded: DecodedArrays,
+        rows: _Rows,
+        champion: MaskMaker,
+        registry: ModelRegistry,
+        log: Log,
+    ) -> None:
+        self.settings, self.manifest, self.decoded, self.rows = settings, manifest, decoded, rows
+        self.champion, self.registry, self.log = champion, registry, log
+        self.names: list[str] = []
+        self._features: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+
+    def samples(self, folds: Mapping[str, int]) -> ReviewSamples:
+        """Every graded mask (module docstring), over the images they need."""
+        rows, settings = self.rows, self.settings
+        groups = len(set(folds.values())) + 1
+        per_fold = None if settings.max_images is None else max(1, settings.max_images // groups)
+        plan: list[tuple[MaskMaker, np.ndarray, str, bool]] = []
+        known = np.isin(rows.splits, ["val", "test"])
+        plan.append((self.champion, rows.where(known, per_fold), "champion", False))
+        for fold in sorted(set(folds.values())):
+            held = [t for t, f in folds.items() if f == fold]
+            maker = self._fold_maker(held)
+            unseen = np.isin(rows.types, held)
+            plan.append((maker, rows.where(unseen, per_fold), "fold", True))
+        plan += self._failure_plan()
+        used = np.unique(np.concatenate([picked for _, picked, _, _ in plan]))
+        position = {row: i for i, row in enumerate(used.tolist())}
+        images = np.asarray(self.decoded.images[used])
+        truth = np.asarray(self.decoded.masks[used]) != 0
+        parts = []
+        for maker, picked, origin, unseen in plan:
+            self.log(f"masks of {len(picked)} images by {maker.name} ({origin})")
+            self.names.append(maker.name)
+            parts.append(
+                predicted_masks(
+                    maker.predictor,
+                    images,
+                    truth,
+                    name=maker.name,
+                    rows=np.asarray([position[r] for r in picked.tolist()], dtype=np.int64),
+                    origin=origin,
+                    unseen=unseen,
+                    novelty=self._novelty(maker, picked),
+                )
+            )
+        real = sum(len(p["image_index"]) for p in parts)
+        count = _degraded_count(real, settings.train.degraded_share)
+        if count:
+            thresholds = [self.champion.predictor.config.threshold]
+            parts.append(
+                degraded_masks(truth, count, settings.spec.grades, thresholds, settings.train.seed)
+            )
+        return ReviewSamples.joined(images, truth, rows.types[used], parts)
+
+    def _fold_maker(self, held_out: list[str]) -> MaskMaker:
+        """A mask model of the champion's architecture and the fold recipe, trained on the
+        train split of every type but `held_out`, with a novelty model fitted the same way."""
+        self.log(f"fold mask model without {held_out}")
+        rows = self.rows
+        splits = np.where(np.isin(rows.types, held_out), "test", rows.splits)
+        folded = self.manifest.set_column(
+            self.manifest.schema.get_field_index("split"), "split", pa.array(splits.tolist())
+        )
+        config = self.settings.fold_train
+        template = self.champion.predictor.config
+        result = train(
+            template,
+            config,
+            make_train_loaders(folded, self.decoded, config),
+            image_types=rows.types.tolist(),
+            sources=rows.sources.tolist(),
+            progress_bar=False,
+        )
+        name = "fold-" + "+".join(sorted(held_out))[:40]
+        predictor = Predictor.from_weights(
+            result.config, weights_to_bytes(result.model), version=name
+        )
+        return MaskMaker(predictor, self._fold_novelty(predictor, splits), name)
+
+    def _fold_novelty(self, predictor: Predictor, splits: np.ndarray) -> NoveltyModel | None:
+        """The champion's novelty recipe fitted on a fold model's seen types (train split),
+        calibrated on their val split."""
+        reference = self.champion.novelty
+        if reference is None:
+            return None
+        train_rows = self.rows.where(splits == "train", _NOVELTY_ROWS)
+        val_rows = self.rows.where(splits == "val", _NOVELTY_ROWS)
+        if len(train_rows) < 2:
+            return None
+        features = self._feature_rows(predictor, reference, np.concatenate([train_rows, val_rows]))
+        fitted = NoveltyModel.fit(
+            features[: len(train_rows)], self.rows.types[train_rows], reference.config
+        )
+        held = features[len(train_rows) :] if len(val_rows) else features[: len(train_rows)]
+        return fitted.calibrate(held)
+
+    def _failure_plan(self) -> list[tuple[MaskMaker, np.ndarray, str, bool]]:
+        """Per model version that failed on relabeled production images: it, and those rows."""
+        rows = self.rows
+        failures = (rows.sources == "failure") & (rows.failed_versions != None)  # noqa: E711
+        plan = []
+        for version in sorted({str(v) for v in rows.failed_versions[failures]}):
+            picked = np.flatnonzero(failures & (rows.failed_versions == version))
+            maker = self._version_maker(version)
+            if maker is not None:
+                plan.append((maker, picked, "failure", False))
+        return plan
+
+    def _version_maker(self, version: str) -> MaskMaker | None:
+        try:
+            download = self.registry.download(version)
+        except RegistryError as exc:
+            self.log(f"failures of model version {version} skipped: {exc}")
+            return None
+        config = ModelConfig.from_json(download.config_json)
+        if config.input_size != self.champion.predictor.config.input_size:
+            self.log(f"failures of model version {version} skipped: it takes {config.input_size}²")
+            return None
+        predictor = Predictor.from_weights(config, download.weights, version=version)
+        return MaskMaker(predictor, from_files(download.files), f"failed-v{version}")
+
+    def _novelty(self, maker: MaskMaker, picked: np.ndarray) -> np.ndarray | None:
+        if maker.novelty is None or not len(picked):
+            return None
+        return maker.novelty.scores(self._feature_rows(maker.predictor, maker.novelty, picked))
+
+    def _feature_rows(
+        self, predictor: Predictor, novelty: NoveltyModel, picked: np.ndarray
+    ) -> np.ndarray:
+        """The novelty features of `picked` decoded rows, as `novelty` was fitted on them:
+        the ImageNet encoder's (computed once per encoder for every row) or the model's own."""
+        if novelty.config.features == "imagenet":
+            try:
+                reference = feature_predictor(predictor.config, novelty.config)
+            except PretrainedWeightsUnavailable:
+                reference = None
+            if reference is not None:
+                key = (predictor.config.encoder_name, predictor.config.input_size)
+                known = self._features.setdefault(key, {})
+                missing = np.asarray([r for r in picked.tolist() if r not in known], np.int64)
+                if len(missing):
+                    computed = features_of(reference, self.decoded.images, rows=missing)
+                    known.update(zip(missing.tolist(), computed, strict=True))
+                return np.stack([known[r] for r in picked.tolist()])
+        return features_of(predictor, self.decoded.images, rows=picked)
 
 
-def _fold_model(
+def _champion(registry: ModelRegistry) -> MaskMaker:
+    if registry.alias_or_none(CHAMPION) is None:
+        raise LookupError("no mask model is champion yet: materialize promotion first")
+    download = registry.download(CHAMPION)
+    config = ModelConfig.from_json(download.config_json)
+    predictor = Predictor.from_weights(config, download.weights, version=download.model.version)
+    return MaskMaker(predictor, from_files(download.files), f"champion-v{download.model.version}")
+
+
+def _cross_fit_cnn(
     settings: ReviewerSettings,
-    manifest: pa.Table,
-    decoded: DecodedArrays,
-    template: Predictor,
-    held_out: list[str],
+    samples: ReviewSamples,
+    folds: np.ndarray,
+    on_epoch: Callable[[ReviewerEpoch], None] | None,
     log: Log,
-) -> Predictor:
-    """A mask model of `template`'s architecture trained without the `held_out` types."""
-    log(f"fold model without {held_out}")
-    types = manifest.column("image_type").to_pylist()
-    splits = [
-        "test" if t in held_out else s
-        for t, s in zip(types, manifest.column("split").to_pylist(), strict=True)
-    ]
-    folded = manifest.set_column(
-        manifest.schema.get_field_index("split"), "split", pa.array(splits, pa.string())
+) -> tuple[list[ReviewerResult], np.ndarray]:
+    """Per fold, the CNN trained on the other folds' masks, and its logit of P(grade 3) for
+    this fold's masks (NaN where a fold had nothing to train on)."""
+    logits = np.full(len(samples), np.nan)
+    results = []
+    if not any(uses_reviewer(s) for s in settings.scorers):
+        return results, logits
+    for fold in np.unique(folds):
+        log(f"CNN reviewer of fold {fold}: trained without its types")
+        result = _fit_cnn(settings, samples, folds != fold, on_epoch)
+        if result is None:
+            continue
+        results.append(result)
+        held = folds == fold
+        logits[held] = _cnn_logits(result, settings, samples.take(held))
+    return results, logits
+
+
+def _fit_cnn(
+    settings: ReviewerSettings,
+    samples: ReviewSamples,
+    selection: np.ndarray,
+    on_epoch: Callable[[ReviewerEpoch], None] | None,
+) -> ReviewerResult | None:
+    """The CNN trained on the selected samples, its epoch chosen on a share of their images."""
+    picked = np.asarray(
+        [_hash(str(i)) % 1000 < settings.val_share * 1000 for i in samples.image_index]
     )
-    config = settings.fold_train
-    result = train(
-        template.config,
-        config,
-        make_train_loaders(folded, decoded, config),
-        image_types=types,
-        sources=manifest.column("source").to_pylist(),
-        progress_bar=False,
+    train_part, val_part = samples.take(selection & ~picked), samples.take(selection & picked)
+    grades = train_part.grades(settings.spec.grades)
+    if len(val_part) < 2 or len(set(grades.tolist())) < 2:
+        return None
+    return train_reviewer(
+        settings.spec, settings.train, train_part, val_part, on_epoch=on_epoch, progress_bar=False
     )
-    weights = weights_to_bytes(result.model)
-    name = "fold-" + "+".join(sorted(held_out))[:40]
-    return Predictor.from_weights(result.config, weights, version=name)
 
 
-def _sample_rows(manifest: pa.Table, limit: int | None) -> np.ndarray:
-    """Up to `limit` manifest rows, a uniform sample by content hash, in manifest order."""
-    ids = manifest.column("sample_id").to_pylist()
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    return np.sort(order[:limit] if limit else order)
+def _cnn_logits(
+    result: ReviewerResult, settings: ReviewerSettings, part: ReviewSamples
+) -> np.ndarray:
+    probs = grade_probabilities(
+        result.model, settings.spec, part.sample_images(), part.probabilities, part.thresholds
+    )
+    return reviewer_logit(probs[:, 2])
 
 
-def _held_out(types: np.ndarray, count: int) -> list[str]:
-    names = sorted(set(types.tolist()), key=_hash)
-    return sorted(names[: max(1, min(count, len(names) - 1))])
+def _final_cnn(
+    settings: ReviewerSettings,
+    samples: ReviewSamples,
+    cnns: list[ReviewerResult],
+    needed: bool,
+    on_epoch: Callable[[ReviewerEpoch], None] | None,
+    log: Log,
+) -> bytes:
+    """The CNN production runs: trained on every fold when the winner reads it; otherwise the
+    first fold's (stored for the record, never run), or an untrained one with no CNN at all."""
+    if needed:
+        log("CNN reviewer on every fold (the winner reads it)")
+        result = _fit_cnn(settings, samples, np.ones(len(samples), bool), on_epoch)
+        if result is not None:
+            return weights_to_bytes(result.model)
+    if cnns:
+        return weights_to_bytes(cnns[0].model)
+    from maskfind_pipeline.ml.reviewer import build_reviewer
+
+    return weights_to_bytes(build_reviewer(settings.spec, pretrained=False))
 
 
-def _split_images(
-    samples: ReviewSamples, seen: np.ndarray, val_share: float
-) -> tuple[ReviewSamples, ReviewSamples]:
-    """Training and validation samples of the seen types, split by image (never within one)."""
-    picked = np.asarray([_hash(str(i)) % 1000 < val_share * 1000 for i in samples.image_index])
-    return samples.take(seen & ~picked), samples.take(seen & picked)
+def _evaluate(
+    samples: ReviewSamples, grades: np.ndarray, probabilities: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, ScorerEvaluation]]:
+    out: dict[str, dict[str, ScorerEvaluation]] = {}
+    for subset, origins in SUBSETS.items():
+        rows = samples.of_origin(*origins)
+        if not rows.any():
+            continue
+        types = samples.sample_types[rows]
+        out[subset] = {
+            scorer: evaluate_scorer(scorer, probs[rows], grades[rows], types)
+            for scorer, probs in probabilities.items()
+        }
+    return out
 
 
-def _champion_auc(reviewers: ModelRegistry, judged: ReviewSamples) -> float | None:
-    """The champion reviewer's grade-3 AUC on the same held-out masks (None: no champion)."""
+def _champion_auc(
+    reviewers: ModelRegistry,
+    samples: ReviewSamples,
+    signals: Mapping[str, np.ndarray],
+    grades: np.ndarray,
+) -> float | None:
+    """The champion grader's grade-3 AUC on the same production-like masks (None: none yet)."""
     if reviewers.alias_or_none(CHAMPION) is None:
         return None
-    champion = load_reviewer(reviewers, CHAMPION)
-    _, evaluations = evaluate_on(champion.model, champion.spec, judged)
-    auc = evaluations["mix"].scores["reviewer"].auc_grade3
+    grader = load_grader(reviewers, CHAMPION)
+    rows = samples.of_origin(*SUBSETS[PRODUCTION_LIKE])
+    part = samples.take(rows)
+    if grader.model is not None and not grader.model.uses_reviewer:
+        probs = grader.model.probabilities(_rows_of(signals, rows))
+    else:
+        assert grader.reviewer is not None
+        cnn = grade_probabilities(
+            grader.reviewer.model,
+            grader.reviewer.spec,
+            part.sample_images(),
+            part.probabilities,
+            part.thresholds,
+        )
+        if grader.model is None:
+            probs = cnn
+        else:
+            part_signals = {**_rows_of(signals, rows), REVIEWER: reviewer_logit(cnn[:, 2])}
+            probs = grader.model.probabilities(part_signals)
+    auc = evaluate_scorer("champion", probs, grades[rows], part.sample_types).ranking.auc_grade3
     return None if math.isnan(auc) else auc
+
+
+def _plots(production: Mapping[str, ScorerEvaluation], scorer: str) -> dict[str, bytes]:
+    rankings = {name: e.ranking for name, e in production.items()}
+    return {
+        "roc_grade3": roc_png(rankings, "(production-like masks, out of fold)"),
+        "risk_coverage": risk_coverage_png(rankings, "(production-like masks)"),
+        "calibration": calibration_png(production[scorer], "(out of fold)"),
+    }
 
 
 def _record(
     settings: ReviewerSettings,
     vid: str,
-    result: ReviewerResult,
-    unseen: ReviewerEvaluation,
-    real: ReviewerEvaluation,
+    model: GradeModel,
+    cnn_weights: bytes,
+    evaluations: dict[str, dict[str, ScorerEvaluation]],
     samples: ReviewSamples,
-    held_out: list[str],
-    models: list[Predictor],
+    folds: Mapping[str, int],
+    cnns: Sequence[ReviewerResult],
     tags: Mapping[str, str] | None,
+    champion: MaskMaker,
+    refused: str,
+    plots: Mapping[str, bytes],
 ) -> TrainingRecord:
-    plots = dict(result.plots)
-    plots |= {f"unseen_{k}": v for k, v in unseen.plots("unseen types, all masks").items()}
-    plots |= {f"unseen_real_{k}": v for k, v in real.plots("unseen types, predictions").items()}
+    metrics = {
+        f"{subset}/{key}/{scorer}": float(value)
+        for subset, by_scorer in evaluations.items()
+        for scorer, evaluation in by_scorer.items()
+        for key, value in evaluation.row().items()
+        if key not in ("scorer", "n")
+    }
+    history = cnns[0].history if cnns else []
     return TrainingRecord(
         config=settings.spec,
-        weights=weights_to_bytes(result.model),
+        weights=cnn_weights,
         dataset_version=vid,
-        params=_params(settings, vid, result),
-        history=result.history,
-        metrics={**result.metrics(), **unseen.flat("unseen_"), **real.flat("unseen_real_")},
-        plots=plots,
+        params=settings.flat() | {"dataset_version": vid},
+        history=history,
+        metrics=metrics,
+        plots=dict(plots),
         tables={
-            "unseen": unseen.rows(),
-            "unseen_real": real.rows(),
+            "comparison": [
+                {"masks": subset, **e.row()}
+                for subset, by_scorer in evaluations.items()
+                for e in by_scorer.values()
+            ],
             "samples": samples.counts(settings.spec.grades),
+            "folds": dict(folds),
         },
         tags={
-            "mask_model_version": models[0].version,
-            "held_out_types": ",".join(held_out)[:4900],
-            "stop_reason": result.stop_reason,
-            "pretrained": str(result.pretrained).lower(),
+            "scorer": model.scorer,
+            "mask_model_version": champion.predictor.version,
+            "reviewer_cnn": "refused" if refused else "grades",
+            "reviewer_refused": refused[:4900],
             **(tags or {}),
         },
+        files={GRADE_MODEL_FILE: model.to_json().encode()},
     )
 
 
-def _params(settings: ReviewerSettings, vid: str, result: ReviewerResult) -> dict[str, Any]:
-    run = {"dataset_version": vid, "device": result.device, "best_epoch": result.best_epoch}
-    return settings.flat() | run
+def _rows_of(signals: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.asarray(values)[rows] for name, values in signals.items()}
+
+
+def _degraded_count(real: int, share: float) -> int:
+    if share <= 0.0 or real == 0:
+        return 0
+    return round(real * min(share, 0.9) / (1.0 - min(share, 0.9)))
 
 
 def _hash(text: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from typing import get_args
 
 from pydantic import Field
 
@@ -13,7 +14,11 @@ from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.config import FINE_TUNING, AuditConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.novelty import NoveltyConfig
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer_config import (
+    ReviewerSpec,
+    ReviewerTrainConfig,
+    ScorerName,
+)
 
 
 class DistributedSettings(CoreConfig):
@@ -115,30 +120,29 @@ class ProductionOptions(CoreConfig):
 
 
 class ReviewerSettings(CoreConfig):
-    """How the reviewer is trained and judged; the defaults are the production reviewer."""
+    """How the grader of production masks is trained and judged (`flows.reviewer`); the
+    defaults are the production grader."""
 
     dataset_version: str | None = None
-    """The dataset version whose labeled images are predicted and graded; null: the latest."""
+    """The dataset version whose images are predicted and graded; null: the latest."""
     spec: ReviewerSpec = ReviewerSpec()
-    """The reviewer network, its input and the IoU thresholds of the grades."""
-    train: ReviewerTrainConfig = ReviewerTrainConfig(max_minutes=5.0)
-    """Hyper-parameters, the degraded share, the time budget."""
-    held_out_types: tuple[str, ...] = ()
-    """Image types the reviewer never trains on, on which it is judged; empty: the
-    `held_out_count` types first in the order of the hash of their names."""
-    held_out_count: int = 3
-    """How many types are held out when `held_out_types` is empty."""
-    fold_models: int = 2
-    """Mask models trained briefly, each without a share of the types: their predictions on
-    those types are failures of the kind a new image type brings to production."""
-    fold_train: TrainConfig = TrainConfig(
-        epochs=30, batch_size=32, learning_rate=3e-3, max_minutes=1.0, allow_scratch=True
-    )
-    """How each fold model trains (with the champion's architecture)."""
+    """The CNN reviewer network, its input and the IoU thresholds of the grades."""
+    train: ReviewerTrainConfig = ReviewerTrainConfig(max_minutes=3.0)
+    """How each CNN reviewer trains (one per fold, one more on every fold when it wins)."""
+    folds: int = Field(default=3, ge=2)
+    """Image-type folds of the cross-fitting: every type is held out once, by one fold mask
+    model and one CNN reviewer that never see it (fewer when there are fewer types)."""
+    fold_train: TrainConfig = FINE_TUNING.model_copy(update={"max_minutes": 4.0})
+    """How each fold mask model trains (with the champion's architecture): the champion's
+    recipe on a shorter budget, so its masks of the types it never saw fail as a champion's
+    would on a new type."""
+    scorers: tuple[ScorerName, ...] = get_args(ScorerName)
+    """The scorers the grader is chosen from (`ml.grading.SCORERS`); without `reviewer` and
+    `combined` no CNN is trained."""
     max_images: int | None = 1200
-    """Images of the dataset version used at most (a content-hash sample), to bound time."""
+    """Images predicted by each mask model at most (a content-hash sample), to bound time."""
     val_share: float = 0.15
-    """Share of the training types' images kept for the reviewer's early stopping."""
+    """Share of the training folds' images kept for the CNN's early stopping."""
 
 
 class AuditSettings(CoreConfig):

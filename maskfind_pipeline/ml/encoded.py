@@ -2,7 +2,7 @@
 
 This is what the served models (`registry.pyfunc_models`) do with each request row. Images are
 decoded by ingest's rules (`data.images.decode_image`) and predicted one at a time with a loaded
-`Predictor` or `Reviewer`, so the mask equals `predictor.predict_mask(image)` and its PNG is
+`Predictor` or `Grader`, so the mask equals `predictor.predict_mask(image)` and its PNG is
 byte for byte what production writes as `<id>.mask.png`.
 """
 
@@ -18,8 +18,9 @@ from PIL import Image
 
 from maskfind_pipeline.data.images import InvalidImage, decode_image
 from maskfind_pipeline.data.production import encode_mask
+from maskfind_pipeline.ml.grader import Grader
+from maskfind_pipeline.ml.grading import grades_of
 from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.reviewer import Reviewer
 from maskfind_pipeline.ml.reviewer_config import GRADES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -60,18 +61,30 @@ def mask_outputs(predictor: Predictor, data: bytes, *, probabilities: bool) -> d
 
 
 def grade_outputs(
-    reviewer: Reviewer, image: bytes, probabilities: bytes, threshold: float
+    grader: Grader,
+    image: bytes,
+    probabilities: bytes,
+    threshold: float,
+    flip_disagreement: float = float("nan"),
+    novelty: float = float("nan"),
 ) -> dict[str, Any]:
     """`grade` and `p_grade1..3` of the mask `probabilities >= threshold` of one image, graded
-    at the size the image and its probability map (equal sizes) are sent at."""
+    at the size the image and its probability map (equal sizes) are sent at, with the mask
+    model's flip disagreement and novelty score where the caller has them (NaN: unknown)."""
     pixels, probs = decode_upload(image), decode_probabilities(probabilities)
     if pixels.shape[:2] != probs.shape:
         raise InvalidImage(f"probabilities {probs.shape} differ from the image {pixels.shape[:2]}")
     images = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None]
     maps = torch.from_numpy(probs)[None, None]
-    odds = reviewer.grade_batch(images, maps, float(threshold))[0].double().cpu().tolist()
-    return {"grade": int(np.argmax(odds)) + 1} | {
-        f"p_grade{g}": odds[i] for i, g in enumerate(GRADES)
+    odds = grader.grade_batch(
+        images,
+        maps,
+        float(threshold),
+        flip_disagreement=np.array([flip_disagreement], dtype=np.float64),
+        novelty=np.array([novelty], dtype=np.float64),
+    )
+    return {"grade": int(grades_of(odds)[0])} | {
+        f"p_grade{g}": float(odds[0, i]) for i, g in enumerate(GRADES)
     }
 
 

@@ -17,6 +17,26 @@ from maskfind_pipeline.ml.config import DEMO_ENCODER
 
 GRADES = (1, 2, 3)
 
+FLIP = "flip_disagreement"
+ENTROPY = "entropy"
+NOVELTY = "novelty"
+REVIEWER = "reviewer"
+SHAPE_SIGNALS = ("mask_fraction", "uncertain_share", "boundary", "components")
+FREE_SIGNALS = (FLIP, ENTROPY, NOVELTY)
+"""The signals a user gets without training anything: one more pass, the map, the novelty."""
+SIGNALS = (*FREE_SIGNALS, *SHAPE_SIGNALS)
+ScorerName = Literal["flip_disagreement", "entropy", "novelty", "reviewer", "signals", "combined"]
+SCORERS: dict[str, tuple[str, ...]] = {
+    FLIP: (FLIP,),
+    ENTROPY: (ENTROPY,),
+    NOVELTY: (NOVELTY,),
+    REVIEWER: (REVIEWER,),
+    "signals": SIGNALS,
+    "combined": (*SIGNALS, REVIEWER),
+}
+"""Every scorer the grader is chosen from (`ml.grading`), by name: the signals it reads, in
+order of cost (the cheaper wins a tie)."""
+
 
 class GradeRule(CoreConfig):
     """How a mask's IoU with the true mask becomes a grade."""

@@ -14,17 +14,20 @@ true mask (`ml.metrics`, empty/empty = 1) gives its grade.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 import torch
 
+from maskfind_pipeline.ml.grading import FLIP, NOVELTY, mask_signals
 from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts, quantize_probabilities
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.ml.reviewer import binary_mask, dequantize
 from maskfind_pipeline.ml.reviewer_config import GRADES, GradeRule
 from maskfind_pipeline.ml.reviewer_degrade import DEGRADATIONS, degrade, soft_map
+from maskfind_pipeline.ml.tta import flip_disagreement, mirrored_logits
 
 PREDICTION = "prediction"
 DEGRADED = "degraded"
@@ -54,8 +57,14 @@ class ReviewSamples:
         kinds: (N,) `prediction` or `degraded:<how>`.
         models: (N,) the name of the model that predicted each mask ("" for degraded ones).
         entropy: float64 (N,), mean binary entropy (bits) of the probability map.
-        flip_disagreement: float64 (N,), 1 - IoU of the mask with the mask predicted on the
-            horizontally flipped image (flipped back); NaN for degraded masks (no model).
+        flip_disagreement: float64 (N,), `ml.tta.flip_disagreement` of the plain and the
+            mirrored pass of the model that made the mask; NaN for degraded masks (no model).
+        novelty: float64 (N,), the new-image-type score the mask's model gives the image
+            (`ml.novelty`); NaN where unknown (degraded masks, models without one).
+        origins: (N,) where the mask comes from: `champion`, `fold` (a mask model trained
+            without some types), `failure` (the model version a relabeled production image
+            failed with), `prediction` (any other model), `degraded`.
+        unseen: bool (N,), whether the mask's model never trained on the image's type.
     """
 
     images: np.ndarray
@@ -70,9 +79,34 @@ class ReviewSamples:
     models: np.ndarray
     entropy: np.ndarray
     flip_disagreement: np.ndarray
+    novelty: np.ndarray | None = None
+    origins: np.ndarray | None = None
+    unseen: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        count = len(self.image_index)
+        defaults = {
+            "novelty": np.full(count, np.nan),
+            "origins": np.where(self.kinds == PREDICTION, PREDICTION, DEGRADED).astype(object),
+            "unseen": np.zeros(count, dtype=bool),
+        }
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
     def __len__(self) -> int:
         return len(self.image_index)
+
+    @cached_property
+    def signals(self) -> dict[str, np.ndarray]:
+        """Every signal `ml.grading` grades from, per sample (N,) (not the CNN's)."""
+        assert self.novelty is not None
+        out = mask_signals(self.probabilities, self.thresholds)
+        return out | {FLIP: self.flip_disagreement, NOVELTY: self.novelty}
+
+    def of_origin(self, *origins: str) -> np.ndarray:
+        """Boolean (N,): the samples whose masks come from one of `origins`."""
+        return np.isin(np.asarray(self.origins, dtype=object), list(origins))
 
     @property
     def sample_types(self) -> np.ndarray:
@@ -105,12 +139,31 @@ class ReviewSamples:
         values["image_index"] = remapped.astype(np.int64)
         return ReviewSamples(**values)
 
+    @classmethod
+    def joined(
+        cls,
+        images: np.ndarray,
+        true_masks: np.ndarray,
+        image_types: np.ndarray,
+        parts: Sequence[Mapping[str, np.ndarray]],
+    ) -> ReviewSamples:
+        """Samples made of `parts` (per-sample arrays, as `predicted_masks` and
+        `degraded_masks` return them) over the same images."""
+        if not parts:
+            raise ValueError("no samples to join")
+        keys = [f.name for f in fields(cls) if f.name not in _PER_IMAGE]
+        joined = {key: np.concatenate([part[key] for part in parts]) for key in keys}
+        return cls(images=images, true_masks=true_masks, image_types=image_types, **joined)
+
     def counts(self, rule: GradeRule) -> dict[str, dict[str, int]]:
-        """Samples per kind (`prediction`, `degraded:<how>`) and grade, for logs."""
+        """Samples per origin of real masks (`champion`, `fold`, ...) or kind of degraded ones
+        (`degraded:<how>`), and grade, for logs."""
         grades = self.grades(rule)
+        assert self.origins is not None
+        names = np.where(self.kinds == PREDICTION, self.origins, self.kinds)
         return {
-            kind: {f"grade_{g}": int(np.sum((self.kinds == kind) & (grades == g))) for g in GRADES}
-            for kind in sorted(set(self.kinds.tolist()))
+            name: {f"grade_{g}": int(np.sum((names == name) & (grades == g))) for g in GRADES}
+            for name in sorted(set(names.tolist()))
         }
 
 
@@ -184,16 +237,17 @@ def build_review_samples(
     if degraded_share < 1.0:
         for position, predictor in enumerate(predictors):
             name = predictor.version or f"model-{position}"
-            parts.append(_predictions(predictor, name, images, truth, batch_size))
+            parts.append(
+                predicted_masks(predictor, images, truth, name=name, batch_size=batch_size)
+            )
     n_real = sum(len(p["image_index"]) for p in parts)
     count = _degraded_count(n_real, len(images), degraded_share)
     if count:
         thresholds = [p.config.threshold for p in predictors] or [DEFAULT_THRESHOLD]
-        parts.append(_degraded(truth, count, rule, thresholds, seed))
+        parts.append(degraded_masks(truth, count, rule, thresholds, seed))
     if not parts:
         raise ValueError("no samples: give predictors or a positive degraded_share")
-    joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    return ReviewSamples(images=images, true_masks=truth, image_types=types, **joined)
+    return ReviewSamples.joined(images, truth, types, parts)
 
 
 def _checked(
@@ -220,44 +274,84 @@ def _degraded_count(n_real: int, n_images: int, share: float) -> int:
 
 
 @torch.inference_mode()
-def _predictions(
-    predictor: Predictor, name: str, images: np.ndarray, truth: np.ndarray, batch_size: int
+def predicted_masks(
+    predictor: Predictor,
+    images: np.ndarray,
+    truth: np.ndarray,
+    *,
+    name: str,
+    rows: np.ndarray | None = None,
+    origin: str = PREDICTION,
+    unseen: bool = False,
+    novelty: np.ndarray | None = None,
+    batch_size: int = 32,
 ) -> dict[str, np.ndarray]:
+    """One model's masks of `images[rows]` (all by default) as per-sample arrays for
+    `ReviewSamples.joined`, graded against `truth`, with the flip disagreement of its plain
+    and mirrored pass (`ml.tta`, as every inference backend computes it).
+
+    Args:
+        predictor: the mask model; `images` must be at its input size.
+        images, truth: uint8 (M, S, S, 3) and bool (M, S, S) over all images.
+        name: the model's name in `models`.
+        rows: the image rows it predicts.
+        origin, unseen: recorded per sample (`ReviewSamples`).
+        novelty: its novelty score of each predicted image (len(rows),); NaN if None.
+        batch_size: images per forward pass.
+
+    Raises:
+        ValueError: the images are not at the predictor's input size.
+    """
     size = predictor.config.input_size
     if images.shape[1:3] != (size, size):
         raise ValueError(f"{name} takes {size}² images, got {images.shape[1:3]}")
+    index = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     threshold = predictor.config.threshold
-    # The flip baseline compares plain forward passes: with test-time flipping the predicted
+    # The flip signal compares plain forward passes: with test-time flipping the predicted
     # mask is mirror-symmetric by construction and would always agree with itself.
     tta = predictor.config.tta_passes > 1
-    probs, plain, flipped = [], [], []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)
-        plain.append(_quantized(predictor.logits(batch, tta=False)))
-        probs.append(_quantized(predictor.logits(batch)) if tta else plain[-1])
-        flipped.append(_quantized(predictor.logits(batch.flip(-1), tta=False).flip(-1)))
-    quantized, mirror = np.concatenate(probs), np.concatenate(flipped)
+    probs, disagreement = [], []
+    for start in range(0, len(index), batch_size):
+        picked = np.asarray(images[index[start : start + batch_size]])
+        batch = torch.from_numpy(picked).permute(0, 3, 1, 2)
+        plain = predictor.logits(batch, tta=False)
+        mirrored = mirrored_logits(lambda x: predictor.logits(x, tta=False), batch)
+        probs.append(_quantized(predictor.logits(batch) if tta else plain))
+        disagreement.append(flip_disagreement(plain, mirrored, threshold).double().cpu().numpy())
+    count = len(index)
+    quantized = np.concatenate(probs) if probs else np.zeros((0, size, size), np.uint8)
     masks = _masks(quantized, threshold)
-    agreement = mask_ious(_masks(np.concatenate(plain), threshold), _masks(mirror, threshold))
-    count = len(images)
+    scores = np.full(count, np.nan) if novelty is None else np.asarray(novelty, np.float64)
     return {
-        "image_index": np.arange(count, dtype=np.int64),
+        "image_index": index,
         "probabilities": quantized,
         "masks": masks,
         "thresholds": np.full(count, threshold, dtype=np.float32),
-        "ious": mask_ious(masks, truth),
+        "ious": mask_ious(masks, np.asarray(truth[index])),
         "kinds": np.full(count, PREDICTION, dtype=object),
         "models": np.full(count, name, dtype=object),
         "entropy": mean_entropy(quantized),
-        "flip_disagreement": 1.0 - agreement,
+        "flip_disagreement": np.concatenate(disagreement) if disagreement else np.zeros(0),
+        "novelty": scores,
+        "origins": np.full(count, origin, dtype=object),
+        "unseen": np.full(count, unseen, dtype=bool),
     }
 
 
-def _degraded(
-    truth: np.ndarray, count: int, rule: GradeRule, thresholds: Sequence[float], seed: int
+def degraded_masks(
+    truth: np.ndarray,
+    count: int,
+    rule: GradeRule,
+    thresholds: Sequence[float],
+    seed: int,
+    *,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
+    """`count` true masks of `truth[rows]` (all rows by default) degraded to target IoUs spread
+    evenly over the grades' bands, as per-sample arrays for `ReviewSamples.joined`."""
     plan = np.random.default_rng([seed, 0])
-    image_index = plan.permutation(np.resize(np.arange(len(truth)), count)).astype(np.int64)
+    pool = np.arange(len(truth)) if rows is None else np.asarray(rows, dtype=np.int64)
+    image_index = plan.permutation(np.resize(pool, count)).astype(np.int64)
     hows = plan.choice(DEGRADATIONS, size=count)
     targets = [_target(int(g), rule, plan) for g in plan.choice(GRADES, size=count)]
     cuts = plan.choice(np.asarray(thresholds, dtype=np.float32), size=count)
@@ -277,6 +371,9 @@ def _degraded(
         "models": np.full(count, "", dtype=object),
         "entropy": mean_entropy(probs),
         "flip_disagreement": np.full(count, np.nan),
+        "novelty": np.full(count, np.nan),
+        "origins": np.full(count, DEGRADED, dtype=object),
+        "unseen": np.zeros(count, dtype=bool),
     }
 
 

@@ -31,8 +31,35 @@ def scaled_side(side: int, scale: float, config: ModelSpec) -> int:
     return max(step, round(side * scale / step) * step)
 
 
+def mirrored_logits(run: Logits, inputs: torch.Tensor) -> torch.Tensor:
+    """The logits (B,1,H,W) of the left-right mirrored inputs, mirrored back onto the inputs'
+    pixels (float32): the view `tta_flip` adds, and the second pass of `flip_disagreement`."""
+    return run(inputs.flip(-1)).float().flip(-1)
+
+
+def flip_disagreement(
+    plain: torch.Tensor, mirrored: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """1 - IoU (B,) float32 of the masks `sigmoid(logits) >= threshold` of the plain and the
+    mirrored pass (logits (B,1,H,W)); two empty masks agree (0).
+
+    A free signal of an untrustworthy mask: where the model is sure, mirroring the image does
+    not move the mask. Written with exportable operations only: every backend computes it in
+    its graph (`backends.base.ProbabilityModel`).
+    """
+    first = (torch.sigmoid(plain.float()) >= threshold).float()
+    second = (torch.sigmoid(mirrored.float()) >= threshold).float()
+    inter = (first * second).sum(dim=(1, 2, 3))
+    union = (first + second - first * second).sum(dim=(1, 2, 3))
+    return 1.0 - torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+
+
 def averaged_logits(
-    run: Logits, inputs: torch.Tensor, config: ModelSpec, plain: torch.Tensor | None = None
+    run: Logits,
+    inputs: torch.Tensor,
+    config: ModelSpec,
+    plain: torch.Tensor | None = None,
+    mirrored: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The mean logits (B,1,H,W) of `run` over the views `config` asks for (float32).
 
@@ -42,6 +69,7 @@ def averaged_logits(
         config: supplies `tta_flip`, `tta_scales` and the encoder's stride.
         plain: `run(inputs)` where the caller has it already (e.g. from a pass that also gave
             features); computed otherwise.
+        mirrored: `mirrored_logits(run, inputs)` where the caller has it already.
     """
     if plain is None:
         plain = run(inputs)
@@ -59,7 +87,10 @@ def averaged_logits(
             total = total + _resize(run(view).float(), (height, width))
             views += 1
         if config.tta_flip:
-            total = total + _resize(run(view.flip(-1)).float().flip(-1), (height, width))
+            if view is inputs and mirrored is not None:
+                total = total + mirrored.float()
+            else:
+                total = total + _resize(mirrored_logits(run, view), (height, width))
             views += 1
     return total / views
 

@@ -1,12 +1,15 @@
-"""`load_model` / `load_reviewer` ("champion" | "challenger" | version): ready to predict."""
+"""`load_model` / `load_reviewer` / `load_grader` ("champion" | "challenger" | version): ready
+to predict or grade."""
 
 from __future__ import annotations
 
 from maskfind_pipeline.ml.config import ModelConfig
+from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE, Grader
+from maskfind_pipeline.ml.grading import GradeModel
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.ml.reviewer import Reviewer
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
 
 
 def load_model(registry: ModelRegistry, ref: str | int) -> Predictor:
@@ -17,7 +20,28 @@ def load_model(registry: ModelRegistry, ref: str | int) -> Predictor:
 
 
 def load_reviewer(registry: ModelRegistry, ref: str | int) -> Reviewer:
-    """The reviewer `ref` names in a reviewer registry, verified and rebuilt like a model."""
+    """The CNN reviewer `ref` names in a reviewer registry, verified and rebuilt like a model."""
     stored = registry.download(ref)
     spec = ReviewerSpec.from_json(stored.config_json)
     return Reviewer.from_weights(spec, stored.weights, version=stored.model.version)
+
+
+def load_grader(registry: ModelRegistry, ref: str | int) -> Grader:
+    """The grader `ref` names in a reviewer registry: its grade model and, only where that
+    reads it (or a version from before grade models), its CNN.
+
+    Raises:
+        RegistryError: the stored grade model does not parse.
+    """
+    stored = registry.download(ref)
+    version = stored.model.version
+    text = stored.files.get(GRADE_MODEL_FILE)
+    try:
+        model = GradeModel.from_json(text.decode()) if text is not None else None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"reviewer version {version}: unreadable grade model: {exc}") from None
+    reviewer = None
+    if model is None or model.uses_reviewer:
+        spec = ReviewerSpec.from_json(stored.config_json)
+        reviewer = Reviewer.from_weights(spec, stored.weights, version=version)
+    return Grader(version, model, reviewer)

@@ -14,8 +14,10 @@ Both take and return one row per image, images as PNG or JPEG file bytes in bina
   production writes as `<id>.mask.png`) and `mask_fraction`; with the parameter
   `probabilities: true` also `probabilities` (a greyscale PNG of round(p * 255)).
 - reviewer: input `image`, `probabilities` (that PNG, the image's size) and `threshold` (the mask
-  model's); output `grade` (1, 2 or 3) and `p_grade1`, `p_grade2`, `p_grade3`. Production
-  grades at the mask model's input size: send image and map at that size for its numbers.
+  model's), optionally the mask model's `flip_disagreement` and `novelty` of the image (unknown
+  when left out); output `grade` (1, 2 or 3) and `p_grade1`, `p_grade2`, `p_grade3`, from the
+  version's grade model (`ml.grader`). Production grades at the mask model's input size: send
+  image and map at that size for its numbers.
 
 The per-row work is `ml.encoded`'s, so a served mask equals `load_model(...).predict_mask`'s.
 """
@@ -39,6 +41,8 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, Tens
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.encoded import each_row, grade_outputs, mask_outputs, png
+from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE, Grader
+from maskfind_pipeline.ml.grading import GradeModel
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.ml.reviewer import Reviewer
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
@@ -51,6 +55,8 @@ WEIGHTS_SHA256 = "weights_sha256"
 CODE = Path(__file__).with_name("pyfunc_code")
 MASK_COLUMNS = ["mask", "mask_fraction"]
 GRADE_COLUMNS = ["grade", "p_grade1", "p_grade2", "p_grade3"]
+GRADE_SIGNALS = ("flip_disagreement", "novelty")
+"""The reviewer's optional inputs: signals only the mask model's production pass has."""
 REQUIREMENTS = (
     "maskfind_pipeline",
     "mlflow",
@@ -138,6 +144,7 @@ def reviewer_signature() -> ModelSignature:
             ColSpec(DataType.binary, "image"),
             ColSpec(DataType.binary, "probabilities"),
             ColSpec(DataType.double, "threshold"),
+            *(ColSpec(DataType.double, name, required=False) for name in GRADE_SIGNALS),
         ),
         outputs=_schema(
             ColSpec(DataType.long, "grade"),
@@ -210,7 +217,10 @@ class ReviewerPyfunc(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         spec = ReviewerSpec.from_json(_config_json(context))
-        self.reviewer = Reviewer.from_weights(spec, _verified_weights(context))
+        reviewer = Reviewer.from_weights(spec, _verified_weights(context))
+        path = context.artifacts.get(GRADE_MODEL_FILE)
+        model = GradeModel.from_json(Path(path).read_text()) if path else None
+        self.grader = Grader("", model, reviewer)
 
     def predict(  # pyright: ignore[reportIncompatibleMethodOverride] (the base has no types)
         self,
@@ -218,6 +228,10 @@ class ReviewerPyfunc(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        columns = (model_input[name] for name in ("image", "probabilities", "threshold"))
-        rows = each_row(zip(*columns, strict=True), lambda row: grade_outputs(self.reviewer, *row))
+        unknown = pd.Series(np.nan, index=model_input.index)
+        columns = [model_input[name] for name in ("image", "probabilities", "threshold")]
+        columns += [
+            model_input[name] if name in model_input.columns else unknown for name in GRADE_SIGNALS
+        ]
+        rows = each_row(zip(*columns, strict=True), lambda row: grade_outputs(self.grader, *row))
         return pd.DataFrame(rows, columns=GRADE_COLUMNS)

@@ -19,6 +19,7 @@ from maskfind_pipeline.synthetic.writer import (
     generate_production,
     relabel_production,
     sample_rng,
+    true_production_mask,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "render_sample",
     "resolve_types",
     "sample_rng",
+    "true_production_mask",
 ]

@@ -18,7 +18,7 @@ from maskfind_pipeline.data.production import PredictionLog
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import build_resources
-from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.config import demo_model_spec
 from maskfind_pipeline.ml.novelty import from_files
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
@@ -27,15 +27,13 @@ from tests.support.models import tiny_training
 
 DAY = dt.date(2026, 11, 30)
 TYPES = synthetic.DEFAULT_TYPES[:3]
-MODEL = ModelSpec(
-    encoder_name="resnet18", encoder_weights=None, input_size=32, decoder_channels=(16, 8, 8, 8, 8)
-)
+MODEL = demo_model_spec(64).model_copy(update={"decoder_channels": (64, 32, 16, 16, 8)})
+"""Pretrained (offline Lite0): a few epochs give masks of every grade to learn grading from."""
 REVIEWER = {
     "spec": {"encoder_name": "resnet18", "encoder_weights": None, "input_size": 32},
     "train": {"epochs": 2, "batch_size": 16, "allow_scratch": True},
-    "fold_models": 1,
-    "fold_train": {"epochs": 1, "batch_size": 16, "allow_scratch": True},
-    "held_out_count": 1,
+    "folds": 3,
+    "fold_train": {"epochs": 3, "batch_size": 8},
     "max_images": 40,
 }
 
@@ -66,7 +64,7 @@ def _materialize_with_checks(instance, settings, selection, run_config, partitio
 def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
     data = LocalObjectStore(settings.data_uri)
-    synthetic.generate(data, TYPES, 10, size=32)
+    synthetic.generate(data, TYPES, 16, size=64)
     instance = dg.DagsterInstance.ephemeral()
     nightly = {
         dg.AssetKey(k)
@@ -78,7 +76,7 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
         nightly,
         {
             "ops": {
-                "mask_model": {"config": tiny_training(MODEL, epochs=1)},
+                "mask_model": {"config": tiny_training(MODEL, epochs=6)},
                 "promotion": {"config": {"floor": 0.0}},
             }
         },
@@ -90,7 +88,7 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
         {"ops": {"reviewer_model": {"config": REVIEWER}}},
     )["reviewer_model"]
     assert reviewer["reviewer_version"].value == "1" and reviewer["promoted"].value is True
-    assert str(reviewer["mask_models"].value).count("fold-") == 1
+    assert str(reviewer["mask_models"].value).count("fold-") == 3  # every type held out once
 
     synthetic.generate_production(data, TYPES, 3, day=DAY, size=40)
     data.put(f"production/{DAY}/broken.jpg", b"\xff\xd8 not a jpeg", tags={"image_type": "x"})

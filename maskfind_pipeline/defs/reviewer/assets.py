@@ -32,9 +32,11 @@ def reviewer_model(
     cache: CacheResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """A reviewer trained on real and degraded masks of a dataset version's images, judged on
-    image types it never saw against two baselines, registered as `maskfind-reviewer`
-    (alias `challenger`; `champion` when not worse than the current one on the same masks)."""
+    """The grader of production masks: every scorer (the free signals, the CNN reviewer,
+    their combinations) cross-fitted by image type and judged out of fold on the champion's
+    masks of unseen images and fold models' masks of unseen types; the winner, calibrated,
+    registered as `maskfind-reviewer` (`challenger`; `champion` when not worse than the
+    current one on the same masks)."""
     from maskfind_pipeline.data.version_store import VersionStore
     from maskfind_pipeline.flows.reviewer import train_and_register_reviewer
 
@@ -58,32 +60,30 @@ def reviewer_model(
     )
     version = outcome.registered.version
     plots_dir = Path(cache.root).parent / "plots" / f"reviewer-v{version}"
-    plots = outcome.unseen.plots("unseen types, all masks")
+    winner = outcome.winner
     return dg.MaterializeResult(
         metadata={
             "reviewer_version": version,
             "dataset_version": outcome.dataset_version,
-            "auc_grade3_unseen": outcome.auc_grade3,
-            "auc_grade3_unseen_real": outcome.unseen_real.scores["reviewer"].auc_grade3,
-            "macro_auc_unseen": outcome.unseen.macro_auc,
-            "champion_auc_grade3_unseen": outcome.champion_auc,
-            "promoted": outcome.promoted,
-            "held_out_types": ", ".join(outcome.held_out_types),
-            "mask_models": ", ".join(outcome.mask_models),
-            "unseen_all_masks": markdown_table(outcome.unseen.rows()),
-            "unseen_real_predictions": markdown_table(outcome.unseen_real.rows()),
-            "confusion_unseen": markdown_table(
-                [
-                    {"true": g + 1, "pred_1": r[0], "pred_2": r[1], "pred_3": r[2]}
-                    for g, r in enumerate(outcome.unseen.confusion)
-                ]
+            "scorer": outcome.scorer,
+            "auc_grade3": winner.ranking.auc_grade3,
+            "max_type_calibration_error": winner.max_type_error,
+            "best_free_signal": (
+                f"{outcome.best_free[0]} ({outcome.best_free[1]:.4f})" if outcome.best_free else ""
             ),
+            "reviewer_refused": outcome.reviewer_refused or "no: the winner reads the CNN",
+            "champion_auc_grade3": outcome.champion_auc,
+            "promoted": outcome.promoted,
+            "folds": dg.MetadataValue.json(outcome.folds),
+            "mask_models": ", ".join(outcome.mask_models),
+            "comparison": markdown_table(outcome.rows()),
+            "calibration_by_type": markdown_table(outcome.calibration_rows()),
             "samples": markdown_table(
-                [{"kind": k, **counts} for k, counts in sorted(outcome.samples.items())]
+                [{"masks": k, **counts} for k, counts in sorted(outcome.samples.items())]
             ),
             **{
                 k: v
-                for name, png in plots.items()
+                for name, png in outcome.plots.items()
                 for k, v in png_metadata(png, title=name, save_to=plots_dir / f"{name}.png").items()
             },
         },

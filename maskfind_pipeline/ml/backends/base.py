@@ -1,6 +1,6 @@
 """The backend interface and the one graph every backend runs: preprocessing, model (with the
-config's test-time augmentation), sigmoid, and the image features (`ml.features`) of the plain
-pass."""
+config's test-time augmentation), sigmoid, the image features (`ml.features`) of the plain
+pass, and the flip disagreement of the plain and the mirrored pass (`ml.tta`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.features import segment_with_features
-from maskfind_pipeline.ml.tta import averaged_logits
+from maskfind_pipeline.ml.tta import averaged_logits, flip_disagreement, mirrored_logits
 
 
 class Prediction(NamedTuple):
@@ -22,10 +22,13 @@ class Prediction(NamedTuple):
         probabilities: Sigmoid probabilities (B,1,S,S).
         features: `ml.features.pooled_features` (B,D): the encoder's two deepest stages,
             spatially averaged (D = the sum of their channels).
+        flip_disagreement: `ml.tta.flip_disagreement` (B,) of the plain and the mirrored
+            pass at the model's threshold: a free signal of an untrustworthy mask.
     """
 
     probabilities: torch.Tensor
     features: torch.Tensor
+    flip_disagreement: torch.Tensor
 
 
 class InferenceBackend(Protocol):
@@ -47,21 +50,24 @@ class InferenceBackend(Protocol):
 
 
 class ProbabilityModel(nn.Module):
-    """`model` with its input preprocessing and output sigmoid, and the image features of the
-    same pass: uint8 images (B,3,S,S) in, (probabilities (B,1,S,S), features (B,D)) out.
+    """`model` with its input preprocessing and output sigmoid, the image features of the
+    same pass and the flip disagreement: uint8 images (B,3,S,S) in, (probabilities (B,1,S,S),
+    features (B,D), flip disagreement (B,)) out.
 
     The arithmetic is `ml.model.preprocess`'s (one multiply, one subtract, float32 constants),
     the pass is `ml.features.segment_with_features` and the logits are averaged over the
     config's test-time augmentation views (`ml.tta`), so in float32 it gives the Predictor's
     probabilities and the features' one definition; exported, it makes every runtime take the
-    same uint8 input and give the same two outputs. The sigmoid and the features are computed
-    in float32 whatever precision the network runs in (e.g. under bf16 autocast).
+    same uint8 input and give the same three outputs. The mirrored pass is the one `tta_flip`
+    averages in (so it costs nothing more with test-time flipping; one more pass without it).
+    The sigmoid, the features and the disagreement are computed in float32 whatever precision
+    the network runs in (e.g. under bf16 autocast).
     """
 
     scale: torch.Tensor
     shift: torch.Tensor
 
-    def __init__(self, model: nn.Module, config: ModelSpec) -> None:
+    def __init__(self, model: nn.Module, config: ModelConfig) -> None:
         super().__init__()
         self.model = model
         self.config = config
@@ -70,11 +76,13 @@ class ProbabilityModel(nn.Module):
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", mean / std)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = images.float() * self.scale - self.shift
         plain, features = segment_with_features(self.model, inputs)
-        logits = averaged_logits(self.model, inputs, self.config, plain)
-        return torch.sigmoid(logits), features
+        mirrored = mirrored_logits(self.model, inputs)
+        logits = averaged_logits(self.model, inputs, self.config, plain, mirrored)
+        disagreement = flip_disagreement(plain, mirrored, self.config.threshold)
+        return torch.sigmoid(logits), features, disagreement
 
 
 def check_images(images: torch.Tensor, size: int) -> None:

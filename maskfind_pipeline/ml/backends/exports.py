@@ -1,8 +1,9 @@
 """A model version exported for the other runtimes, once, into a cache folder the caller gives.
 
 The graph is `base.ProbabilityModel`: uint8 `images` (B,3,S,S) in, float32 `probabilities`
-(B,1,S,S) and `features` (B,D) out, in that order (format 2; format 1 had the probabilities
-only, and its entries have other keys, so they are never loaded).
+(B,1,S,S), `features` (B,D) and `flip_disagreement` (B,) out, in that order (format 3; format 1
+had the probabilities only, format 2 no flip disagreement, and their entries have other keys,
+so they are never loaded).
 
 Layout: `<cache_dir>/backends/onnx-<key>/model.onnx` and `.../openvino-<key>/model.xml` (+
 `model.bin`), each with a `manifest.json` (see `cache`). The ONNX key is the sha256 of the
@@ -25,11 +26,11 @@ from maskfind_pipeline.ml.backends.base import ProbabilityModel
 from maskfind_pipeline.ml.backends.cache import cache_key, cached_entry
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 
-EXPORT_FORMAT = "2"
+EXPORT_FORMAT = "3"
 """Bump when `ProbabilityModel` or the export arguments change: every key changes with it.
-1: probabilities only; 2: probabilities and features."""
+1: probabilities only; 2: probabilities and features; 3: and the flip disagreement."""
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("probabilities", "features")
+OUTPUT_NAMES = ("probabilities", "features", "flip_disagreement")
 """The graph's outputs, in `ProbabilityModel`'s order (the runtimes check them on opening)."""
 ONNX_FILE, OPENVINO_FILE = "model.onnx", "model.xml"
 
@@ -82,7 +83,7 @@ class ModelExports:
 
     def onnx(self) -> Path:
         """The ONNX file (uint8 `images` (B,3,S,S) -> float32 `probabilities` (B,1,S,S),
-        `features` (B,D))."""
+        `features` (B,D), `flip_disagreement` (B,))."""
         entry = cached_entry(self.root, "onnx", self.onnx_inputs, self._export_onnx)
         return entry / ONNX_FILE
 

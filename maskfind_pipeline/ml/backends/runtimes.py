@@ -7,10 +7,10 @@ that many parallel infer requests; on 2 cores this matched one 2-thread stream (
 images/s, ResNet-34 U-Net 256², batch 32) and on more cores several streams keep each one's
 threads busy. A single image then runs on one stream's threads only: production predicts
 batches. The chunks' outputs are concatenated in request order, output by output (ports
-resolved by name), so both outputs keep the batch's image order.
+resolved by name), so every output keeps the batch's image order.
 
-Every backend returns `base.Prediction`: the probabilities and the features of one forward pass
-through `base.ProbabilityModel` (the torch backends run the module, the others its export).
+Every backend returns `base.Prediction`: the probabilities, features and flip disagreement of
+one run of `base.ProbabilityModel` (the torch backends run the module, the others its export).
 """
 
 from __future__ import annotations
@@ -54,15 +54,13 @@ class TorchBackend:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        """Probabilities and features of uint8 CPU images (B,3,S,S), one forward pass."""
+        """`base.Prediction` of uint8 CPU images (B,3,S,S), one run of the module."""
         check_images(images, self.predictor.config.input_size)
         settings = self.predictor.settings
         inputs = images.to(settings.device, non_blocking=True)
         with settings.autocast():
-            probabilities, features = self.module(
-                inputs.contiguous(memory_format=settings.memory_format)
-            )
-        return Prediction(probabilities.cpu(), features.cpu())
+            outputs = self.module(inputs.contiguous(memory_format=settings.memory_format))
+        return Prediction(*(output.float().cpu() for output in outputs))
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """`predict(images).probabilities`."""
@@ -93,7 +91,7 @@ class OnnxRuntimeBackend:
         check_outputs([output.name for output in self.session.get_outputs()], path)
 
     def predict(self, images: torch.Tensor) -> Prediction:
-        """Probabilities and features of uint8 CPU images (B,3,S,S), one run of the graph."""
+        """`base.Prediction` of uint8 CPU images (B,3,S,S), one run of the graph."""
         check_images(images, self.size)
         outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.contiguous().numpy()})
         return Prediction(*(torch.from_numpy(out) for out in outputs))
@@ -131,7 +129,7 @@ class OpenVinoBackend:
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def predict(self, images: torch.Tensor) -> Prediction:
-        """Probabilities and features of uint8 CPU images (B,3,S,S): the batch split into
+        """`base.Prediction` of uint8 CPU images (B,3,S,S): the batch split into
         consecutive chunks, one per infer request, run in parallel, outputs put back in order."""
         check_images(images, self.size)
         batch = images.contiguous().numpy()

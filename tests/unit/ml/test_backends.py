@@ -38,6 +38,7 @@ from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.reviewer import Reviewer, build_reviewer, grade_logits
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
+from maskfind_pipeline.ml.tta import flip_disagreement
 
 TINY = ModelConfig(
     encoder_name="resnet18",
@@ -172,11 +173,32 @@ def test_probability_model_is_the_predictors_preprocessing_sigmoid_and_features(
     reference_features: torch.Tensor,
 ) -> None:
     with torch.no_grad():
-        probabilities, features = ProbabilityModel(predictor.model, predictor.config)(images)
+        outputs = ProbabilityModel(predictor.model, predictor.config)(images)
+    probabilities, features, disagreement = outputs
     # The predictor feeds channels_last input, which takes other float32 kernels: only the
     # order of sums differs.
     torch.testing.assert_close(probabilities, reference, atol=1e-5, rtol=0)
     torch.testing.assert_close(features, reference_features, atol=0, rtol=0)  # the same pass
+    plain = predictor.logits(images, tta=False)
+    mirrored = predictor.logits(images.flip(-1), tta=False).flip(-1)
+    expected = flip_disagreement(plain, mirrored, predictor.config.threshold)
+    assert disagreement.shape == (len(images),)
+    torch.testing.assert_close(disagreement, expected, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_flip_disagreement_agrees_with_the_exact_float32_predictor(
+    name: BackendName, predictor: Predictor, predictions: dict[BackendName, Prediction], images
+) -> None:
+    """The free grading signal comes out of every backend's graph; it counts pixels whose
+    mask flips, so a backend's rounding may move it by a few pixels' worth, no more."""
+    plain = predictor.logits(images, tta=False)
+    mirrored = predictor.logits(images.flip(-1), tta=False).flip(-1)
+    expected = flip_disagreement(plain, mirrored, predictor.config.threshold)
+    found = predictions[name].flip_disagreement
+    assert found.dtype == torch.float32 and found.shape == expected.shape
+    assert float((found - expected).abs().max()) <= 0.02
+    assert float(expected.std()) > 0  # the images disagree with their mirror by different amounts
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -228,10 +250,10 @@ def test_openvino_requests_keep_both_outputs_in_image_order(
     distinct = (images * brightness).to(torch.uint8)
     with torch.no_grad():
         model = ProbabilityModel(predictor.model, predictor.config)
-        expected_probabilities, expected_features = model(distinct)
+        expected_probabilities, expected_features, _ = model(distinct)
     backend = OpenVinoBackend(ModelExports(predictor, cache_dir).openvino(), TINY.input_size)
     backend.requests = [backend.compiled.create_infer_request() for _ in range(3)]
-    probabilities, features = backend.predict(distinct)
+    probabilities, features, _ = backend.predict(distinct)
     nearest = torch.cdist(features, expected_features).argmin(dim=1)
     assert nearest.tolist() == list(range(len(images)))
     assert feature_error(features, expected_features) <= FEATURE_TOLERANCE["openvino"]
@@ -250,7 +272,8 @@ def test_any_batch_size_and_only_model_inputs(
     reference_features: torch.Tensor,
 ) -> None:
     backend = backends[name]
-    one, features = backend.predict(images[:1])
+    one, features, disagreement = backend.predict(images[:1])
+    assert disagreement.shape == (1,)
     assert one.shape == (1, 1, 64, 64) and features.shape == (1, FEATURES)
     assert float((one - reference[:1]).abs().max()) <= TOLERANCE[name][0]
     assert feature_error(features, reference_features[:1]) <= FEATURE_TOLERANCE[name]
@@ -342,13 +365,13 @@ def test_other_weights_or_config_get_other_entries(
 def test_an_export_of_the_old_format_is_never_loaded(
     predictor: Predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Format 1 (probabilities only) has other keys; an old entry found under a format 2 key
+    """Format 2 (no flip disagreement) has other keys; an old entry found under a format 3 key
     (e.g. copied there by hand) does not verify and is exported again."""
     calls = {"onnx": 0, "openvino": 0}
     monkeypatch.setattr(exports, "export_onnx", _counting(_fake_onnx, calls, "onnx"))
     model_exports = ModelExports(predictor, tmp_path)
-    assert model_exports.onnx_inputs["format"] == model_exports.openvino_inputs["format"] == "2"
-    old_inputs = {**model_exports.onnx_inputs, "format": "1"}
+    assert model_exports.onnx_inputs["format"] == model_exports.openvino_inputs["format"] == "3"
+    old_inputs = {**model_exports.onnx_inputs, "format": "2"}
     old = cached_entry(model_exports.root, "onnx", old_inputs, Producer(b"old onnx"))
     new = model_exports.onnx().parent
     assert new != old and calls["onnx"] == 1
@@ -503,7 +526,8 @@ class FakeBackend:
         self.clock.now += self.seconds
         self.clock.runs.append(self.name)
         batch = len(images)
-        return Prediction(torch.zeros(batch, 1, *images.shape[2:]), torch.zeros(batch, 4))
+        zeros = torch.zeros(batch, 1, *images.shape[2:])
+        return Prediction(zeros, torch.zeros(batch, 4), torch.zeros(batch))
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         return self.predict(images).probabilities

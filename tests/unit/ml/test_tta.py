@@ -195,7 +195,7 @@ def test_probability_model_gives_the_sigmoid_of_predict_logits_and_plain_feature
 ) -> None:
     model = Predictor.from_weights(TINY, weights).model
     with torch.no_grad():
-        probabilities, features = ProbabilityModel(model, TINY_TTA)(images)
+        probabilities, features, _ = ProbabilityModel(model, TINY_TTA)(images)
         expected = torch.sigmoid(predict_logits(model, TINY_TTA, images, EXACT))
         plain, plain_features = segment_with_features(model, preprocess(images, TINY))
     torch.testing.assert_close(probabilities, expected, atol=1e-5, rtol=0)
@@ -243,3 +243,49 @@ def test_the_onnx_export_applies_the_same_tta(
     torch.testing.assert_close(onnx.probabilities, reference, atol=1e-5, rtol=0)
     plain = torch.sigmoid(predictor.logits(images, tta=False))
     assert float((onnx.probabilities - plain).abs().max()) > 1e-3
+
+
+class CountingRamp(BrightRamp):
+    """`BrightRamp` with a stand-in encoder/decoder/head and a count of its passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes = 0
+        self.encoder = _Stages(self)
+        self.decoder = nn.Identity()
+        self.segmentation_head = _Head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
+        return super().forward(x)
+
+
+class _Stages(nn.Module):
+    def __init__(self, owner: CountingRamp) -> None:
+        super().__init__()
+        self.owner = [owner]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.owner[0].passes += 1
+        return [x, x.mean(dim=1, keepdim=True), x]
+
+
+class _Head(nn.Module):
+    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        x = stages[-1]
+        return 4 * x.mean(dim=1, keepdim=True) + torch.linspace(-8.0, 8.0, x.shape[-1])
+
+
+@pytest.mark.parametrize("tta_flip", [True, False])
+def test_the_flip_disagreement_costs_no_pass_under_tta_and_one_without(tta_flip: bool) -> None:
+    """The graph's flip disagreement reuses the mirrored pass test-time flipping makes; without
+    flipping it adds that one pass (plain + mirrored: two either way)."""
+    images, _, _ = squares(4)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2)
+    config = ModelConfig(encoder_weights=None, input_size=REVIEW_SIZE, tta_flip=tta_flip)
+    model = CountingRamp()
+    with torch.no_grad():
+        probabilities, _, disagreement = ProbabilityModel(model, config)(batch)
+    assert model.passes == 2
+    assert (disagreement > 0.1).all()  # the ramp is lopsided: its mirror disagrees
+    assert probabilities.shape == (4, 1, REVIEW_SIZE, REVIEW_SIZE)

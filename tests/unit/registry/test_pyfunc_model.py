@@ -28,10 +28,12 @@ from PIL import Image
 from maskfind_pipeline.data.images import InvalidImage
 from maskfind_pipeline.evaluation.cells import Cell
 from maskfind_pipeline.flows.evaluation import log_cell_run
+from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE
+from maskfind_pipeline.ml.grading import SIGNALS, fit_grade_model, grades_of
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.reviewer import build_reviewer
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
-from maskfind_pipeline.registry.loading import load_model, load_reviewer
+from maskfind_pipeline.registry.loading import load_grader, load_model, load_reviewer
 from maskfind_pipeline.registry.mlflow_registry import (
     ModelRegistry,
     RegistryError,
@@ -280,7 +282,50 @@ def test_the_reviewer_is_a_pyfunc_too(tmp_path: Path) -> None:
     assert list(out.columns) == ["grade", "p_grade1", "p_grade2", "p_grade3"]
     odds = out.iloc[0][["p_grade1", "p_grade2", "p_grade3"]].to_numpy(dtype=np.float64)
     np.testing.assert_allclose(odds, expected.double().numpy(), rtol=0, atol=1e-7)
-    assert out.iloc[0]["grade"] == int(np.argmax(odds)) + 1
+    assert out.iloc[0]["grade"] == int(grades_of(odds[None])[0])
+
+
+def test_a_served_reviewer_grades_with_its_grade_model(tmp_path: Path) -> None:
+    """A version with a grade model serves its grades, from the optional signal columns the
+    mask model's production pass has (flip disagreement, novelty), as `load_grader` grades."""
+    reviewers = ModelRegistry(
+        f"sqlite:///{tmp_path}/store/mlflow.db",
+        model_name="maskfind-reviewer-test",
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
+    spec = ReviewerSpec(encoder_name="resnet18", encoder_weights=None, input_size=32)
+    rng = np.random.default_rng(0)
+    signals = {name: rng.uniform(0, 1, 200) for name in SIGNALS}
+    grades = np.where(signals["flip_disagreement"] > 0.6, 3, 1)
+    grade_model = fit_grade_model(signals, grades, "signals")
+    record = dataclasses.replace(
+        tiny_record(),
+        config=spec,
+        weights=weights_to_bytes(build_reviewer(spec, pretrained=False)),
+        files={GRADE_MODEL_FILE: grade_model.to_json().encode()},
+    )
+    model = reviewers.log_training(record)
+    pyfunc = load_pyfunc(reviewers.client.get_logged_model(model.model_id).artifact_location)
+    image = IMAGES["wide"]
+    probs = np.clip(np.arange(50 * 70).reshape(50, 70) / 14, 0, 255).astype(np.uint8)
+    row = {"image": encode(image), "probabilities": encode(probs), "threshold": 0.3}
+    frame = pd.DataFrame([{**row, "flip_disagreement": f, "novelty": 1.0} for f in (0.0, 0.9)])
+    out = pyfunc.predict(frame)
+    grader = load_grader(reviewers, model.version)
+    assert grader.reviewer is None and grader.scorer == "signals"  # the CNN is never loaded
+    for i, flip in enumerate((0.0, 0.9)):
+        expected = grader.grade_batch(
+            torch.from_numpy(image).permute(2, 0, 1)[None],
+            torch.from_numpy(probs)[None, None],
+            0.3,
+            flip_disagreement=np.array([flip]),
+            novelty=np.array([1.0]),
+        )[0]
+        odds = out.iloc[i][["p_grade1", "p_grade2", "p_grade3"]].to_numpy(dtype=np.float64)
+        np.testing.assert_allclose(odds, expected, rtol=0, atol=1e-7)
+    assert out.iloc[1]["p_grade3"] > out.iloc[0]["p_grade3"]  # more disagreement, more suspect
+    without = pyfunc.predict(pd.DataFrame([row]))  # signals left out: unknown, filled in
+    assert 0.0 < without.iloc[0]["p_grade3"] < 1.0
 
 
 def test_cell_metrics_are_the_logged_models_metrics_too(registry: ModelRegistry) -> None:
