@@ -15,6 +15,11 @@ depend on them), each run writing masks and log rows to a store of its own:
 Both do the same work per image (list -> decode -> mask -> grade -> mask written -> log row).
 Printed: images/s of each and the ratio, the backend chosen, and how many masks agree.
 
+Grading's cost: the shipped day also runs without a grader and with a grade model of the free
+signals only (`signals`, what production runs when no scorer reading the CNN wins; the CNN
+is then never run), beside the default run with one that reads the CNN (`combined`): the share
+each adds to the ungraded day's time.
+
     python -m bench.production [--images 1000] [--size 256] [--demo | --encoder resnet34]
         [--model-size N] [--backend auto] [--batch-size 32] [--io-workers 8]
 """
@@ -49,6 +54,8 @@ from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.grader import Grader
+from maskfind_pipeline.ml.grading import REVIEWER, SIGNALS, fit_grade_model
 from maskfind_pipeline.ml.model import build_model
 from maskfind_pipeline.ml.predict import Predictor, model_input, weights_to_bytes
 from maskfind_pipeline.ml.reviewer import Reviewer, build_reviewer
@@ -90,19 +97,41 @@ def main() -> None:
             f"backend: {choice.backend.name} (measured images/s: "
             f"{ {k: round(v, 1) for k, v in choice.rates.items()} }; skipped: {choice.skipped})"
         )
-        shipped = _shipped(data, root, predictor, choice, reviewer.to("cpu"), args)
+        graders = _graders(reviewer.to("cpu"))
+        rates = {
+            name: _shipped(data, root / name, predictor, choice, grader, args)
+            for name, grader in graders.items()
+        }
         naive = _naive(data, LocalObjectStore(root / "naive"), predictor, reviewer)
-        agree = _agreement(root / "shipped-data", root / "naive")
-    print(f"shipped: {shipped:.1f} images/s")
+        agree = _agreement(root / "combined" / "shipped-data", root / "naive")
+    shipped = rates["combined"]
+    print(f"shipped: {shipped:.1f} images/s (graded with the CNN: combined)")
     print(f"naive:   {len(naive) / naive.seconds:.1f} images/s (per image, float32)")
     print(f"ratio:   {shipped / (len(naive) / naive.seconds):.2f}x")
     print(f"mask pixels as the naive float32 loop wrote them: {agree}")
+    print(f"ungraded: {rates['ungraded']:.1f} images/s")
+    for name in ("signals", "combined"):
+        added = rates["ungraded"] / rates[name] - 1
+        print(f"grading with {name}: {rates[name]:.1f} images/s, adds {added:.0%} to the day")
 
 
-def _shipped(data, root, predictor, choice, reviewer, args) -> float:  # type: ignore[no-untyped-def]
+def _graders(reviewer: Reviewer) -> dict[str, Grader | None]:
+    """No grader; a grade model of the free signals; one that reads the CNN (their weights are
+    fitted to random signals: grading costs the same whatever they are)."""
+    rng = np.random.default_rng(0)
+    signals = {name: rng.uniform(0, 1, 300) for name in (*SIGNALS, REVIEWER)}
+    grades = np.where(signals["flip_disagreement"] > 0.7, 3, 1)
+    return {
+        "ungraded": None,
+        "signals": Grader("bench", fit_grade_model(signals, grades, "signals"), None),
+        "combined": Grader("bench", fit_grade_model(signals, grades, "combined"), reviewer),
+    }
+
+
+def _shipped(data, root, predictor, choice, grader, args) -> float:  # type: ignore[no-untyped-def]
     written = _Mirror(data, LocalObjectStore(root / "shipped-data"))
     models = ProductionModels(
-        "bench", predictor.config, choice.backend.predict, choice.backend.name, reviewer
+        "bench", predictor.config, choice.backend.predict, choice.backend.name, grader
     )
     options = ProductionOptions(batch_size=args.batch_size, io_workers=args.io_workers)
     outcome = predict_day(

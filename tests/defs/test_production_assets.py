@@ -10,16 +10,21 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.decoded import resize_pair
 from maskfind_pipeline.data.images import decode_image
 from maskfind_pipeline.data.production import PredictionLog
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.ml.config import demo_model_spec
+from maskfind_pipeline.ml.metrics import quantize_probabilities
 from maskfind_pipeline.ml.novelty import from_files
+from maskfind_pipeline.ml.reviewer import binary_mask
+from maskfind_pipeline.ml.reviewer_config import GradeRule
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
@@ -30,7 +35,14 @@ TYPES = synthetic.DEFAULT_TYPES[:3]
 MODEL = demo_model_spec(64).model_copy(update={"decoder_channels": (64, 32, 16, 16, 8)})
 """Pretrained (offline Lite0): a few epochs give masks of every grade to learn grading from."""
 REVIEWER = {
-    "spec": {"encoder_name": "resnet18", "encoder_weights": None, "input_size": 32},
+    "spec": {
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+        "input_size": 32,
+        # A few epochs on 16 images per type: IoU bands that such masks span (the grade rule
+        # is configuration; the production bands are 0.95 / 0.80).
+        "grades": {"good": 0.6, "usable": 0.3},
+    },
     "train": {"epochs": 2, "batch_size": 16, "allow_scratch": True},
     "folds": 3,
     "fold_train": {"epochs": 3, "batch_size": 8},
@@ -122,3 +134,50 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
         np.testing.assert_array_equal(written, champion.predict_mask(image))
         assert row["novel"] == (row["novelty"] > novelty.threshold)
     assert "novelty_alarm" in checks and checks["novelty_alarm"].severity.name == "WARN"
+    for row in (r for r in rows if r["status"] == "ok"):
+        assert row["grade_scorer"] == reviewer["scorer"].value
+        assert 0.0 <= row["flip_disagreement"] <= 1.0
+
+    # The loop's real failures: the day's images come back relabeled; the next version holds
+    # them, and the reviewer learns from the champion's masks of them, graded by the truth.
+    ok = [str(r["image_key"]) for r in rows if r["status"] == "ok"]
+    synthetic.relabel_production(
+        data, ok, failed_model_version=champion.version, reported_at=dt.datetime.now(dt.UTC)
+    )
+    catalog = {dg.AssetKey("image_catalog"), dg.AssetKey("dataset_version")}
+    _materialize(instance, settings, catalog, {})
+    again = _materialize(
+        instance,
+        settings,
+        {dg.AssetKey("reviewer_model")},
+        {"ops": {"reviewer_model": {"config": REVIEWER}}},
+    )["reviewer_model"]
+    samples = {r.data["masks"]: r.data for r in _records(again["samples"])}
+    expected = _true_grades(data, ok, champion)
+    assert {g: samples["failure"][f"grade_{g}"] for g in (1, 2, 3)} == expected
+    comparison = {(r.data["masks"], r.data["scorer"]) for r in _records(again["comparison"])}
+    assert ("production_failures", "flip_disagreement") in comparison
+
+
+def _records(entry: object) -> list[dg.TableRecord]:
+    assert isinstance(entry, dg.TableMetadataValue)
+    return list(entry.records)
+
+
+def _true_grades(data: LocalObjectStore, keys: list[str], champion) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    """Grades of the champion's masks of relabeled images at its input size, by the test's
+    grade rule, computed here from the generator's true masks."""
+    rule = GradeRule.model_validate(REVIEWER["spec"]["grades"])
+    counts = {1: 0, 2: 0, 3: 0}
+    size = champion.config.input_size
+    for key in keys:
+        image = decode_image(data.get(key), image_ext=key.rpartition(".")[2]).image
+        truth = synthetic.true_production_mask(key, data.get(key))
+        small, small_truth = resize_pair(image, truth, size)
+        batch = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None]
+        quantized = quantize_probabilities(torch.sigmoid(champion.logits(batch)).numpy())
+        mask = binary_mask(torch.from_numpy(quantized), champion.config.threshold)[0, 0].numpy()
+        truth = small_truth != 0
+        union = (mask | truth).sum()
+        counts[int(rule.grades(np.array([(mask & truth).sum() / union if union else 1.0]))[0])] += 1
+    return counts

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
-from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import ReviewerSettings
@@ -76,9 +76,9 @@ def reviewer_model(
             "promoted": outcome.promoted,
             "folds": dg.MetadataValue.json(outcome.folds),
             "mask_models": ", ".join(outcome.mask_models),
-            "comparison": markdown_table(outcome.rows()),
-            "calibration_by_type": markdown_table(outcome.calibration_rows()),
-            "samples": markdown_table(
+            "comparison": table(outcome.rows()),
+            "calibration_by_type": table(outcome.calibration_rows()),
+            "samples": table(
                 [{"masks": k, **counts} for k, counts in sorted(outcome.samples.items())]
             ),
             **{
