@@ -216,6 +216,72 @@ def ui_commands(
     return dagster, mlflow
 
 
+@main.group()
+def review() -> None:
+    """The people's half of the loop: labeling-tool exports in, Label Studio beside the UI."""
+
+
+@review.command("import")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--annotator", default=None, help="Who labeled it (CVAT's files do not say).")
+def review_import(path: str, annotator: str | None) -> None:
+    """Write the corrected masks of an export as failure samples: a CVAT "COCO 1.0" or
+    "Segmentation mask 1.1" export (zip or folder) of a review queue, or Label Studio's JSON
+    export. A broken or partial export is refused whole; nothing is imported twice."""
+    import uuid
+
+    from maskfind_pipeline.flows.labeling import import_export
+    from maskfind_pipeline.labeling.exports import ExportError
+    from maskfind_pipeline.storage import open_store
+
+    settings = Settings.from_env()
+    stores = {"endpoint_url": settings.s3_endpoint_url}
+    try:
+        tool, report = import_export(
+            path,
+            data_store=open_store(settings.data_uri, **stores),
+            work_store=open_store(settings.work_uri, **stores),
+            run_id=f"import-{uuid.uuid4().hex[:8]}",
+            annotator=annotator,
+        )
+    except ExportError as exc:
+        raise click.ClickException(f"refused, nothing imported: {exc}") from exc
+    counts = ", ".join(f"{status} {n}" for status, n in report.counts().items()) or "nothing new"
+    click.echo(f"{tool} export {path}: {counts}; {report.already_recorded} already recorded")
+    for row in report.rows:
+        if row["status"] not in ("imported", "revised"):
+            click.echo(f"  {row['image_id']}: {row['status']} ({row['reason']})")
+    click.echo(f"{len(report.written)} failure samples written; the next nightly run ingests them")
+
+
+@review.command("label-studio")
+@click.option("--port", default=8080, show_default=True, help="Label Studio's port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Keep it on loopback.")
+def review_label_studio(port: int, host: str) -> None:
+    """Run the embedded Label Studio (from `make label-studio`'s environment) with its data
+    under MASKFIND_HOME/label-studio, serving images of the local data store; Ctrl-C stops it."""
+    import signal
+
+    from maskfind_pipeline.labeling.server import LabelStudioUnavailable, label_studio
+
+    settings = Settings.from_env()
+    data_dir = settings.home / "label-studio"
+    files = Path(settings.data_uri) if "://" not in settings.data_uri else settings.home
+    files.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with label_studio(data_dir, files_root=files, port=port, host=host) as server:
+            click.echo(
+                f"Label Studio: {server.url}    (user {server.credentials.email}, password and "
+                f"API token in {data_dir / 'maskfind-credentials.json'})"
+            )
+            server.process.wait()
+    except LabelStudioUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("name", default="ingest")
 @click.pass_context
