@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import numpy as np
 import requests
+from pydantic import Field
 
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.labeling import brush
@@ -39,8 +40,9 @@ LABEL_CONFIG = f"""<View>
 class LabelStudioOptions(CoreConfig):
     """How queues become Label Studio projects and tasks."""
 
-    project_prefix: str = "maskfind review"
-    """Projects are titled `<prefix> <YYYY-MM-DD>`, one per production day."""
+    project_prefix: str = Field("maskfind review", min_length=1, max_length=39)
+    """Projects are titled `<prefix> <YYYY-MM-DD>`, one per production day (Label Studio
+    allows 50 characters)."""
     presign_expiry_s: int = 7 * 24 * 3600
     """Lifetime of the presigned URL of an image in an S3 data store (S3 allows 7 days at
     most: a task opened later shows no image until the day is sent again)."""
@@ -80,9 +82,10 @@ class LabelStudio:
     def projects(self) -> list[dict[str, Any]]:
         return list(self._pages("/api/projects", "results"))
 
-    def tasks(self, project_id: int) -> list[dict[str, Any]]:
-        """Every task's id and data."""
-        params = {"project": project_id, "include": "id,data"}
+    def tasks(self, project_id: int, *, full: bool = False) -> list[dict[str, Any]]:
+        """Every task's id and data (`full`: and its predictions and annotations)."""
+        wanted = {"fields": "all"} if full else {"include": "id,data"}
+        params = {"project": project_id, **wanted}
         return list(self._pages("/api/tasks", "tasks", params))
 
     def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> int:
@@ -101,11 +104,11 @@ class LabelStudio:
         body = {"project": project_id, "path": path, "use_blob_urls": False, "title": "maskfind"}
         self._call("POST", "/api/storages/localfiles", json=body)
 
-    def export(self, project_id: int) -> list[dict[str, Any]]:
-        """The project's annotated tasks, as its JSON export (skipped ones included)."""
-        return self._call(
-            "GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON"}
-        )
+    def export(self, project_id: int, *, all_tasks: bool = False) -> list[dict[str, Any]]:
+        """The project's annotated tasks (skipped ones included), or all of them, as its JSON
+        export."""
+        params = {"exportType": "JSON", "download_all_tasks": str(all_tasks).lower()}
+        return self._call("GET", f"/api/projects/{project_id}/export", params=params)
 
     def emails(self) -> dict[int, str]:
         """User id -> email."""

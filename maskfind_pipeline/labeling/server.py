@@ -63,6 +63,7 @@ class RunningLabelStudio:
 
     credentials: Credentials
     data_dir: Path
+    files_root: Path
     process: subprocess.Popen[bytes]
     log_path: Path
     seconds_to_start: float
@@ -146,7 +147,12 @@ def label_studio(
     try:
         _wait(process, f"{url}/health", log_path, timeout_s)
         yield RunningLabelStudio(
-            credentials, data_dir, process, log_path, time.monotonic() - started
+            credentials,
+            data_dir,
+            files_root.resolve(),
+            process,
+            log_path,
+            time.monotonic() - started,
         )
     finally:
         _stop(process)
