@@ -132,7 +132,15 @@ def generate(
     is_flag=True,
     help="Delete MASKFIND_HOME first (the story starts from an empty factory).",
 )
-def demo(count: int | None, size: int | None, fresh: bool) -> None:
+@click.option(
+    "--labeling",
+    type=click.Choice(["files", "label-studio"]),
+    default="files",
+    show_default=True,
+    help="How the people's corrections come back: files under failures/, or annotations in "
+    "Label Studio (LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else the embedded server).",
+)
+def demo(count: int | None, size: int | None, fresh: bool, labeling: str) -> None:
     """The trust loop in two nights and two production days (see `maskfind_pipeline.demo`).
 
     Night 1 trains without image type X; production day 1 brings X, the reviewer and the
@@ -155,16 +163,45 @@ def demo(count: int | None, size: int | None, fresh: bool) -> None:
             "pass --fresh to delete it, or set MASKFIND_HOME to a new folder"
         )
     overrides = {k: v for k, v in {"count": count, "size": size}.items() if v is not None}
-    story = run_story(
-        DemoSettings.model_validate(overrides),
-        data_store=data,
-        work_store=open_store(settings.work_uri),
-        instance=dg.DagsterInstance.get(),
-        run_job=_run_job,
-        echo=click.echo,
-    )
+    with _labeling_tool(labeling, settings) as client:
+        story = run_story(
+            DemoSettings.model_validate({**overrides, "labeling": labeling}),
+            data_store=data,
+            work_store=open_store(settings.work_uri),
+            instance=dg.DagsterInstance.get(),
+            run_job=_run_job,
+            echo=click.echo,
+            label_studio=client,
+        )
     click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
     sys.exit(0 if story.ok else 1)
+
+
+@contextmanager
+def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
+    """None for file drops; a Label Studio client for "label-studio": the configured server,
+    else the embedded one, started for the demo under MASKFIND_HOME/label-studio."""
+    if labeling != "label-studio":
+        yield None
+        return
+    from maskfind_pipeline.labeling.label_studio import LabelStudio
+    from maskfind_pipeline.labeling.server import LabelStudioUnavailable, label_studio
+
+    url, key = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
+    if url and key:
+        yield LabelStudio(url, key)
+        return
+    try:
+        with label_studio(
+            settings.home / "label-studio", files_root=Path(settings.data_uri)
+        ) as server:
+            click.echo(
+                f"Label Studio: {server.url} (embedded, started in "
+                f"{server.seconds_to_start:.0f} s; `make ui` serves it again)"
+            )
+            yield LabelStudio(server.url, server.credentials.api_key)
+    except LabelStudioUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

@@ -40,7 +40,7 @@ LABEL_CONFIG = f"""<View>
 class LabelStudioOptions(CoreConfig):
     """How queues become Label Studio projects and tasks."""
 
-    project_prefix: str = Field("maskfind review", min_length=1, max_length=39)
+    project_prefix: str = Field(default="maskfind review", min_length=1, max_length=39)
     """Projects are titled `<prefix> <YYYY-MM-DD>`, one per production day (Label Studio
     allows 50 characters)."""
     presign_expiry_s: int = 7 * 24 * 3600

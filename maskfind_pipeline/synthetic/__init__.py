@@ -17,6 +17,7 @@ from maskfind_pipeline.synthetic.writer import (
     generate,
     generate_failures,
     generate_production,
+    production_truth,
     relabel_production,
     sample_rng,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "generate",
     "generate_failures",
     "generate_production",
+    "production_truth",
     "relabel_production",
     "render_contact_sheet",
     "render_sample",

@@ -20,6 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
+from maskfind_pipeline.data.production import encode_mask
 from maskfind_pipeline.defs.resources import ObjectStoreResource
 from maskfind_pipeline.defs.review.labeling import (
     LabelStudioResource,
@@ -199,3 +200,72 @@ def test_an_s3_data_store_gives_label_studio_presigned_urls(
     assert fetched.status_code == 200 and fetched.content == data.get(images[0].image_key)
     digest = hashlib.sha256(fetched.content).hexdigest()
     assert digest == hashlib.sha256(data.get(images[0].image_key)).hexdigest()
+
+
+def test_the_demo_people_answer_in_label_studio_through_the_projects_jobs(
+    label_studio: RunningLabelStudio, tmp_path: Path
+) -> None:
+    """`maskfind demo --labeling label-studio`'s step 3 on a tiny queue: the definitions'
+    `label_studio_out` and `label_studio_back` jobs around annotations with the true masks."""
+    import datetime as dt
+
+    from maskfind_pipeline import synthetic
+    from maskfind_pipeline.data.production import PredictionLog
+    from maskfind_pipeline.data.review import ReviewOptions
+    from maskfind_pipeline.definitions import defs
+    from maskfind_pipeline.demo import _people_in_label_studio
+    from maskfind_pipeline.flows.review import queue_production_day
+    from tests.support.labeling import _log_row
+
+    data = LocalObjectStore(label_studio.files_root / f"demo-{uuid.uuid4().hex[:6]}")
+    work = LocalObjectStore(tmp_path / "work")
+    day = dt.date(2026, 12, 3)
+    keys = synthetic.generate_production(data, synthetic.DEFAULT_TYPES[:2], 2, day=day, size=40)
+    rows = []
+    for key in keys:
+        image_id = key.rpartition("/")[2].rsplit(".", 1)[0]
+        data.put(f"predictions/{day}/{image_id}.mask.png", encode_mask(np.ones((40, 40), bool)))
+        mask_key = f"predictions/{day}/{image_id}.mask.png"
+        rows.append({**_log_row(str(day), image_id, key, mask_key, p3=0.9), "image_type": "t"})
+    PredictionLog(work, str(day)).append(rows, run_id="r", part=0)
+    queue_production_day(str(day), ReviewOptions(), data_store=data, work_store=work)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("production_days", [str(day)])
+    resources = {
+        **_resources(label_studio, data, work),
+        "label_studio": LabelStudioResource(
+            url=label_studio.url, api_key=label_studio.credentials.api_key
+        ),
+    }
+    options = {"local_files_root": str(label_studio.files_root)}
+
+    def run_job(name: str, config: dict, *, partition_key: str | None = None):  # type: ignore[no-untyped-def]
+        asset = {"label_studio_out": "label_studio_tasks", "label_studio_back": "returned_labels"}
+        config = {"ops": {asset[name]: {"config": options}}}
+        return (
+            defs()
+            .resolve_job_def(name)
+            .execute_in_process(
+                run_config=config,
+                instance=instance,
+                resources=resources,
+                partition_key=partition_key,
+            )
+        )
+
+    printed: list[str] = []
+    written = _people_in_label_studio(
+        str(day),
+        keys,
+        data,
+        LabelStudio(label_studio.url, label_studio.credentials.api_key),
+        run_job,
+        printed.append,
+    )
+    assert written is not None and len(written) == 4, printed
+    for key in keys:
+        image_id = key.rpartition("/")[2].rsplit(".", 1)[0]
+        np.testing.assert_array_equal(
+            _mask_of(data, f"failures/{image_id}.mask.png"), synthetic.production_truth(key, 40)
+        )
+    assert "4 failure samples written" in printed[-1]
