@@ -126,13 +126,12 @@ labeling_back_job = dg.define_asset_job(
 def review_queue_to_label_studio(
     context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry
 ) -> dg.RunRequest | None:
-    """Each new review queue of a day is sent to Label Studio."""
+    """Each new review queue of a day is sent to Label Studio (off until switched on)."""
     event = asset_event.dagster_event
     if event is None or event.partition is None:
         return None
-    return dg.RunRequest(
-        run_key=f"{event.partition}:{context.cursor}", partition_key=event.partition
-    )
+    day = event.partition
+    return dg.RunRequest(run_key=f"{day}:{asset_event.run_id}", partition_key=day)
 
 
 @dg.definitions
