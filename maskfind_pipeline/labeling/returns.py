@@ -44,12 +44,13 @@ LEDGER_PREFIX = "review/returns/"
 QUEUES_PREFIX = "review/production/"
 
 LABELED, SKIPPED, REJECTED, EMPTY = "labeled", "skipped", "rejected", "empty"
-IMPORTED, REVISED, UNCHANGED, SUPERSEDED, CONFLICT = (
+IMPORTED, REVISED, UNCHANGED, SUPERSEDED, CONFLICT, FAILED = (
     "imported",
     "revised",
     "unchanged",
     "superseded",
     "conflict",
+    "failed",
 )
 
 LEDGER_SCHEMA = pa.schema(
@@ -137,9 +138,10 @@ class Ledger:
         return pa.concat_tables(tables) if tables else LEDGER_SCHEMA.empty_table()
 
     def revisions(self) -> set[tuple[str, str]]:
-        """(tool, revision) of every answer recorded."""
-        table = self.table().select(["tool", "revision"]).to_pylist()
-        return {(r["tool"], r["revision"]) for r in table}
+        """(tool, revision) of every answer recorded, but those that failed to be written (the
+        store refused: they are tried again)."""
+        table = self.table().select(["tool", "revision", "status"]).to_pylist()
+        return {(r["tool"], r["revision"]) for r in table if r["status"] != FAILED}
 
     def append(self, rows: Sequence[Mapping[str, object]], run_id: str) -> str | None:
         if not rows:
@@ -308,6 +310,9 @@ def _write(
     except ObjectExists:
         reason = f"{image_key} appeared while writing: left as it is"
         return _row(item, source, run, now, CONFLICT, reason, image_key, sha)
+    except StoreError as exc:  # e.g. S3's limit of 10 tags, an outage: tried again next run
+        reason = f"the store refused {image_key}: {type(exc).__name__}: {exc}"
+        return _row(item, source, run, now, FAILED, reason, image_key, sha)
 
 
 def _sha(store: ObjectStore, key: str) -> str | None:

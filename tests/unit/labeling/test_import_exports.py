@@ -22,6 +22,7 @@ from maskfind_pipeline.labeling.exports import ExportError
 from maskfind_pipeline.labeling.label_studio import brush_result
 from maskfind_pipeline.labeling.returns import Ledger
 from maskfind_pipeline.storage import LocalObjectStore
+from maskfind_pipeline.storage.s3 import StoreUnavailable
 from tests.support.labeling import (
     TAGS,
     QueuedImage,
@@ -269,3 +270,28 @@ def test_the_cli_imports_and_refuses_with_a_clear_message(
     bad = _truncated(_cvat_masks(images, tmp_path / "bad.zip"))
     refused = runner.invoke(main, ["review", "import", str(bad)])
     assert refused.exit_code == 1 and "refused, nothing imported" in refused.output
+
+
+class _RefusingStore(LocalObjectStore):
+    """A store that refuses to write failure images while `down` (an outage, or S3 refusing
+    an 11th tag)."""
+
+    down = True
+
+    def put(self, key: str, data: bytes, **kwargs) -> None:  # type: ignore[override]
+        if self.down and key.startswith("failures/") and not key.endswith(".mask.png"):
+            raise StoreUnavailable(f"{key}: S3 error InvalidTag")
+        super().put(key, data, **kwargs)
+
+
+def test_a_write_the_store_refuses_is_recorded_and_tried_again(tmp_path: Path) -> None:
+    data, work = _RefusingStore(tmp_path / "data"), LocalObjectStore(tmp_path / "work")
+    images = production_day_with_queue(data, work, sizes=((21, 17),))
+    export = _cvat_masks(images, tmp_path / "m.zip")
+    first = import_export(export, data_store=data, work_store=work, run_id="a")[1]
+    assert first.counts() == {"failed": 1} and "InvalidTag" in str(first.rows[0]["reason"])
+    assert not data.exists(f"failures/{images[0].image_id}.png")
+    data.down = False
+    second = import_export(export, data_store=data, work_store=work, run_id="b")[1]
+    assert second.counts() == {"imported": 1}, "a failed write is tried again"
+    np.testing.assert_array_equal(_mask(data, images[0].image_id), images[0].truth)
