@@ -193,7 +193,7 @@ def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
         return
     try:
         with label_studio(
-            settings.home / "label-studio", files_root=Path(settings.data_uri)
+            settings.home / "label-studio", files_root=Path(settings.data_uri).parent
         ) as server:
             click.echo(
                 f"Label Studio: {server.url} (embedded, started in "
@@ -296,14 +296,16 @@ def review_import(path: str, annotator: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Keep it on loopback.")
 def review_label_studio(port: int, host: str) -> None:
     """Run the embedded Label Studio (from `make label-studio`'s environment) with its data
-    under MASKFIND_HOME/label-studio, serving images of the local data store; Ctrl-C stops it."""
+    under MASKFIND_HOME/label-studio, serving images of the local data store (from the folder
+    above it); Ctrl-C stops it."""
     import signal
 
     from maskfind_pipeline.labeling.server import LabelStudioUnavailable, label_studio
 
     settings = Settings.from_env()
     data_dir = settings.home / "label-studio"
-    files = Path(settings.data_uri) if "://" not in settings.data_uri else settings.home
+    local = "://" not in settings.data_uri
+    files = Path(settings.data_uri).resolve().parent if local else settings.home
     files.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -123,12 +123,13 @@ class Story:
     matrix: dict[str, dict[str, float]] = field(default_factory=dict)
     """Dataset version 2's test mIoU per image type: {type: {model version: mIoU}}."""
     history_success: bool = True
+    labeling_success: bool = True
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         runs = [n.success for n in self.nights] + [d.success for d in self.days]
-        return all(runs) and self.history_success
+        return all(runs) and self.history_success and self.labeling_success
 
 
 def run_story(
@@ -180,6 +181,7 @@ def run_story(
             raise ValueError('labeling="label-studio" needs a Label Studio client')
         written = _people_in_label_studio(first.day, keys, data_store, label_studio, run_job, echo)
         if written is None:
+            story.labeling_success = False
             return _done(story, started, echo)
         story.relabeled = written
     else:
@@ -222,14 +224,14 @@ def _people_in_label_studio(
     from maskfind_pipeline.labeling.label_studio import LabelStudioOptions, brush_result
 
     out = run_job("label_studio_out", {}, partition_key=day)
+    if not out.success:
+        echo(f"label_studio_tasks: run {out.run_id[:8]} FAILED")
+        return None
     meta = _metadata(out).get("label_studio_tasks", {})
     echo(
-        f"label_studio_tasks: run {out.run_id[:8]} {'succeeded' if out.success else 'FAILED'}, "
-        f"{_value(meta, 'tasks_added')} tasks with the model's masks as predictions in "
-        f"{getattr(_value(meta, 'project'), 'url', '?')}"
+        f"label_studio_tasks: run {out.run_id[:8]} succeeded, {_value(meta, 'tasks_added')} "
+        f"tasks with the model's masks as predictions in {_value(meta, 'project')}"
     )
-    if not out.success:
-        return None
     title = f"{LabelStudioOptions().project_prefix} {day}"
     project = next(p for p in client.projects() if p["title"] == title)
     wanted = set(keys)

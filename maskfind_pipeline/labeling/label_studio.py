@@ -47,8 +47,9 @@ class LabelStudioOptions(CoreConfig):
     """Lifetime of the presigned URL of an image in an S3 data store (S3 allows 7 days at
     most: a task opened later shows no image until the day is sent again)."""
     local_files_root: str | None = None
-    """The server's LOCAL_FILES_DOCUMENT_ROOT, for a local data store (default: the data
-    store's own folder). The server must run with LOCAL_FILES_SERVING_ENABLED=true."""
+    """The server's LOCAL_FILES_DOCUMENT_ROOT, for a local data store: the store's folder or a
+    folder above it (default: the folder above it; Label Studio refuses to connect the root
+    itself). The server must run with LOCAL_FILES_SERVING_ENABLED=true."""
 
 
 class LabelStudioError(RuntimeError):
@@ -64,6 +65,10 @@ class LabelStudio:
         self.session = requests.Session()
         self.session.trust_env = False  # a loopback or in-house server, never through a proxy
         self.session.headers["Authorization"] = self._authorization(api_key)
+
+    def personal_access_token(self) -> str:
+        """A new personal access token of the current user (a JWT refresh token)."""
+        return str(self._call("POST", "/api/token/")["token"])
 
     def project(self, title: str, *, description: str = "") -> dict[str, Any]:
         """The project titled `title`, created (with `LABEL_CONFIG`) when there is none."""
@@ -152,8 +157,8 @@ class LabelStudio:
         if api_key.count(".") != 2:
             return f"Token {api_key}"
         try:
-            reply = requests.post(
-                f"{self.url}/api/token/refresh", json={"refresh": api_key}, timeout=self.timeout_s
+            reply = self.session.post(
+                f"{self.url}/api/token/refresh/", json={"refresh": api_key}, timeout=self.timeout_s
             )
             reply.raise_for_status()
         except requests.RequestException as exc:
@@ -207,7 +212,7 @@ def image_url(store: ObjectStore, key: str, options: LabelStudioOptions) -> str:
     """Where the browser of a person using Label Studio finds a data-store image: a presigned
     URL for S3, the server's local-files route for a local folder."""
     if isinstance(store, LocalObjectStore):
-        root = Path(options.local_files_root or store.root).resolve()
+        root = Path(options.local_files_root or store.root.parent).resolve()
         path = (store.root / key).resolve()
         if not path.is_relative_to(root):
             raise ValueError(f"{path} is outside Label Studio's local files root {root}")

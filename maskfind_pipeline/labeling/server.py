@@ -89,7 +89,8 @@ def label_studio(
     timeout_s: float = 240.0,
 ) -> Iterator[RunningLabelStudio]:
     """Run Label Studio until the block ends; `files_root` is the folder it may serve images
-    from (LOCAL_FILES_DOCUMENT_ROOT: the local data store, or a folder above it)."""
+    from (LOCAL_FILES_DOCUMENT_ROOT: a folder above the local data store; the default of
+    `LabelStudioOptions.local_files_root` is the one just above)."""
     venv = venv or venv_path()
     binary = venv / "bin" / "label-studio"
     if not binary.exists():

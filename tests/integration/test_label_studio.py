@@ -117,7 +117,9 @@ def test_a_queue_goes_out_to_label_studio_and_comes_back_as_failures(
     )
     assert (again["tasks_added"], again["already_there"]) == (0, 3), "idempotent per image"
 
-    client = LabelStudio(label_studio.url, label_studio.credentials.api_key)
+    legacy = LabelStudio(label_studio.url, label_studio.credentials.api_key)
+    client = LabelStudio(label_studio.url, legacy.personal_access_token())  # a JWT this time
+    assert str(client.session.headers["Authorization"]).startswith("Bearer ")
     project = next(p for p in client.projects() if p["title"] == f"{prefix} {DAY}")
     tasks = {t["data"]["image_id"]: t for t in client.tasks(int(project["id"]), full=True)}
     assert set(tasks) == {i.image_id for i in images}
@@ -237,7 +239,7 @@ def test_the_demo_people_answer_in_label_studio_through_the_projects_jobs(
             url=label_studio.url, api_key=label_studio.credentials.api_key
         ),
     }
-    options = {"local_files_root": str(label_studio.files_root)}
+    options: dict = {}  # the default root: the folder above the data store
 
     def run_job(name: str, config: dict, *, partition_key: str | None = None):  # type: ignore[no-untyped-def]
         asset = {"label_studio_out": "label_studio_tasks", "label_studio_back": "returned_labels"}
