@@ -3,9 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Label Studio (the review queue's labeling tool) lives in its own environment: its pins clash.
+LS_VENV ?= .venv-label-studio
+LS_STAMP := $(LS_VENV)/.installed-stamp
 export MASKFIND_HOME ?= $(CURDIR)/.maskfind
 
-.PHONY: install demo test test-slow test-all lint format ui bench clean
+.PHONY: install label-studio demo test test-slow test-all lint format ui bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +16,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,lite0,lite1,lite2]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The environment, then a database with every migration applied (`label-studio version` migrates
+# and exits): a server starts from a copy of it in seconds (maskfind_pipeline/labeling/server.py).
+$(LS_STAMP): deploy/label-studio/requirements.txt
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet -r deploy/label-studio/requirements.txt
+	rm -rf $(LS_VENV)/template.tmp && mkdir -p $(LS_VENV)/template.tmp
+	LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_VENV))/template.tmp LATEST_VERSION_CHECK=false \
+		COLLECT_ANALYTICS=false $(LS_VENV)/bin/label-studio version >/dev/null
+	mv $(LS_VENV)/template.tmp/label_studio.sqlite3 $(LS_VENV)/template.sqlite3
+	rm -rf $(LS_VENV)/template.tmp
+	touch $(LS_STAMP)
+
+label-studio: $(LS_STAMP)
+
+install: $(STAMP) $(LS_STAMP)
 
 demo: install
 	$(VENV)/bin/maskfind demo --fresh
@@ -36,7 +54,11 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Label Studio beside Dagster and MLflow (loopback; LABEL_STUDIO=0 leaves it out).
 ui: install
+	@if [ "$(LABEL_STUDIO)" = "0" ]; then exec $(VENV)/bin/maskfind ui; fi; \
+	$(VENV)/bin/maskfind review label-studio & ls_pid=$$!; \
+	trap 'kill $$ls_pid 2>/dev/null; wait $$ls_pid' EXIT INT TERM; \
 	$(VENV)/bin/maskfind ui
 
 bench: install
@@ -46,4 +68,4 @@ bench: install
 	$(PY) -m bench.train
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -132,7 +132,15 @@ def generate(
     is_flag=True,
     help="Delete MASKFIND_HOME first (the story starts from an empty factory).",
 )
-def demo(count: int | None, size: int | None, fresh: bool) -> None:
+@click.option(
+    "--labeling",
+    type=click.Choice(["files", "label-studio"]),
+    default="files",
+    show_default=True,
+    help="How the people's corrections come back: files under failures/, or annotations in "
+    "Label Studio (LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else the embedded server).",
+)
+def demo(count: int | None, size: int | None, fresh: bool, labeling: str) -> None:
     """The trust loop in two nights and two production days (see `maskfind_pipeline.demo`).
 
     Night 1 trains without image type X; production day 1 brings X, the reviewer and the
@@ -155,16 +163,45 @@ def demo(count: int | None, size: int | None, fresh: bool) -> None:
             "pass --fresh to delete it, or set MASKFIND_HOME to a new folder"
         )
     overrides = {k: v for k, v in {"count": count, "size": size}.items() if v is not None}
-    story = run_story(
-        DemoSettings.model_validate(overrides),
-        data_store=data,
-        work_store=open_store(settings.work_uri),
-        instance=dg.DagsterInstance.get(),
-        run_job=_run_job,
-        echo=click.echo,
-    )
+    with _labeling_tool(labeling, settings) as client:
+        story = run_story(
+            DemoSettings.model_validate({**overrides, "labeling": labeling}),
+            data_store=data,
+            work_store=open_store(settings.work_uri),
+            instance=dg.DagsterInstance.get(),
+            run_job=_run_job,
+            echo=click.echo,
+            label_studio=client,
+        )
     click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
     sys.exit(0 if story.ok else 1)
+
+
+@contextmanager
+def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
+    """None for file drops; a Label Studio client for "label-studio": the configured server,
+    else the embedded one, started for the demo under MASKFIND_HOME/label-studio."""
+    if labeling != "label-studio":
+        yield None
+        return
+    from maskfind_pipeline.labeling.label_studio import LabelStudio
+    from maskfind_pipeline.labeling.server import LabelStudioUnavailable, label_studio
+
+    url, key = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
+    if url and key:
+        yield LabelStudio(url, key)
+        return
+    try:
+        with label_studio(
+            settings.home / "label-studio", files_root=Path(settings.data_uri).parent
+        ) as server:
+            click.echo(
+                f"Label Studio: {server.url} (embedded, started in "
+                f"{server.seconds_to_start:.0f} s; `make ui` serves it again)"
+            )
+            yield LabelStudio(server.url, server.credentials.api_key)
+    except LabelStudioUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -214,6 +251,74 @@ def ui_commands(
     mlflow = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", settings.tracking_uri]
     mlflow += ["--host", host, "--port", str(mlflow_port)]
     return dagster, mlflow
+
+
+@main.group()
+def review() -> None:
+    """The people's half of the loop: labeling-tool exports in, Label Studio beside the UI."""
+
+
+@review.command("import")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--annotator", default=None, help="Who labeled it (CVAT's files do not say).")
+def review_import(path: str, annotator: str | None) -> None:
+    """Write the corrected masks of an export as failure samples: a CVAT "COCO 1.0" or
+    "Segmentation mask 1.1" export (zip or folder) of a review queue, or Label Studio's JSON
+    export. A broken or partial export is refused whole; nothing is imported twice."""
+    import uuid
+
+    from maskfind_pipeline.flows.labeling import import_export
+    from maskfind_pipeline.labeling.exports import ExportError
+    from maskfind_pipeline.storage import open_store
+
+    settings = Settings.from_env()
+    stores = {"endpoint_url": settings.s3_endpoint_url}
+    try:
+        tool, report = import_export(
+            path,
+            data_store=open_store(settings.data_uri, **stores),
+            work_store=open_store(settings.work_uri, **stores),
+            run_id=f"import-{uuid.uuid4().hex[:8]}",
+            annotator=annotator,
+        )
+    except ExportError as exc:
+        raise click.ClickException(f"refused, nothing imported: {exc}") from exc
+    counts = ", ".join(f"{status} {n}" for status, n in report.counts().items()) or "nothing new"
+    click.echo(f"{tool} export {path}: {counts}; {report.already_recorded} already recorded")
+    for row in report.rows:
+        if row["status"] not in ("imported", "revised"):
+            click.echo(f"  {row['image_id']}: {row['status']} ({row['reason']})")
+    click.echo(f"{len(report.written)} failure samples written; the next nightly run ingests them")
+
+
+@review.command("label-studio")
+@click.option("--port", default=8080, show_default=True, help="Label Studio's port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Keep it on loopback.")
+def review_label_studio(port: int, host: str) -> None:
+    """Run the embedded Label Studio (from `make label-studio`'s environment) with its data
+    under MASKFIND_HOME/label-studio, serving images of the local data store (from the folder
+    above it); Ctrl-C stops it."""
+    import signal
+
+    from maskfind_pipeline.labeling.server import LabelStudioUnavailable, label_studio
+
+    settings = Settings.from_env()
+    data_dir = settings.home / "label-studio"
+    local = "://" not in settings.data_uri
+    files = Path(settings.data_uri).resolve().parent if local else settings.home
+    files.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with label_studio(data_dir, files_root=files, port=port, host=host) as server:
+            click.echo(
+                f"Label Studio: {server.url}    (user {server.credentials.email}, password and "
+                f"API token in {data_dir / 'maskfind-credentials.json'})"
+            )
+            server.process.wait()
+    except LabelStudioUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

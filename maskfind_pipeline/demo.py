@@ -5,7 +5,8 @@
 2. production day 1 brings the known types and X: the champion predicts, the reviewer grades,
    the novelty alarm names X, the review queue lists what people should relabel;
 3. the demo plays the people: only the queued images come back relabeled under `failures/`
-   (with the generator's true masks);
+   (with the generator's true masks), dropped as files or, with `labeling="label-studio"`,
+   submitted as annotations of the day's Label Studio tasks and read back by `returned_labels`;
 4. night 2: dataset version 2 holds them; model 2 starts from the champion (warm start), is
    evaluated against model 1 on both versions and promoted only if the gate passes; the
    reviewer is trained again against the new champion (as `champion_changed_sensor` requests
@@ -27,7 +28,7 @@ import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 import numpy as np
@@ -44,6 +45,9 @@ from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.config import FINE_TUNING, demo_model_spec
 from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 from maskfind_pipeline.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from maskfind_pipeline.labeling.label_studio import LabelStudio
 
 Echo = Callable[[str], None]
 
@@ -82,6 +86,9 @@ class DemoSettings(CoreConfig):
     """The promotion gate."""
     seed: int = 0
     """Seeds the generated images."""
+    labeling: Literal["files", "label-studio"] = "files"
+    """How the people's corrections come back: files dropped under `failures/`, or
+    annotations in Label Studio read back by `returned_labels` (docs/labeling.md)."""
 
 
 @dataclass
@@ -118,16 +125,19 @@ class Story:
     nights: list[Night] = field(default_factory=list)
     days: list[Day] = field(default_factory=list)
     reviewer_version: str | None = None
+    reviewer_runs: list[bool] = field(default_factory=list)
     relabeled: list[str] = field(default_factory=list)
     matrix: dict[str, dict[str, float]] = field(default_factory=dict)
     """Dataset version 2's test mIoU per image type: {type: {model version: mIoU}}."""
     history_success: bool = True
+    labeling_success: bool = True
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         runs = [n.success for n in self.nights] + [d.success for d in self.days]
-        return all(runs) and self.history_success
+        runs += self.reviewer_runs
+        return all(runs) and self.history_success and self.labeling_success
 
 
 def run_story(
@@ -139,9 +149,12 @@ def run_story(
     run_job: Callable[..., dg.ExecuteInProcessResult],
     echo: Echo = print,
     today: dt.date | None = None,
+    label_studio: LabelStudio | None = None,
 ) -> Story:
     """Tell the story; `run_job(name, run_config, partition_key=None)` runs a job of the
-    project's definitions on `instance`. Stops early (story.ok False) when a run fails."""
+    project's definitions on `instance`. Stops early (story.ok False) when a run fails.
+    `label_studio` (the server the project's `label_studio` resource reaches) is where the
+    people answer when `settings.labeling` is "label-studio"."""
     started = time.perf_counter()
     story = Story(settings)
     types = synthetic.DEFAULT_TYPES
@@ -162,16 +175,25 @@ def run_story(
     if not first.success:
         return _done(story, started, echo)
     keys = [str(e["image_key"]) for e in first.queued]
-    story.relabeled = synthetic.relabel_production(
-        data_store,
-        keys,
-        failed_model_version=str(story.nights[0].value("promotion", "champion_after")),
-        reported_at=dt.datetime.now(dt.UTC),
-    )
-    echo(
-        f"the people: relabeled the {len(keys)} queued images (true masks, written under "
-        "failures/ with their tags); nothing else"
-    )
+    if settings.labeling == "label-studio":
+        if label_studio is None:
+            raise ValueError('labeling="label-studio" needs a Label Studio client')
+        written = _people_in_label_studio(first.day, keys, data_store, label_studio, run_job, echo)
+        if written is None:
+            story.labeling_success = False
+            return _done(story, started, echo)
+        story.relabeled = written
+    else:
+        story.relabeled = synthetic.relabel_production(
+            data_store,
+            keys,
+            failed_model_version=str(story.nights[0].value("promotion", "champion_after")),
+            reported_at=dt.datetime.now(dt.UTC),
+        )
+        echo(
+            f"the people: relabeled the {len(keys)} queued images (true masks, written under "
+            "failures/ with their tags); nothing else"
+        )
 
     if not _night(story, 2, run_job, _nightly_config(settings, warm_start=True), echo):
         return _done(story, started, echo)
@@ -189,6 +211,7 @@ def _reviewer(story: Story, run_job: Callable[..., Any], echo: Echo) -> None:
     config = {"ops": {"reviewer_model": {"config": _dump(story.settings.reviewer)}}}
     start = time.perf_counter()
     result = run_job("reviewer", config)
+    story.reviewer_runs.append(result.success)
     meta = _metadata(result).get("reviewer_model", {})
     story.reviewer_version = _value(meta, "reviewer_version") or story.reviewer_version
     echo(
@@ -201,6 +224,54 @@ def _reviewer(story: Story, run_job: Callable[..., Any], echo: Echo) -> None:
     refused = _value(meta, "reviewer_refused")
     if refused and not str(refused).startswith("no:"):
         echo(f"  {str(refused).split(': production grades')[0]}")
+
+
+def _people_in_label_studio(
+    day: str,
+    keys: Sequence[str],
+    data_store: ObjectStore,
+    client: LabelStudio,
+    run_job: Callable[..., Any],
+    echo: Echo,
+) -> list[str] | None:
+    """The day's queue out to Label Studio (`label_studio_out`), one annotation per task with
+    the generator's true mask (what a person would draw), and `returned_labels` reads them back
+    as failure samples (`label_studio_back`). None when a run failed."""
+    import io
+
+    from PIL import Image
+
+    from maskfind_pipeline.labeling.label_studio import LabelStudioOptions, brush_result
+
+    out = run_job("label_studio_out", {}, partition_key=day)
+    if not out.success:
+        echo(f"label_studio_tasks: run {out.run_id[:8]} FAILED")
+        return None
+    meta = _metadata(out).get("label_studio_tasks", {})
+    echo(
+        f"label_studio_tasks: run {out.run_id[:8]} succeeded, {_value(meta, 'tasks_added')} "
+        f"tasks with the model's masks as predictions in {_value(meta, 'project')}"
+    )
+    title = f"{LabelStudioOptions().project_prefix} {day}"
+    project = next(p for p in client.projects() if p["title"] == title)
+    wanted = set(keys)
+    for task in client.tasks(int(project["id"])):
+        key = str(task["data"]["image_key"])
+        if key in wanted:
+            size = Image.open(io.BytesIO(data_store.get(key))).width
+            client.annotate(int(task["id"]), [brush_result(synthetic.production_truth(key, size))])
+    back = run_job("label_studio_back", {})
+    meta = _metadata(back).get("returned_labels", {})
+    echo(
+        f"the people: corrected the {len(wanted)} queued masks in Label Studio (through its "
+        f"API); returned_labels: run {back.run_id[:8]} "
+        f"{'succeeded' if back.success else 'FAILED'}, {_value(meta, 'failures_written')} "
+        "failure samples written under failures/ with their tags and annotator"
+    )
+    if not back.success:
+        return None
+    images = (info.key for info in data_store.list("failures/"))
+    return sorted(k for k in images if k.endswith((".png", ".jpg", ".jpeg")) and ".mask." not in k)
 
 
 def _nightly_config(settings: DemoSettings, *, warm_start: bool) -> dict[str, Any]:
@@ -353,7 +424,7 @@ def _true_bad(store: ObjectStore, rows: list[dict[str, Any]], usable: float) -> 
         if row["status"] != "ok":
             continue
         key = str(row["image_key"])
-        truth = synthetic.true_production_mask(key, store.get(key))
+        truth = synthetic.production_truth(key, Image.open(io.BytesIO(store.get(key))).width)
         with Image.open(io.BytesIO(store.get(str(row["mask_key"])))) as written:
             mask = np.asarray(written) != 0
         union = int((truth | mask).sum())

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from maskfind_pipeline.labeling.server import RunningLabelStudio
 from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 from maskfind_pipeline.storage.s3 import S3ObjectStore
+from tests.support.labeling import label_studio_server
 from tests.support.mlflow_server import MlflowServer, mlflow_server
 from tests.support.s3server import S3Server, s3_server
 
@@ -24,6 +26,14 @@ def mlflow_tracking() -> Iterator[MlflowServer]:
 def s3() -> Iterator[S3Server]:
     """A moto S3 server in its own process on 127.0.0.1, shared by the whole session."""
     with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLabelStudio]:
+    """A real Label Studio (`make label-studio`'s environment) on 127.0.0.1 for the session,
+    SQLite under the session's temporary folder, serving the tests' local stores (~8 s start)."""
+    with label_studio_server(tmp_path_factory.getbasetemp()) as server:
         yield server
 
 

@@ -2,13 +2,15 @@
 
 A queue is a Parquet table (one row per image, with why it was queued) and a COCO JSON file with
 the image and the model's mask as a pre-annotation (run-length encoded by pycocotools), which
-CVAT imports as "COCO 1.0" and Label Studio through its COCO converter. Both are written to the
-work store, replaced whole on every run (the queue is a pure function of its inputs):
+CVAT imports as "COCO 1.0" (Label Studio's COCO import reads polygons only: its tasks come from
+`labeling.label_studio`, with the mask as a brush prediction). Both are written to the work
+store, replaced whole on every run (the queue is a pure function of its inputs):
 
     review/production/<YYYY-MM-DD>/queue.parquet, coco.json    (production_predictions' day)
     review/labels/model-<version>/queue.parquet, coco.json     (label_audit of a mask model)
 
-Relabeled masks come back through the normal ingest: a production image as
+Relabeled masks come back through the normal ingest (`labeling` writes them from Label Studio
+and from CVAT or Label Studio exports; docs/labeling.md): a production image as
 `failures/<image_id>.<ext>` + `failures/<image_id>.mask.png`, tagged with its original
 `image_type` (and camera, product, station) plus `failed_model_version` and `reported_at`; a
 suspect training label as a new `labeled/<image_id>.mask.png` (a relabel supersedes the old row).

@@ -17,9 +17,9 @@ from maskfind_pipeline.synthetic.writer import (
     generate,
     generate_failures,
     generate_production,
+    production_truth,
     relabel_production,
     sample_rng,
-    true_production_mask,
 )
 
 __all__ = [
@@ -36,10 +36,10 @@ __all__ = [
     "generate",
     "generate_failures",
     "generate_production",
+    "production_truth",
     "relabel_production",
     "render_contact_sheet",
     "render_sample",
     "resolve_types",
     "sample_rng",
-    "true_production_mask",
 ]

@@ -241,28 +241,29 @@ def relabel_production(
     written = []
     for key in image_keys:
         image_id, ext = key.rpartition("/")[2].rsplit(".", 1)
+        _production_origin(key, image_id)  # refuses any other key before reading it
         data = store.get(key)
+        mask = production_truth(key, Image.open(io.BytesIO(data)).width)
         tags = {
             **store.tags(key),
             "failed_model_version": failed_model_version,
             "reported_at": _iso(reported_at),
         }
         store.put(f"failures/{image_id}.{ext}", data, tags=tags)
-        store.put(f"failures/{image_id}.mask.png", encode_mask(true_production_mask(key, data)))
+        store.put(f"failures/{image_id}.mask.png", encode_mask(mask))
         written.append(f"failures/{image_id}.{ext}")
     return written
 
 
-def true_production_mask(key: str, data: bytes) -> np.ndarray:
-    """The true mask (bool, the image's size) of a generated production image: rendered again
-    from the type, seed, index and stream its key names, at the size of its bytes.
+def production_truth(key: str, size: int) -> np.ndarray:
+    """The true mask of a generated production image (`production/<day>/<type>-...`) of side
+    `size`, rendered again from its key.
 
     Raises:
         ValueError: a key that is not a generated production image.
     """
     image_id = key.rpartition("/")[2].rsplit(".", 1)[0]
     image_type, seed, index, stream = _production_origin(key, image_id)
-    size = Image.open(io.BytesIO(data)).width
     return render_sample(image_type, sample_rng(seed, image_type, index, stream), size).mask
 
 

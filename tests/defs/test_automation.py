@@ -78,7 +78,11 @@ def test_the_schedules_run_in_the_configured_time_zone() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == str(
-        [("history_schedule", "Europe/Berlin"), ("nightly_schedule", "Europe/Berlin")]
+        [
+            ("history_schedule", "Europe/Berlin"),
+            ("nightly_schedule", "Europe/Berlin"),
+            ("returned_labels_schedule", "Europe/Berlin"),
+        ]
     )
     with pytest.raises(ValueError, match="not an IANA time zone"):
         Settings.from_env({"MASKFIND_TIMEZONE": "Mars/Olympus"})

@@ -172,7 +172,7 @@ def _true_grades(data: LocalObjectStore, keys: list[str], champion) -> dict[int,
     size = champion.config.input_size
     for key in keys:
         image = decode_image(data.get(key), image_ext=key.rpartition(".")[2]).image
-        truth = synthetic.true_production_mask(key, data.get(key))
+        truth = synthetic.production_truth(key, image.shape[1])
         small, small_truth = resize_pair(image, truth, size)
         batch = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None]
         quantized = quantize_probabilities(torch.sigmoid(champion.logits(batch)).numpy())

@@ -29,12 +29,14 @@ ALLOWED: dict[str, set[str]] = {
     "ml": GROUND | {"data"},
     "registry": GROUND | {"ml"},  # it stores models; it does not load datasets
     "evaluation": GROUND | {"data"},  # cells, the gate and planning are pure
-    "flows": GROUND | {"data", "synthetic", "ml", "registry", "evaluation"},  # study defaults
-    "defs": GROUND | {"alerts", "data", "ml", "registry", "evaluation", "flows"},
+    "labeling": GROUND | {"data"},  # Label Studio and CVAT: the queue out, answers back
+    "flows": GROUND | {"data", "synthetic", "ml", "registry", "evaluation", "labeling"},
+    "defs": GROUND | {"alerts", "data", "ml", "registry", "evaluation", "flows", "labeling"},
     "definitions": {"defs"},
-    "demo": GROUND | {"data", "synthetic", "ml", "evaluation", "flows"},
+    "demo": GROUND | {"data", "synthetic", "ml", "evaluation", "flows", "labeling"},
     "cli": GROUND
-    | {"data", "synthetic", "ml", "registry", "evaluation", "flows", "definitions", "demo"},
+    | {"data", "synthetic", "ml", "registry", "evaluation", "flows", "labeling"}
+    | {"definitions", "demo"},
 }
 DAGSTER_ALLOWED = {"defs", "definitions", "cli", "demo"}
 
