@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 # The environment, then a database with every migration applied (`label-studio version` migrates
 # and exits): a server starts from a copy of it in seconds (maskfind_pipeline/labeling/server.py).
-$(LS_STAMP): deploy/label-studio/requirements.txt
+$(LS_STAMP): deploy/label-studio/requirements.txt deploy/label-studio/constraints.txt
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/python -m pip install --quiet -r deploy/label-studio/requirements.txt
+	$(LS_VENV)/bin/python -m pip install --quiet -r deploy/label-studio/requirements.txt \
+		-c deploy/label-studio/constraints.txt
 	rm -rf $(LS_VENV)/template.tmp && mkdir -p $(LS_VENV)/template.tmp
 	LABEL_STUDIO_BASE_DATA_DIR=$(abspath $(LS_VENV))/template.tmp LATEST_VERSION_CHECK=false \
 		COLLECT_ANALYTICS=false $(LS_VENV)/bin/label-studio version >/dev/null

@@ -44,8 +44,8 @@ REVIEWER = {
         "grades": {"good": 0.6, "usable": 0.3},
     },
     "train": {"epochs": 2, "batch_size": 16, "allow_scratch": True},
-    "folds": 3,
-    "fold_train": {"epochs": 3, "batch_size": 8},
+    "folds": 2,
+    "fold_train": {"epochs": 2, "batch_size": 8},
     "max_images": 40,
 }
 
@@ -100,7 +100,11 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
         {"ops": {"reviewer_model": {"config": REVIEWER}}},
     )["reviewer_model"]
     assert reviewer["reviewer_version"].value == "1" and reviewer["promoted"].value is True
-    assert str(reviewer["mask_models"].value).count("fold-") == 3  # every type held out once
+    assert str(reviewer["mask_models"].value).count("fold-") == 2  # one per fold
+    folds = reviewer["folds"].value
+    assert isinstance(folds, dict)
+    assert sorted(folds) == sorted(t.name for t in TYPES)  # every type held out, once
+    assert {int(str(f)) for f in folds.values()} == {0, 1}
 
     synthetic.generate_production(data, TYPES, 3, day=DAY, size=40)
     data.put(f"production/{DAY}/broken.jpg", b"\xff\xd8 not a jpeg", tags={"image_type": "x"})
@@ -146,17 +150,28 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     )
     catalog = {dg.AssetKey("image_catalog"), dg.AssetKey("dataset_version")}
     _materialize(instance, settings, catalog, {})
-    again = _materialize(
+    free = {**REVIEWER, "scorers": ["flip_disagreement", "entropy", "novelty", "signals"]}
+    again = _materialize(  # the free scorers only: no CNN to train this time
         instance,
         settings,
         {dg.AssetKey("reviewer_model")},
-        {"ops": {"reviewer_model": {"config": REVIEWER}}},
+        {"ops": {"reviewer_model": {"config": free}}},
     )["reviewer_model"]
     samples = {r.data["masks"]: r.data for r in _records(again["samples"])}
     expected = _true_grades(data, ok, champion)
     assert {g: samples["failure"][f"grade_{g}"] for g in (1, 2, 3)} == expected
-    comparison = {(r.data["masks"], r.data["scorer"]) for r in _records(again["comparison"])}
+    comparison = {
+        (r.data["masks"], r.data["scorer"]): r.data for r in _records(again["comparison"])
+    }
     assert ("production_failures", "flip_disagreement") in comparison
+    assert ("production_like", "reviewer") not in comparison
+    calibration = _records(again["calibration_by_type"])
+    assert {r.data["image_type"] for r in calibration} == {t.name for t in TYPES}
+    for record in calibration:  # the calibration error is computed, per type
+        expected, observed = (
+            float(str(record.data[k])) for k in ("expected_bad_share", "observed_bad_share")
+        )
+        assert record.data["error"] == pytest.approx(abs(expected - observed))
 
 
 def _records(entry: object) -> list[dg.TableRecord]:
