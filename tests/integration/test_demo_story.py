@@ -15,11 +15,14 @@ import pytest
 from PIL import Image
 
 from maskfind_pipeline import synthetic
-from maskfind_pipeline.data.production import mask_key
+from maskfind_pipeline.data.production import PredictionLog, mask_key
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.demo import DemoSettings, run_story
 from maskfind_pipeline.evaluation.gate import GatePolicy
+from maskfind_pipeline.flows.settings import ReviewerSettings
+from maskfind_pipeline.ml.config import FINE_TUNING
+from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 
@@ -36,6 +39,13 @@ TINY = DemoSettings(
     night1_minutes=0.4,
     night2_minutes=0.4,
     gate=GatePolicy(floor=0.3, min_samples=3, tolerance=0.1),
+    reviewer=ReviewerSettings(
+        spec=ReviewerSpec(input_size=32),
+        train=ReviewerTrainConfig(epochs=3),
+        folds=2,
+        fold_train=FINE_TUNING.model_copy(update={"epochs": 6, "max_minutes": 0.4}),
+        max_images=200,
+    ),
 )
 
 
@@ -99,6 +109,14 @@ def test_the_story_at_a_tiny_size(tmp_path: Path) -> None:
     assert truth[1] > truth[0] + 0.1, (truth, text)
     assert second.by_type[new]["novel_rate"] < first.by_type[new]["novel_rate"], text
     assert "demo finished in" in text
+    # The grader is trained again after night 2, on the relabeled failures too, and day 2 is
+    # graded by it.
+    assert story.reviewer_runs == [True, True], text
+    assert {r["reviewer_version"] for r in _rows(work, second.day)} == {story.reviewer_version}
+
+
+def _rows(work: LocalObjectStore, day: str) -> list[dict[str, Any]]:
+    return [r for r in PredictionLog(work, day).current().to_pylist() if r["status"] == "ok"]
 
 
 def _true_miou(data: LocalObjectStore, day: str, image_type: str, scratch: Path) -> float:
