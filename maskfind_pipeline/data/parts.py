@@ -1,0 +1,174 @@
+"""An append-only table of create-only Parquet parts that compacts itself into few files.
+
+Writers add parts (`<prefix><name>.parquet`, create-only, so a crash leaves whole parts or
+nothing). Compaction merges the parts into one compacted file and commits a snapshot, a
+create-only JSON under `<prefix>_snapshots/<seq>.json` naming the table's compacted files and
+the parts they cover; the covered parts are deleted after the commit. A reader takes the newest
+snapshot's files plus every part it does not cover, so it sees each row once whether it runs
+before, during or after a compaction. When a snapshot names more than `max_files` compacted
+files they are merged into one. The last `keep_snapshots` snapshots and their files are kept,
+so the table as it was at any of them can be read again (`read(snapshot=...)`).
+
+Any `.parquet` key under the prefix that is not a compacted file counts as a part, so tables
+written before compaction existed (one file per batch or per cell) are read and compacted as
+they are.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maskfind_pipeline.storage.base import ObjectExists, ObjectNotFound, ObjectStore
+
+SNAPSHOTS = "_snapshots/"
+COMPACTED = "_compacted/"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one listing of the prefix found: the newest snapshot and the uncovered parts."""
+
+    seq: int
+    compacted: tuple[str, ...]
+    covers: frozenset[str]
+    parts: tuple[str, ...]
+    snapshots: tuple[int, ...]
+    stale: tuple[str, ...] = ()
+    """Parts a committed snapshot covers that are still there (its compaction died)."""
+
+    @property
+    def files(self) -> list[str]:
+        return [*self.compacted, *self.parts]
+
+
+class PartTable:
+    """Parquet parts under `prefix` in a store, read as one table of `schema` (see module)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        schema: pa.Schema,
+        *,
+        max_files: int = 8,
+        keep_snapshots: int = 30,
+    ) -> None:
+        self.store, self.prefix, self.schema = store, prefix, schema
+        self.max_files, self.keep_snapshots = max_files, keep_snapshots
+        self._cache: dict[str, pa.Table] = {}  # every file is immutable: read each once
+
+    def append(self, table: pa.Table, name: str) -> bool:
+        """Write `table` as the part `<prefix><name>.parquet`; False if that part exists."""
+        try:
+            data = to_parquet(table.cast(self.schema))
+            self.store.put(self._part_key(name), data, create_only=True)
+        except ObjectExists:
+            return False
+        return True
+
+    def layout(self, snapshot: int | None = None) -> Layout:
+        """The files a read takes now (or at `snapshot`: its compacted files only)."""
+        parts, snapshots = [], []
+        for info in self.store.list(self.prefix):
+            rest = info.key[len(self.prefix) :]
+            if rest.startswith(SNAPSHOTS) and rest.endswith(".json"):
+                snapshots.append(int(rest[len(SNAPSHOTS) : -len(".json")]))
+            elif rest.endswith(".parquet") and not rest.startswith(COMPACTED):
+                parts.append(info.key)
+        snapshots.sort()
+        seq = snapshot if snapshot is not None else (snapshots[-1] if snapshots else 0)
+        if seq and seq not in snapshots:
+            raise KeyError(f"{self.prefix}: no snapshot {seq} (kept: {snapshots})")
+        doc = json.loads(self.store.get(self._snapshot_key(seq))) if seq else {}
+        covers = frozenset(doc.get("covers", ()))
+        live = () if snapshot is not None else tuple(p for p in parts if p not in covers)
+        stale = tuple(p for p in parts if p in covers)
+        return Layout(seq, tuple(doc.get("files", ())), covers, live, tuple(snapshots), stale)
+
+    def read(
+        self, columns: Sequence[str] | None = None, *, snapshot: int | None = None
+    ) -> pa.Table:
+        """Every row, each once (a part deleted by a concurrent compaction is re-listed)."""
+        for attempt in range(3):
+            layout = self.layout(snapshot)
+            try:
+                tables = [self._read(key, columns) for key in layout.files]
+            except ObjectNotFound:
+                if attempt == 2:
+                    raise
+                continue
+            schema = self._schema(columns)
+            return pa.concat_tables(tables) if tables else schema.empty_table()
+        raise AssertionError("unreachable")
+
+    def compact(self, *, min_parts: int = 1) -> bool:
+        """Merge the uncovered parts (and, past `max_files`, every compacted file) into one
+        compacted file and commit a snapshot; False when there was too little to do or another
+        compaction committed first."""
+        layout = self.layout()
+        if len(layout.parts) < min_parts or not layout.parts:
+            return False
+        merge_all = len(layout.compacted) + 1 > self.max_files
+        sources = layout.files if merge_all else list(layout.parts)
+        merged = pa.concat_tables([self._read(k, None) for k in sources])
+        seq = layout.seq + 1
+        key = f"{self.prefix}{COMPACTED}{seq:010d}-{uuid.uuid4().hex[:8]}.parquet"
+        self.store.put(key, to_parquet(merged), create_only=True)
+        files = [key] if merge_all else [*layout.compacted, key]
+        covers = sorted(layout.covers | set(layout.parts))
+        doc = {"seq": seq, "files": files, "covers": covers}
+        try:
+            self.store.put(self._snapshot_key(seq), json.dumps(doc).encode(), create_only=True)
+        except ObjectExists:  # another compaction won: ours covers nothing
+            self.store.delete(key)
+            return False
+        for part in (*layout.parts, *layout.stale):
+            self.store.delete(part)
+        self._expire(seq, layout.snapshots)
+        return True
+
+    def _expire(self, newest: int, older: Sequence[int]) -> None:
+        """Drop snapshots past the last `keep_snapshots`, and files only they named."""
+        expired = [s for s in older if s <= newest - self.keep_snapshots]
+        if not expired:
+            return
+        kept = [s for s in (*older, newest) if s not in expired]
+        named: set[str] = set()
+        for s in kept:
+            named |= set(json.loads(self.store.get(self._snapshot_key(s))).get("files", ()))
+        for s in expired:
+            doc = json.loads(self.store.get(self._snapshot_key(s)))
+            self.store.delete(self._snapshot_key(s))
+            for key in doc.get("files", ()):
+                if key not in named:
+                    self.store.delete(key)
+
+    def _read(self, key: str, columns: Sequence[str] | None) -> pa.Table:
+        if key not in self._cache:
+            self._cache[key] = pq.read_table(io.BytesIO(self.store.get(key))).cast(self.schema)
+        table = self._cache[key]
+        return table.select(list(columns)) if columns is not None else table
+
+    def _schema(self, columns: Sequence[str] | None) -> pa.Schema:
+        if columns is None:
+            return self.schema
+        return pa.schema([self.schema.field(c) for c in columns])
+
+    def _part_key(self, name: str) -> str:
+        return f"{self.prefix}{name}.parquet"
+
+    def _snapshot_key(self, seq: int) -> str:
+        return f"{self.prefix}{SNAPSHOTS}{seq:010d}.json"
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
