@@ -311,9 +311,9 @@ class _KnownHashes:
 
     def of(self, checked: Sequence[_Checked]) -> dict[str, tuple[str, str]]:
         shas = [str(c.row["image_sha256"]) for c in checked if c.row is not None]
-        hits = self.current.filter(
-            pc.is_in(self.current.column("image_sha256"), pa.array(shas, pa.string()))
-        )  # pyright: ignore[reportAttributeAccessIssue]
+        wanted = pa.array(shas, pa.string())
+        column = self.current.column("image_sha256")
+        hits = self.current.filter(pc.is_in(column, wanted))  # pyright: ignore[reportAttributeAccessIssue]
         known = {r["image_sha256"]: (r["image_key"], r["mask_sha256"]) for r in hits.to_pylist()}
         return known | {s: self.added[s] for s in shas if s in self.added}
 
