@@ -1,23 +1,26 @@
 """The evaluation matrix as a long table: one row per (model, dataset version, group).
 
-A group is `overall`, one image type (`image_type`) or one source (`source`). Each cell (model
-version x dataset version) is stored as its own create-only Parquet file, so computing a cell
-is atomic and "missing cells" is a listing:
+A group is `overall`, one image type (`image_type`) or one source (`source`). A cell (model
+version x dataset version) is an aggregate of the model's per-sample scores over the version's
+test split (`evaluation.scores.cell_rows`). Each computed cell is first committed as its own
+create-only Parquet part, so computing a cell is atomic and a second writer loses, and the parts
+are then compacted into few files (`data.parts.PartTable`), so the gate, the heatmaps and the
+history read one small table, not one file per cell:
 
-    evaluations/cells/model=<version>/dataset=<id>.parquet
+    evaluations/cells/model=<version>/dataset=<id>.parquet      (a cell not compacted yet)
+    evaluations/cells/_compacted/..., evaluations/cells/_snapshots/<seq>.json
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from maskfind_pipeline.data.catalog import to_parquet
-from maskfind_pipeline.storage.base import ObjectExists, ObjectStore
+from maskfind_pipeline.data.parts import PartTable
+from maskfind_pipeline.storage.base import ObjectStore
 
 PREFIX = "evaluations/cells/"
 
@@ -55,12 +58,18 @@ class CellStore:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.table = PartTable(store, PREFIX, CELL_SCHEMA)
 
     def existing(self) -> set[Cell]:
+        layout = self.table.layout()
         found = set()
-        for info in self.store.list(PREFIX):
-            model, _, dataset = info.key[len(PREFIX) :].removesuffix(".parquet").partition("/")
+        for key in layout.parts:
+            model, _, dataset = key[len(PREFIX) :].removesuffix(".parquet").partition("/")
             found.add(Cell(model.removeprefix("model="), dataset.removeprefix("dataset=")))
+        if layout.compacted:
+            pairs = self.table.read(["model_version", "dataset_version"])
+            pairs = pairs.group_by(["model_version", "dataset_version"]).aggregate([])
+            found |= {Cell(r["model_version"], r["dataset_version"]) for r in pairs.to_pylist()}
         return found
 
     def missing(self, wanted: Iterable[Cell]) -> list[Cell]:
@@ -69,18 +78,37 @@ class CellStore:
 
     def write(self, cell: Cell, rows: Sequence[Mapping[str, object]]) -> bool:
         """Store a computed cell; False if another run stored it first (it is kept)."""
-        table = pa.Table.from_pylist(list(rows), schema=CELL_SCHEMA)
-        try:
-            self.store.put(cell.key, to_parquet(table), create_only=True)
-        except ObjectExists:
+        if cell in self.existing():
             return False
-        return True
+        table = pa.Table.from_pylist(list(rows), schema=CELL_SCHEMA)
+        name = cell.key[len(PREFIX) :].removesuffix(".parquet")
+        return self.table.append(table, name)
 
     def read(self, cells: Iterable[Cell] | None = None) -> pa.Table:
-        keys = (
-            [c.key for c in cells]
-            if cells is not None
-            else [i.key for i in self.store.list(PREFIX) if i.key.endswith(".parquet")]
+        """The rows of `cells` (default: every cell), each cell's first write only."""
+        table = _first_write(self.table.read())
+        if cells is None:
+            return table
+        wanted = {(c.model_version, c.dataset_version) for c in cells}
+        pairs = zip(
+            table.column("model_version").to_pylist(),
+            table.column("dataset_version").to_pylist(),
+            strict=True,
         )
-        tables = [pq.read_table(io.BytesIO(self.store.get(k))).cast(CELL_SCHEMA) for k in keys]
-        return pa.concat_tables(tables) if tables else CELL_SCHEMA.empty_table()
+        return table.filter(pa.array([p in wanted for p in pairs], pa.bool_()))
+
+    def compact(self) -> None:
+        self.table.compact()
+
+
+def _first_write(table: pa.Table) -> pa.Table:
+    """Rows of the earliest write of each cell (a cell written again in a race counts once)."""
+    if table.num_rows == 0:
+        return table
+    keys = ["model_version", "dataset_version"]
+    ranked = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
+    first = ranked.group_by(keys, use_threads=False).aggregate([("evaluated_at", "min")])
+    kept = ranked.join(first, keys, use_threads=False)
+    at = np.asarray(kept.column("evaluated_at")) == np.asarray(kept.column("evaluated_at_min"))
+    rows = np.sort(np.asarray(kept.column("__row"))[at])
+    return table.take(pa.array(rows, pa.int64()))

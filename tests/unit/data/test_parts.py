@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
 import pytest
 
 from maskfind_pipeline.data.catalog import Catalog
 from maskfind_pipeline.data.parts import PartTable, to_parquet
+from maskfind_pipeline.data.production import PredictionLog, failed_row
+from maskfind_pipeline.flows.history import compact_day
 from maskfind_pipeline.storage import ObjectStore
+from maskfind_pipeline.storage.base import ObjectInfo
 from tests.support.catalogs import fake_catalog
 
+NOW = dt.datetime(2027, 3, 1, 3, tzinfo=dt.UTC)
 SCHEMA = pa.schema([pa.field("k", pa.string(), nullable=False), pa.field("v", pa.int64())])
 
 
@@ -99,3 +105,21 @@ def test_the_catalog_reads_one_file_per_table_after_ingest_compacts(store: Objec
     assert catalog.files() == 1
     again = Catalog(store).read()
     assert again.samples.num_rows == 100 and again.current_samples().num_rows == 100
+
+
+def test_a_compacted_production_day_reads_the_same_from_one_file(store: ObjectStore) -> None:
+    day = "2027-03-01"
+    log = PredictionLog(store, day)
+    for part in range(4):
+        rows = [
+            failed_row(ObjectInfo(f"production/{day}/i{part}-{n}.png", 1, "e"), day, "bad")
+            | {"model_version": "1", "backend": "torch", "predicted_at": NOW, "run_id": "r"}
+            for n in range(3)
+        ]
+        log.append(rows, run_id="r", part=part)
+    before = log.current().sort_by("image_key")
+    assert compact_day(store, day)
+    parquet = [i.key for i in store.list(log.prefix) if i.key.endswith(".parquet")]
+    assert len(parquet) == 1
+    assert PredictionLog(store, day).current().sort_by("image_key").equals(before)
+    assert not compact_day(store, day)
