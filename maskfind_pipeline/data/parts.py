@@ -5,9 +5,12 @@ nothing). Compaction merges the parts into one compacted file and commits a snap
 create-only JSON under `<prefix>_snapshots/<seq>.json` naming the table's compacted files and
 the parts they cover; the covered parts are deleted after the commit. A reader takes the newest
 snapshot's files plus every part it does not cover, so it sees each row once whether it runs
-before, during or after a compaction. When a snapshot names more than `max_files` compacted
-files they are merged into one. The last `keep_snapshots` snapshots and their files are kept,
-so the table as it was at any of them can be read again (`read(snapshot=...)`).
+before, during or after a compaction. Compacted files are tiered by size (as an LSM tree): the
+new file is merged with the newest ones while they are not more than `ratio` times larger, so a
+table of N nights' rows is about log_ratio(N) files and each row is rewritten that many times,
+and past `max_files` files the newest ones are merged regardless. The last `keep_snapshots`
+snapshots and their files are kept, so the table as it was at any of them can be read again
+(`read(snapshot=...)`).
 
 Any `.parquet` key under the prefix that is not a compacted file counts as a part, so tables
 written before compaction existed (one file per batch or per cell) are read and compacted as
@@ -37,6 +40,7 @@ class Layout:
 
     seq: int
     compacted: tuple[str, ...]
+    rows: tuple[int, ...]
     covers: frozenset[str]
     parts: tuple[str, ...]
     snapshots: tuple[int, ...]
@@ -57,11 +61,12 @@ class PartTable:
         prefix: str,
         schema: pa.Schema,
         *,
-        max_files: int = 8,
+        max_files: int = 24,
         keep_snapshots: int = 30,
+        ratio: int = 4,
     ) -> None:
         self.store, self.prefix, self.schema = store, prefix, schema
-        self.max_files, self.keep_snapshots = max_files, keep_snapshots
+        self.max_files, self.keep_snapshots, self.ratio = max_files, keep_snapshots, ratio
         self._cache: dict[str, pa.Table] = {}  # every file is immutable: read each once
 
     def append(self, table: pa.Table, name: str) -> bool:
@@ -90,7 +95,9 @@ class PartTable:
         covers = frozenset(doc.get("covers", ()))
         live = () if snapshot is not None else tuple(p for p in parts if p not in covers)
         stale = tuple(p for p in parts if p in covers)
-        return Layout(seq, tuple(doc.get("files", ())), covers, live, tuple(snapshots), stale)
+        files = tuple(doc.get("files", ()))
+        rows = tuple(doc.get("rows", [0] * len(files)))
+        return Layout(seq, files, rows, covers, live, tuple(snapshots), stale)
 
     def read(
         self, columns: Sequence[str] | None = None, *, snapshot: int | None = None
@@ -115,15 +122,21 @@ class PartTable:
         layout = self.layout()
         if len(layout.parts) < min_parts or not layout.parts:
             return False
-        merge_all = len(layout.compacted) + 1 > self.max_files
-        sources = layout.files if merge_all else list(layout.parts)
-        merged = pa.concat_tables([self._read(k, None) for k in sources])
+        merged = pa.concat_tables([self._read(k, None) for k in layout.parts])
+        files, rows = list(layout.compacted), list(layout.rows)
+        while files and (rows[-1] <= self.ratio * merged.num_rows or len(files) >= self.max_files):
+            merged = pa.concat_tables([self._read(files.pop(), None), merged])
+            rows.pop()
         seq = layout.seq + 1
         key = f"{self.prefix}{COMPACTED}{seq:010d}-{uuid.uuid4().hex[:8]}.parquet"
         self.store.put(key, to_parquet(merged), create_only=True)
-        files = [key] if merge_all else [*layout.compacted, key]
         covers = sorted(layout.covers | set(layout.parts))
-        doc = {"seq": seq, "files": files, "covers": covers}
+        doc = {
+            "seq": seq,
+            "files": [*files, key],
+            "rows": [*rows, merged.num_rows],
+            "covers": covers,
+        }
         try:
             self.store.put(self._snapshot_key(seq), json.dumps(doc).encode(), create_only=True)
         except ObjectExists:  # another compaction won: ours covers nothing

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from maskfind_pipeline.data.catalog import Catalog
@@ -61,14 +63,16 @@ def added_samples_sheet(
     """A contact sheet (PNG) of the samples `version_id` added to its parent, masks outlined,
     captioned with image type and source: up to `limit`, taken in turn from each image type.
     None when it added none."""
-    manifest = versions.manifest(version_id).to_pylist()
+    manifest = versions.manifest(version_id)
     card = versions.card(version_id)
-    parent = versions.manifest(card["parent"]) if card.get("parent") else None
-    old = set(parent.column("sample_id").to_pylist()) if parent is not None else set()
+    columns = ["sample_id", "image_type", "source", "image_key", "mask_key"]
+    if card.get("parent"):
+        old = versions.manifest(card["parent"]).column("sample_id")
+        added = pc.invert(pc.is_in(manifest.column("sample_id"), value_set=old))  # pyright: ignore[reportAttributeAccessIssue]
+        manifest = manifest.filter(added)
     by_type: dict[str, list[dict[str, Any]]] = {}
-    for row in manifest:
-        if row["sample_id"] not in old:
-            by_type.setdefault(str(row["image_type"]), []).append(row)
+    for row in _first_per_type(manifest.select(columns), limit).to_pylist():
+        by_type.setdefault(str(row["image_type"]), []).append(row)
     chosen = [rows[i] for i in range(limit) for rows in by_type.values() if i < len(rows)][:limit]
     if not chosen:
         return None
@@ -81,6 +85,19 @@ def added_samples_sheet(
         for row in chosen
     ]
     return contact_sheet_png(tiles, columns=6, tile=128)
+
+
+def _first_per_type(table: pa.Table, limit: int) -> pa.Table:
+    """The first `limit` rows of each image type, in table order (Arrow, no row dicts)."""
+    if table.num_rows == 0:
+        return table
+    types = table.column("image_type").combine_chunks().dictionary_encode()
+    codes = np.asarray(types.indices)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], codes[order], side="left")
+    rank = np.empty(len(codes), np.int64)
+    rank[order] = np.arange(len(codes)) - starts
+    return table.filter(pa.array(rank < limit))
 
 
 def _decoded(data: bytes, *, rgb: bool) -> np.ndarray:
