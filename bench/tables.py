@@ -61,7 +61,7 @@ def run_parts(root: Path, data: list[pa.Table], duck: bool) -> dict[str, float]:
         query = f"SELECT {', '.join(COLUMNS)} FROM read_parquet('{folder}/*.parquet')"
         relation = duckdb.sql(query)
         assert relation is not None
-        rows = relation.fetch_arrow_table().num_rows
+        rows = relation.to_arrow_table().num_rows
     else:
         rows = pq.read_table(folder, columns=COLUMNS).num_rows
     return _result(write_s, files, time.perf_counter() - start, rows, folder)
