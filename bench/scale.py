@@ -706,7 +706,7 @@ def measure_cells(config: Config, root: Path, night: Night, count: int = 100) ->
     return {
         "bytes_per_cell": sum(i.size for i in files) / count,
         "read_s_per_cell": read_s / count,
-        "files": len(store.table.layout().files),
+        "files": max(len(store.table(m).layout().files) for m in store.models()),
     }
 
 

@@ -8,7 +8,7 @@ the version's test split. The per-image IoU is stored as `ml.metrics.iou_per_ima
 mIoU is their mean in manifest order and pixel precision and recall come from the summed counts,
 exactly as `ml.metrics.summarize` computes them from the same counts.
 
-    evaluations/scores/model=<version>-<run>-<n>.parquet   (a compacted `PartTable`)
+    evaluations/scores/model=<version>/<run>-<n>.parquet   (a compacted `PartTable` a model)
 """
 
 from __future__ import annotations
@@ -47,23 +47,27 @@ class MissingScores(LookupError):
 
 
 class ScoreStore:
-    """The per-sample scores table in a work store."""
+    """The per-sample scores in a work store, one compacted table per model version (a model's
+    scores are read without touching the others')."""
 
     def __init__(self, store: ObjectStore) -> None:
-        self.table = PartTable(store, PREFIX, SCORE_SCHEMA)
+        self.store = store
+
+    def table(self, model_version: str) -> PartTable:
+        return PartTable(self.store, f"{PREFIX}model={model_version}/", SCORE_SCHEMA)
 
     def of(self, model_version: str) -> pa.Table:
         """Every score of one model version (one row per sample content)."""
-        table = self.table.read()
-        return table.filter(pa.array(np.asarray(table.column("model_version")) == model_version))
+        return self.table(model_version).read()
 
     def append(self, scores: pa.Table, *, model_version: str, name: str) -> None:
         """Commit one chunk's scores as a create-only part."""
         if scores.num_rows:
-            self.table.append(scores, f"model={model_version}-{name}")
+            self.table(model_version).append(scores, name)
 
-    def compact(self) -> None:
-        self.table.compact()
+    def compact(self, model_versions: Sequence[str]) -> None:
+        for version in model_versions:
+            self.table(version).compact()
 
 
 def unscored(tests: pa.Table, scores: pa.Table) -> pa.Table:

@@ -16,6 +16,7 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
+from maskfind_pipeline.evaluation.members import update_members
 from maskfind_pipeline.evaluation.planning import CellRows, MatrixPlan, fill_matrix, plan_cells
 from maskfind_pipeline.evaluation.report import type_deltas
 from maskfind_pipeline.evaluation.scores import ScoreStore, cell_rows, score_rows, unscored
@@ -56,14 +57,20 @@ def update_matrix(
 
     Each model of a missing cell first scores the distinct test samples (by content) of the
     versions it is missing on that it has not scored yet, once (`SampleScorer`); every cell is
-    then an aggregate of the model's per-sample scores (`evaluation.scores.cell_rows`).
+    then an aggregate of the model's per-sample scores (`evaluation.scores.cell_rows`) over the
+    version's test split as the membership table holds it (`evaluation.members`: only the
+    manifests of versions new since the last run are read).
     """
     champion, challenger = registry.alias_or_none(CHAMPION), registry.alias_or_none(CHALLENGER)
     pinned = [m.version for m in (champion, challenger) if m is not None]
+    models = [m.version for m in registry.versions()]
+    cards = versions.list()
+    members = update_members(cells.store, versions, cards)
+    recent = models[-options.last_n :] if options.last_n else models
     plan = plan_cells(
-        [m.version for m in registry.versions()],
-        versions.list(),
-        cells.existing(),
+        models,
+        cards,
+        cells.existing({*recent, *pinned}),
         pinned=pinned,
         last_n=options.last_n,
     )
@@ -78,19 +85,16 @@ def update_matrix(
         batch_size=options.batch_size,
         device=options.device,
     )
-    manifests = _Manifests(versions)
     scored: dict[str, pa.Table] = {}
 
     def evaluate(cell: Cell) -> CellRows:
         model = cell.model_version
         if model not in scored:
-            tests = [
-                manifests.test(c.dataset_version) for c in plan.missing if c.model_version == model
-            ]
-            scored[model] = scorer.ensure(model, pa.concat_tables(tests), scores, log=log)
+            wanted = [c.dataset_version for c in plan.missing if c.model_version == model]
+            scored[model] = scorer.ensure(model, members.rows_of(wanted), scores, log=log)
         rows = cell_rows(
             scored[model],
-            manifests.get(cell.dataset_version),
+            members.test_split(cell.dataset_version),
             model_version=model,
             dataset_version=cell.dataset_version,
         )
@@ -100,30 +104,14 @@ def update_matrix(
         return [{**row, "mlflow_run_id": run_id} for row in rows]
 
     written = fill_matrix(plan, cells, evaluate, on_cell)
-    scores.compact()
-    cells.compact()
+    touched = sorted({c.model_version for c in written})
+    scores.compact(touched)
+    cells.compact(touched)
     table = cells.read(plan.wanted)
     deltas = (
         type_deltas(table, challenger.version, champion.version) if champion and challenger else []
     )
     return MatrixOutcome(plan, written, table, deltas)
-
-
-class _Manifests:
-    """Each dataset version's verified manifest read once per run, and its test rows."""
-
-    def __init__(self, versions: VersionStore) -> None:
-        self.versions = versions
-        self._read: dict[str, pa.Table] = {}
-
-    def get(self, vid: str) -> pa.Table:
-        if vid not in self._read:
-            self._read[vid] = self.versions.manifest(vid)
-        return self._read[vid]
-
-    def test(self, vid: str) -> pa.Table:
-        manifest = self.get(vid)
-        return manifest.filter(pa.array(np.asarray(manifest.column("split")) == "test"))
 
 
 class SampleScorer:

@@ -56,7 +56,8 @@ def build_history(
     Each day's log but the newest's is compacted into one file first (`compact_day`)."""
     terms = champion_terms({m.version: m.tags for m in registry.versions()})
     order = [card["id"] for card in VersionStore(work_store).list()]
-    miou = champion_miou(CellStore(work_store).read().to_pylist(), terms, order)
+    champions = sorted({t.version for t in terms})
+    miou = champion_miou(CellStore(work_store).read(models=champions).to_pylist(), terms, order)
     days = logged_days(work_store)[-policy.production_days :]
     for day in days[:-1]:
         compact_day(work_store, day)

@@ -116,7 +116,7 @@ def test_a_model_scores_each_distinct_test_sample_once(versions, tmp_path: Path)
     scores = again.ensure("1", pa.concat_tables([tests(v2), tests(v1)]), ScoreStore(work))
     assert sum(again.scored) == n2 - n1  # only what v2 added
     assert scores.num_rows == n2
-    ScoreStore(work).compact()
+    ScoreStore(work).compact(["1"])
     assert ScoreStore(work).of("1").num_rows == n2 and ScoreStore(work).of("2").num_rows == 0
     one = cell_rows(ScoreStore(work).of("1"), v1, model_version="1", dataset_version="ds-1")
     assert one[0]["n_images"] == n1
