@@ -62,12 +62,12 @@ class PartTable:
         schema: pa.Schema,
         *,
         max_files: int = 24,
-        keep_snapshots: int = 30,
+        keep_snapshots: int = 7,
         ratio: int = 4,
     ) -> None:
         self.store, self.prefix, self.schema = store, prefix, schema
         self.max_files, self.keep_snapshots, self.ratio = max_files, keep_snapshots, ratio
-        self._cache: dict[str, pa.Table] = {}  # every file is immutable: read each once
+        self._cache: dict[tuple[str, tuple[str, ...] | None], pa.Table] = {}  # files never change
 
     def append(self, table: pa.Table, name: str) -> bool:
         """Write `table` as the part `<prefix><name>.parquet`; False if that part exists."""
@@ -127,6 +127,7 @@ class PartTable:
         while files and (rows[-1] <= self.ratio * merged.num_rows or len(files) >= self.max_files):
             merged = pa.concat_tables([self._read(files.pop(), None), merged])
             rows.pop()
+        self._cache.clear()  # what was merged is read from the new file from now on
         seq = layout.seq + 1
         key = f"{self.prefix}{COMPACTED}{seq:010d}-{uuid.uuid4().hex[:8]}.parquet"
         self.store.put(key, to_parquet(merged), create_only=True)
@@ -164,10 +165,13 @@ class PartTable:
                     self.store.delete(key)
 
     def _read(self, key: str, columns: Sequence[str] | None) -> pa.Table:
-        if key not in self._cache:
-            self._cache[key] = pq.read_table(io.BytesIO(self.store.get(key))).cast(self.schema)
-        table = self._cache[key]
-        return table.select(list(columns)) if columns is not None else table
+        """One file's rows (only `columns` are decoded), cast to the table's schema."""
+        wanted = tuple(columns) if columns is not None else None
+        if (key, wanted) not in self._cache:
+            data = io.BytesIO(self.store.get(key))
+            table = pq.read_table(data, columns=list(wanted) if wanted else None)
+            self._cache[(key, wanted)] = table.cast(self._schema(columns))
+        return self._cache[(key, wanted)]
 
     def _schema(self, columns: Sequence[str] | None) -> pa.Schema:
         if columns is None:
