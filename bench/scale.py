@@ -760,8 +760,8 @@ class EvalNight:
     all_images: int
     scored: int = 0
     """Test images scored tonight with per-sample scores (each model on what it has not scored)."""
-    manifests: int = 0
-    """Dataset versions' manifests compat_evaluation reads tonight (those with missing cells)."""
+    models: int = 0
+    """Model versions with a missing cell tonight (their scores and cells tables are read)."""
 
 
 def champion_before(night: int, promote_every: int) -> int | None:
@@ -805,7 +805,7 @@ def plan_year(
             if newest > before:
                 scored += test_by_index[newest] - (test_by_index[before] if before else 0)
                 scored_upto[model] = newest
-        manifests = len({c.dataset_version for c in plan.missing})
+        models_tonight = len({c.model_version for c in plan.missing})
         tests_so_far += test
         # All pairs: the new model on every version, every older model on the new version.
         all_cells = 2 * n - 1
@@ -827,7 +827,7 @@ def plan_year(
                 all_cumulative,
                 all_images,
                 scored,
-                manifests,
+                models_tonight,
             )
         )
     return out, notes
@@ -1039,10 +1039,13 @@ def derived(result: Result) -> list[Series]:
     for d in days:
         files_now = float(month_files.get(int(d), files_now))
         catalog_files.append(files_now)
-    cells_files = max((m["cells"]["files"] for m in result.measured.values()), default=1)
+    cells_files = _cells_files(result)
     prod_parts = max((m["production"]["parts"] for m in result.measured.values()), default=0)
     history_days = HistoryPolicy().production_days
-    history_files = [cells_files + min(d, history_days) - 1 + prod_parts for d in days]
+    history_files = [
+        cells_files * _champions(int(d), cfg.promote_every) + min(d, history_days) - 1 + prod_parts
+        for d in days
+    ]
     size = ModelSpec().input_size
     row_bytes = 4 * size * size
     new_rows = np.diff(np.asarray([0.0, *rows]))
@@ -1097,14 +1100,15 @@ def derived(result: Result) -> list[Series]:
             "files",
             history_files,
             cfg.small_files,
-            "compacted cells + one file per finished day + the newest day's parts",
+            "each champion's compacted cells + one file per finished day + the newest day's parts",
         ),
         Series(
-            "manifests read by compat_evaluation",
+            "files read by compat_evaluation",
             "files",
-            [float(e.manifests) for e in result.evaluation],
+            [float(eval_files(e, cells_files)) for e in result.evaluation],
             cfg.small_files,
-            "plan_cells, last_n: dataset versions with a missing cell (the challenger's: all)",
+            "tonight's manifest + the membership table + scores and cells of each model with "
+            "a missing cell (plan_cells, last_n)",
         ),
         Series(
             "GPU evaluation tonight, per-sample scores",
@@ -1122,6 +1126,21 @@ def derived(result: Result) -> list[Series]:
             "budget; over it, opening the version is refused (DecodedBudgetExceeded)",
         ),
     ]
+
+
+def eval_files(e: EvalNight, cells_files: int) -> int:
+    """Files compat_evaluation reads: the new version's manifest, the membership table, and the
+    (compacted) scores and cells tables of each model with a missing cell."""
+    return 2 + 2 * e.models * cells_files
+
+
+def _cells_files(result: Result) -> int:
+    return max((m["cells"]["files"] for m in result.measured.values()), default=1)
+
+
+def _champions(night: int, promote_every: int) -> int:
+    """Champion terms so far (the assumed promotion every `promote_every` nights)."""
+    return max(1, night // promote_every)
 
 
 def _parts_per_night(result: Result) -> float:
@@ -1150,7 +1169,7 @@ def storage(result: Result) -> list[dict[str, float]]:
     month_ends = {m.night: m for m in result.months}
     for night, rows, ev in zip(result.nights, result.rows_by_night, result.evaluation, strict=True):
         manifests += rows * float(np.interp(night.index, written, per_row))
-        decoded += rows * 4 * size * size
+        decoded = rows * 4 * size * size  # content-addressed: each row once, shared
         if night.index in month_ends:
             m = month_ends[night.index]
             pairs = m.catalog_rows + m.quarantine_rows
@@ -1196,6 +1215,13 @@ def summary(result: Result) -> tuple[list[str], list[list[str]]]:
     ingest_mb, version_mb = fitted("ingest", "peak_rss_mb"), fitted("version", "peak_rss_mb")
     ev = {e.index: e for e in result.evaluation}
     store = {s["month"]: s for s in storage(result)}
+    cells_files = _cells_files(result)
+    prod_parts = max((g["production"]["parts"] for g in result.measured.values()), default=0)
+
+    def history_files(night: int) -> int:
+        days = min(night, HistoryPolicy().production_days)
+        return cells_files * _champions(night, cfg.promote_every) + days - 1 + prod_parts
+
     rows = []
     for m in result.months:
         e, st, got = ev[m.night], store[m.month], result.measured.get(m.night)
@@ -1212,32 +1238,32 @@ def summary(result: Result) -> tuple[list[str], list[list[str]]]:
             [
                 f"{m.month}" + (" (measured)" if got else ""),
                 f"{m.catalog_rows / 1e6:.2f} M",
-                f"{m.sample_parts + m.quarantine_parts:,}",
-                f"{m.catalog_bytes / 1e6:,.0f} MB",
+                f"{m.files_read:,}",
                 f"{mark}{times[0]:,.0f} s",
                 f"{mark}{times[1]:,.0f} s",
                 f"{mark}{rss / 1024:,.1f} GB",
-                f"{e.cells:,} / {e.all_cells:,}",
-                f"{e.cumulative:,}",
-                f"{e.images / cfg.eval_img_per_s / 3600:,.1f} / "
-                f"{e.all_images / cfg.eval_img_per_s / 3600:,.1f} h",
+                f"{e.cells:,}",
+                f"{e.scored / cfg.eval_img_per_s / 60:,.1f} min (cells: "
+                f"{e.images / cfg.eval_img_per_s / 3600:,.1f} h)",
+                f"{eval_files(e, cells_files):,}",
+                f"{history_files(m.night):,}",
                 f"{small / 1e9:,.0f} GB",
-                f"{st['decoded'] / 1e12:,.1f} TB",
+                f"{st['decoded'] / 1e9:,.0f} GB",
             ]
         )
     headers = [
         "month",
         "catalog rows",
-        "catalog parts",
-        "catalog on disk",
+        "catalog files a step reads",
         "ingest step",
         "dataset_version step",
         "peak RSS of a step",
-        "eval cells tonight (last_n / all pairs)",
-        "cell files so far (last_n)",
-        "GPU eval tonight (last_n / all pairs)",
-        "catalog + manifests + logs + cells",
-        "decoded caches",
+        "eval cells tonight (last_n)",
+        "GPU eval tonight: per-sample scores (a cell per cell before)",
+        "files compat_evaluation reads",
+        "files performance_history reads",
+        "catalog + manifests + logs + scores + cells (object store)",
+        "decoded pixels of the version (stored once)",
     ]
     return headers, rows
 
@@ -1434,7 +1460,7 @@ def report(result: Result, *, markdown: bool = False) -> str:
         "bytes/cell; production logs: measured bytes/day x days; labeled pairs and production "
         f"(image + predicted mask): ASSUMED {result.sizes['image'] / 1e3:.0f} + "
         f"{result.sizes['mask'] / 1e3:.1f} kB a pair (synthetic 256² PNG/JPEG, measured); "
-        f"decoded: data/decoded.py at {size}² (N x {4 * size * size:,} bytes), one per version:"
+        f"decoded: data/decoded.py at {size}² (N x {4 * size * size:,} bytes), each row once:"
     )
     rows = [
         [

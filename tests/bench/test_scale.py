@@ -67,7 +67,7 @@ def test_evaluation_cells_grow_as_the_last_n_policy_says(result: Result) -> None
         assert (e.cells, e.cumulative) == (expected, cumulative)
         assert (e.all_cells, e.all_cumulative) == (2 * n - 1, n * n)
         assert e.images <= e.all_images
-        assert e.scored <= e.images and e.manifests <= e.cells
+        assert e.scored <= e.images and e.models <= e.cells
     assert result.evaluation[-1].all_cumulative > result.evaluation[-1].cumulative
 
 
