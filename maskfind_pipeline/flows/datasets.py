@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from maskfind_pipeline.data.catalog import Catalog
+from maskfind_pipeline.data.catalog import CATALOG_SCHEMA, Catalog
 from maskfind_pipeline.data.contact_sheet import contact_sheet_png
+from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot, diff
@@ -33,6 +34,13 @@ class VersionOutcome:
         return str(self.card["id"])
 
 
+_VERSION_COLUMNS = (
+    *(n for n in MANIFEST_SCHEMA.names if n in CATALOG_SCHEMA.names),
+    "ingested_at",
+)
+"""The catalog columns a version is made of (and the order `current_samples` needs)."""
+
+
 def publish_dataset_version(
     work_store: ObjectStore, config: VersionConfig, *, code_version: str = ""
 ) -> VersionOutcome:
@@ -41,7 +49,7 @@ def publish_dataset_version(
     Raises:
         EmptyCatalog: the catalog holds no sample.
     """
-    samples = Catalog(work_store).read().current_samples()
+    samples = Catalog(work_store).read(_VERSION_COLUMNS).current_samples()
     versions = VersionStore(work_store)
     published = versions.publish(
         build_snapshot(samples, config), catalog_rows=samples.num_rows, code_version=code_version
@@ -49,7 +57,8 @@ def publish_dataset_version(
     card = published.card
     manifest = versions.manifest(published.version_id)
     parent = versions.manifest(card["parent"]) if card["parent"] else None
-    failures = sum(1 for s in samples.column("source").to_pylist() if s == "failure")
+    source = np.asarray(samples.column("source").to_numpy(zero_copy_only=False))
+    failures = int(np.count_nonzero(source == "failure"))
     checks = [
         *check_version(manifest, catalog_failures=failures),
         CheckOutcome("manifest_checksum", True, "manifest sha256 and id verified"),
