@@ -44,6 +44,7 @@ from PIL import Image
 
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.images import InvalidImage, decode_pair
+from maskfind_pipeline.data.versions import hash_positions
 from maskfind_pipeline.storage.base import ObjectStore
 
 RULES = 1
@@ -195,6 +196,36 @@ def build_decoded(
         return _decode_resized(cache, store, row, size)
 
     return decoded.open(manifest, decode, max_workers, progress, name=version_id)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The rows of a manifest that training decodes, and the share of its train and val rows."""
+
+    manifest: pa.Table
+    train_share: float
+
+
+def fit_to_budget(
+    manifest: pa.Table, size: int, budget_bytes: int | None = None, *, headroom: float = 0.8
+) -> Fitted:
+    """The manifest whole when its decoded pixels fit `headroom` of the budget (the rest is
+    room for evaluation's chunks); else a content-hash share of its train and val rows that fits
+    (test rows are scored by evaluation, chunk by chunk, and not decoded for training).
+
+    The share is a pure function of each sample's hash (hex digits 16-30, independent of the
+    split's), so as versions grow a kept sample stays kept until the share shrinks past it, and a
+    new version still decodes only its new samples.
+    """
+    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+    row_bytes, limit = 4 * size * size, headroom * budget
+    if manifest.num_rows * row_bytes <= limit:
+        return Fitted(manifest, 1.0)
+    split = np.asarray(manifest.column("split").to_numpy(zero_copy_only=False))
+    used = (split == "train") | (split == "val")
+    share = min(1.0, (limit // row_bytes) / max(1, int(used.sum())))
+    position = hash_positions(manifest.column("sample_id"), offset=16)
+    return Fitted(manifest.filter(pa.array(used & (position < share))), share)
 
 
 def content_keys(manifest: pa.Table) -> pa.Array:

@@ -64,14 +64,15 @@ def assign_splits(sample_ids: pa.Array | pa.ChunkedArray, fractions: Sequence[fl
     return np.asarray(SPLITS, dtype=object)[np.searchsorted(edges, position, side="right")]
 
 
-def hash_positions(sample_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Map sha256 hex digests to [0, 1) by their first 15 hex digits, without Python objects."""
+def hash_positions(sample_ids: pa.Array | pa.ChunkedArray, *, offset: int = 0) -> np.ndarray:
+    """Map sha256 hex digests to [0, 1) by 15 hex digits (the first, or from `offset`), without
+    Python objects."""
     if isinstance(sample_ids, pa.ChunkedArray):
         sample_ids = sample_ids.combine_chunks()
     offsets, data = _string_buffers(sample_ids)
     if len(sample_ids) and not np.all(np.diff(offsets) == 64):
         raise ValueError("sample ids must be sha256 hex digests (64 characters)")
-    digits = data.reshape(-1, 64)[:, :15]
+    digits = data.reshape(-1, 64)[:, offset : offset + 15]
     values = _HEX[digits].astype(np.uint64)
     if (values > 15).any():
         raise ValueError("sample ids must be lowercase sha256 hex digests")

@@ -19,14 +19,16 @@ from maskfind_pipeline.data.decoded import (
     PackedRows,
     build_decoded,
     default_budget_bytes,
+    fit_to_budget,
 )
 from maskfind_pipeline.data.images import decode_pair
 from maskfind_pipeline.data.ingest import IngestOptions
 from maskfind_pipeline.data.version_store import VersionStore
-from maskfind_pipeline.data.versions import VersionConfig
+from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
 from maskfind_pipeline.flows.datasets import publish_dataset_version
 from maskfind_pipeline.flows.ingest import ingest_catalog
 from maskfind_pipeline.storage import LocalObjectStore
+from tests.support.catalogs import fake_catalog
 
 SIZE = 24
 ROW_BYTES = 4 * SIZE * SIZE
@@ -146,3 +148,27 @@ def test_the_budget_comes_from_the_environment() -> None:
     assert default_budget_bytes({"MASKFIND_DECODED_BUDGET_GB": "1.5"}) == 1_500_000_000
     with pytest.raises(ValueError, match="MASKFIND_DECODED_BUDGET_GB"):
         default_budget_bytes({"MASKFIND_DECODED_BUDGET_GB": "lots"})
+
+
+def test_past_the_budget_training_keeps_a_stable_hash_share() -> None:
+    catalog = fake_catalog(2000, seed=5)
+    manifest = build_snapshot(catalog, VersionConfig()).manifest
+    assert fit_to_budget(manifest, SIZE, budget_bytes=10**12).manifest.num_rows == 2000
+    budget = int(600 * ROW_BYTES / 0.8)
+    fitted = fit_to_budget(manifest, SIZE, budget_bytes=budget)
+    kept = np.asarray(fitted.manifest.column("split").to_numpy(zero_copy_only=False))
+    split = np.asarray(manifest.column("split").to_numpy(zero_copy_only=False))
+    assert (kept == "test").sum() == 0 and fitted.manifest.num_rows * ROW_BYTES <= 0.8 * budget
+    assert 500 < fitted.manifest.num_rows <= 600
+    for name in ("train", "val"):  # both splits keep about the same share
+        share = (kept == name).sum() / (split == name).sum()
+        assert abs(share - fitted.train_share) < 0.08
+    # More samples, same budget: a smaller share, and a subset of the samples kept before.
+    grown = build_snapshot(
+        pa.concat_tables([catalog, fake_catalog(1000, seed=5, start=2000)]), VersionConfig()
+    ).manifest
+    again = fit_to_budget(grown, SIZE, budget_bytes=budget)
+    before = set(fitted.manifest.column("sample_id").to_pylist())
+    after = set(again.manifest.column("sample_id").to_pylist())
+    old = set(catalog.column("sample_id").to_pylist())
+    assert again.train_share < fitted.train_share and (after & old) <= before
