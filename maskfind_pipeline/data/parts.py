@@ -123,11 +123,12 @@ class PartTable:
         if len(layout.parts) < min_parts or not layout.parts:
             return False
         merged = pa.concat_tables([self._read(k, None) for k in layout.parts])
+        sources = set(layout.parts)
         files, rows = list(layout.compacted), list(layout.rows)
         while files and (rows[-1] <= self.ratio * merged.num_rows or len(files) >= self.max_files):
+            sources.add(files[-1])
             merged = pa.concat_tables([self._read(files.pop(), None), merged])
             rows.pop()
-        self._cache.clear()  # what was merged is read from the new file from now on
         seq = layout.seq + 1
         key = f"{self.prefix}{COMPACTED}{seq:010d}-{uuid.uuid4().hex[:8]}.parquet"
         self.store.put(key, to_parquet(merged), create_only=True)
@@ -145,6 +146,9 @@ class PartTable:
             return False
         for part in (*layout.parts, *layout.stale):
             self.store.delete(part)
+        # What was merged is read from the new file from now on (already in memory).
+        self._cache = {k: t for k, t in self._cache.items() if k[0] not in sources}
+        self._cache[(key, None)] = merged.combine_chunks()
         self._expire(seq, layout.snapshots)
         return True
 
