@@ -945,7 +945,7 @@ def simulate(config: Config, workdir: Path | None = None) -> Result:
                 )
             else:
                 bulk_append(writer, rows, batch, night.run_id)
-                writer.compact()  # as ingest does at its end
+                Catalog(work).compact()  # as ingest does at its end (a fresh reader: no cache)
             rows_total += rows.samples.num_rows
             quarantine_total += rows.quarantine.num_rows
             splits = assign_splits(rows.samples.column("sample_id"), fractions)
