@@ -21,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def child(count: int, size: int) -> dict[str, float]:
@@ -47,13 +49,7 @@ def child(count: int, size: int) -> dict[str, float]:
             synthetic.generate(
                 data, synthetic.DEFAULT_TYPES, count, size=size, start_index=(night - 1) * count
             )
-
-            def timed(name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-                start = time.perf_counter()
-                out = fn(*args, **kwargs)
-                times[f"night {night}: {name}"] = time.perf_counter() - start
-                return out
-
+            timed = _timer(times, f"night {night}: ")
             timed("ingest", ingest_catalog, data, work, cache, IngestOptions(), run_id=f"n{night}")
             vid = timed("dataset_version", publish_dataset_version, work, VersionConfig())
             timed("contact sheet", added_samples_sheet, VersionStore(work), data, vid.version_id)
@@ -72,6 +68,16 @@ def child(count: int, size: int) -> dict[str, float]:
     times["total"] = sum(times.values())
     print(f"tree: {Path(maskfind_pipeline.__file__).parents[1]}", file=sys.stderr)
     return times
+
+
+def _timer(times: dict[str, float], prefix: str) -> Callable[..., Any]:
+    def timed(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times[prefix + name] = time.perf_counter() - start
+        return out
+
+    return timed
 
 
 def main() -> None:
