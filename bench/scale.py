@@ -101,6 +101,7 @@ from maskfind_pipeline.evaluation.cells import CELL_SCHEMA, Cell, CellStore
 from maskfind_pipeline.evaluation.history import HistoryPolicy
 from maskfind_pipeline.evaluation.planning import plan_cells
 from maskfind_pipeline.flows import datasets as datasets_flow
+from maskfind_pipeline.flows.history import compact_day
 from maskfind_pipeline.flows.ingest import ingest_catalog
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.config import ModelSpec
@@ -113,7 +114,7 @@ H200_EVAL_IMG_PER_S = 4482.0  # README, CUDA table: shipped inference, ResNet-34
 
 @dataclass(frozen=True)
 class Config:
-    months: int = 12
+    months: int = 36
     images_per_month: int = 300_000
     measure_months: tuple[int, ...] = (1, 3)
     last_n: int = 7
@@ -125,9 +126,12 @@ class Config:
     types_per_month: int = 2
     night_hours: float = 8.0
     window_share: float = 0.10
-    small_files: int = 1000
-    memory_gb: float = 16.0
-    disk_tb: float = 1.0
+    small_files: int = 300
+    memory_gb: float = 4.0
+    disk_tb: float = 0.2
+    """The decoded store's disk budget (`MASKFIND_DECODED_BUDGET_GB`, default 200 GB)."""
+    step_minutes: float = 10.0
+    """What one CPU step (ingest, dataset_version) may take."""
     request_ms: float = 20.0
     eval_img_per_s: float = H200_EVAL_IMG_PER_S
     seed: int = 0
@@ -448,10 +452,11 @@ def measure_ingest(config: Config, root: Path, night: Night) -> dict[str, Any]:
     targets = [
         (Catalog, "read", "catalog read"),
         (ingest_module, "pair_objects", "pair listing"),
-        (ingest_module, "_seen", "seen filter"),
-        (ingest_module, "_known_hashes", "known hashes"),
+        (ingest_module, "_unseen", "seen filter"),
+        (ingest_module._KnownHashes, "of", "known hashes"),
         (ingest_module, "_quarantined", "quarantined"),
         (ingest_module, "_commit", "commit parts"),
+        (Catalog, "compact", "compact"),
     ]
     with patch.object(ingest_module, "_Checker", _fake_checker(tonight)), timer.patched(targets):
         start = time.perf_counter()
@@ -476,6 +481,8 @@ def measure_ingest(config: Config, root: Path, night: Night) -> dict[str, Any]:
         + timer.total("known hashes")
         + timer.total("quarantined"),
         "commit_s": timer.total("commit parts"),
+        "compact_s": timer.total("compact"),
+        "catalog_files_read": Catalog(work).files(),
         "total_s": total - store.listing_s,
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -643,15 +650,17 @@ def measure_production(config: Config, root: Path, night: Night) -> dict[str, An
     for part, i in enumerate(range(0, len(rows), per_part)):
         log.append(rows[i : i + per_part], run_id=night.run_id, part=part)
     append_s = time.perf_counter() - start
+    compact_day(work, night.day.isoformat())
     start = time.perf_counter()
     current = PredictionLog(work, night.day.isoformat()).current()
     history_day = current.select(["day", "image_type", "status", "grade", "novel"]).to_pylist()
     read_s = time.perf_counter() - start
     assert len(history_day) == len(rows)
-    infos = list(work.list(log.prefix))
+    infos = [i for i in work.list(log.prefix) if i.key.endswith(".parquet")]
     return {
         "rows": len(rows),
-        "parts": len(infos),
+        "parts": per_part and -(-len(rows) // per_part),
+        "files_after_compaction": len(infos),
         "bytes": sum(i.size for i in infos),
         "append_s": append_s,
         "read_s": read_s,
@@ -688,12 +697,17 @@ def measure_cells(config: Config, root: Path, night: Night, count: int = 100) ->
             for kind, group in groups
         ]
         store.write(Cell(str(i + 1), f"ds-{night.index:016x}"), rows)
+    store.compact()
     start = time.perf_counter()
     table = store.read()
     read_s = time.perf_counter() - start
     assert table.schema.equals(CELL_SCHEMA) and table.num_rows == count * len(groups)
-    sizes = [i.size for i in store.store.list("evaluations/")]
-    return {"bytes_per_cell": float(np.mean(sizes)), "read_s_per_cell": read_s / count}
+    files = [i for i in store.store.list("evaluations/") if i.key.endswith(".parquet")]
+    return {
+        "bytes_per_cell": sum(i.size for i in files) / count,
+        "read_s_per_cell": read_s / count,
+        "files": max(len(store.table(m).layout().files) for m in store.models()),
+    }
 
 
 def decode_rate(per_type: int = 12) -> float:
@@ -744,6 +758,10 @@ class EvalNight:
     all_cells: int
     all_cumulative: int
     all_images: int
+    scored: int = 0
+    """Test images scored tonight with per-sample scores (each model on what it has not scored)."""
+    models: int = 0
+    """Model versions with a missing cell tonight (their scores and cells tables are read)."""
 
 
 def champion_before(night: int, promote_every: int) -> int | None:
@@ -763,17 +781,31 @@ def plan_year(
     models: list[str] = []
     out, notes = [], []
     all_cumulative = tests_so_far = 0
+    scored_upto: dict[str, int] = {}
+    test_by_index: dict[int, int] = {}
     for night, test in zip(nights, test_rows, strict=True):
         n = night.index
         vid = f"ds-{n:04d}"
         cards.append({"id": vid, "counts": {"all": {"test": {"labeled": test}}}})
         test_of[vid] = test
+        test_by_index[n] = test
         models.append(str(n))
         champion = champion_before(n, config.promote_every)
         pinned = [str(n)] + ([str(champion)] if champion else [])
         plan = plan_cells(models, cards, existing, pinned=pinned, last_n=config.last_n)
         existing.update(plan.missing)
         images = sum(test_of[c.dataset_version] for c in plan.missing)
+        # Per-sample scores: test sets are nested here (no relabels), so a model has scored
+        # the test samples of every version up to the newest it was evaluated on.
+        scored = 0
+        for model in {c.model_version for c in plan.missing}:
+            mine = [c for c in plan.missing if c.model_version == model]
+            newest = max(int(c.dataset_version[3:]) for c in mine)
+            before = scored_upto.get(model, 0)
+            if newest > before:
+                scored += test_by_index[newest] - (test_by_index[before] if before else 0)
+                scored_upto[model] = newest
+        models_tonight = len({c.model_version for c in plan.missing})
         tests_so_far += test
         # All pairs: the new model on every version, every older model on the new version.
         all_cells = 2 * n - 1
@@ -787,7 +819,15 @@ def plan_year(
                 notes.append(f"night {n}: all-pairs plan {got} != closed form")
         out.append(
             EvalNight(
-                n, len(plan.missing), len(existing), images, all_cells, all_cumulative, all_images
+                n,
+                len(plan.missing),
+                len(existing),
+                images,
+                all_cells,
+                all_cumulative,
+                all_images,
+                scored,
+                models_tonight,
             )
         )
     return out, notes
@@ -806,6 +846,7 @@ class MonthEnd:
     sample_parts: int
     quarantine_parts: int
     catalog_bytes: int
+    files_read: int = 0
 
 
 @dataclass
@@ -904,6 +945,7 @@ def simulate(config: Config, workdir: Path | None = None) -> Result:
                 )
             else:
                 bulk_append(writer, rows, batch, night.run_id)
+                Catalog(work).compact()  # as ingest does at its end (a fresh reader: no cache)
             rows_total += rows.samples.num_rows
             quarantine_total += rows.quarantine.num_rows
             splits = assign_splits(rows.samples.column("sample_id"), fractions)
@@ -929,6 +971,7 @@ def simulate(config: Config, workdir: Path | None = None) -> Result:
                         s_parts,
                         q_parts,
                         s_bytes + q_bytes,
+                        Catalog(work).files(),
                     )
                 )
         evaluation, plan_notes = plan_year(config, nights, test_by_night, measured_nights)
@@ -983,112 +1026,131 @@ def derived(result: Result) -> list[Series]:
     days = [float(n.index) for n in nights]
     meas = sorted(result.measured)
     xs = [rows[i - 1] for i in meas]
-    cpu, cpu_b = _fit(
-        xs,
-        [
-            result.measured[i]["ingest"]["total_s"] + result.measured[i]["version"]["total_s"]
-            for i in meas
-        ],
-    )
-    rss, rss_b = _fit(
-        xs,
-        [
-            max(
-                result.measured[i]["ingest"]["peak_rss_mb"],
-                result.measured[i]["version"]["peak_rss_mb"],
-            )
-            for i in meas
-        ],
-    )
-    parts_per_night = _parts_per_night(result)
-    catalog_parts = [parts_per_night * d for d in days]
-    cells = [float(e.cumulative) for e in result.evaluation]
-    gpu = [e.images / cfg.eval_img_per_s for e in result.evaluation]
-    request = cfg.request_ms / 1000
-    # Sequential requests one night makes to S3: the data store's listing (1,000 keys a page),
-    # two reads of every catalog part (ingest, dataset_version), every cell performance_history
-    # reads, and the production days it reads.
-    prod = [result.measured[i]["production"]["parts"] for i in meas]
-    prod_parts = float(np.mean(prod)) if prod else 0.0
+
+    def fitted(step: str, key: str) -> tuple[Callable[[float], float], float]:
+        return _fit(xs, [result.measured[i][step][key] for i in meas])
+
+    ingest_s, ingest_b = fitted("ingest", "total_s")
+    version_s, version_b = fitted("version", "total_s")
+    ingest_mb, ingest_mb_b = fitted("ingest", "peak_rss_mb")
+    version_mb, version_mb_b = fitted("version", "peak_rss_mb")
+    month_files = {m.night: m.files_read for m in result.months}
+    files_now, catalog_files = 0.0, []
+    for d in days:
+        files_now = float(month_files.get(int(d), files_now))
+        catalog_files.append(files_now)
+    cells_files = _cells_files(result)
+    prod_parts = max((m["production"]["parts"] for m in result.measured.values()), default=0)
     history_days = HistoryPolicy().production_days
-    s3 = [
-        request
-        * (
-            (2 * rows[i] * (1 + cfg.quarantine_rate)) / 1000
-            + 2 * catalog_parts[i]
-            + cells[i]
-            + prod_parts * min(d, history_days)
-        )
-        for i, d in enumerate(days)
+    history_files = [
+        cells_files * _champions(int(d), cfg.promote_every) + min(d, history_days) - 1 + prod_parts
+        for d in days
     ]
     size = ModelSpec().input_size
-    decoded = np.cumsum(np.asarray(rows) * 4 * size * size).tolist()
-    fitted = "fit y = a * rows^b over the measured nights, b = {:.2f}"
+    row_bytes = 4 * size * size
+    new_rows = np.diff(np.asarray([0.0, *rows]))
+    fitted_text = "fit y = a * rows^b, measured nights, b = {:.2f}"
+    step = cfg.step_minutes * 60
     return [
         Series(
-            "CPU bookkeeping (ingest + dataset_version)",
+            "ingest step (CPU)",
             "s",
-            [cpu(r) for r in rows],
-            cfg.window_s,
-            fitted.format(cpu_b),
+            [ingest_s(r) for r in rows],
+            step,
+            fitted_text.format(ingest_b),
         ),
         Series(
-            "peak RSS of one step (ingest or dataset_version)",
+            "dataset_version step (CPU)",
+            "s",
+            [version_s(r) for r in rows],
+            step,
+            fitted_text.format(version_b),
+        ),
+        Series(
+            "peak RSS of ingest",
             "MB",
-            [rss(r) for r in rows],
+            [ingest_mb(r) for r in rows],
             cfg.memory_gb * 1024,
-            fitted.format(rss_b),
+            fitted_text.format(ingest_mb_b),
         ),
         Series(
-            "decoding tonight's version for training (CPU, here)",
+            "peak RSS of dataset_version",
+            "MB",
+            [version_mb(r) for r in rows],
+            cfg.memory_gb * 1024,
+            fitted_text.format(version_mb_b),
+        ),
+        Series(
+            "decoding tonight's new samples for training (CPU, here)",
             "s",
-            [r / result.decode_pairs_per_s for r in rows],
-            cfg.window_s,
-            f"rows / {result.decode_pairs_per_s:,.0f} pairs/s (build_decoded, measured)",
+            [r / result.decode_pairs_per_s for r in new_rows],
+            step,
+            f"new rows / {result.decode_pairs_per_s:,.0f} pairs/s (build_decoded, measured); "
+            "older rows are in the content-addressed store (tests/unit/data/test_decoded_store.py)",
         ),
         Series(
-            "catalog Parquet parts read by a step",
+            "catalog files read by a step",
             "files",
-            catalog_parts,
+            catalog_files,
             cfg.small_files,
-            "counted (parts per night x nights)",
+            "Catalog.files() at month ends (compacted after every night)",
         ),
         Series(
-            "cell files read by performance_history",
+            "files read by performance_history",
             "files",
-            cells,
+            history_files,
             cfg.small_files,
-            "plan_cells, last_n",
+            "each champion's compacted cells + one file per finished day + the newest day's parts",
         ),
         Series(
-            "GPU evaluation tonight, last_n",
+            "files read by compat_evaluation",
+            "files",
+            [float(eval_files(e, cells_files)) for e in result.evaluation],
+            cfg.small_files,
+            "tonight's manifest + the membership table + scores and cells of each model with "
+            "a missing cell (plan_cells, last_n)",
+        ),
+        Series(
+            "GPU evaluation tonight, per-sample scores",
             "s",
-            gpu,
+            [e.scored / cfg.eval_img_per_s for e in result.evaluation],
             cfg.window_s,
-            f"plan_cells test images / {cfg.eval_img_per_s:,.0f} img/s",
+            f"distinct test samples each model has not scored / {cfg.eval_img_per_s:,.0f} img/s",
         ),
         Series(
-            "GPU evaluation tonight, all pairs",
-            "s",
-            [e.all_images / cfg.eval_img_per_s for e in result.evaluation],
-            cfg.window_s,
-            f"closed form test images / {cfg.eval_img_per_s:,.0f} img/s",
-        ),
-        Series(
-            "S3 requests tonight, sequential",
-            "s",
-            s3,
-            cfg.window_s,
-            f"request count x {cfg.request_ms:g} ms",
-        ),
-        Series(
-            "decoded caches on local disk",
+            "decoded pixels on local disk (training's share + evaluation's chunk)",
             "TB",
-            [d / 1e12 for d in decoded],
+            [
+                (min(r * row_bytes, 0.8 * cfg.disk_tb * 1e12) + 4096 * row_bytes) / 1e12
+                for r in rows
+            ],
             cfg.disk_tb,
-            f"data/decoded.py layout at {size}², one per version, none pruned",
+            f"rows x {row_bytes:,} bytes at {size}², stored once, training keeping a hash share "
+            f"that fits 80 % of the budget (data.decoded.fit_to_budget): at night "
+            f"{len(rows)} a share of {_train_share(rows[-1], row_bytes, cfg):.2f} of train + val",
         ),
     ]
+
+
+def _train_share(rows: float, row_bytes: int, cfg: Config) -> float:
+    """The share of train + val rows training decodes under the budget (`fit_to_budget`)."""
+    fit = 0.8 * cfg.disk_tb * 1e12 / row_bytes
+    return 1.0 if rows <= fit else fit / (0.85 * rows)
+
+
+def eval_files(e: EvalNight, cells_files: int) -> int:
+    """Files compat_evaluation reads: the new version's manifest, the membership table, and the
+    (compacted) scores and cells tables of each model with a missing cell."""
+    return 2 + 2 * e.models * cells_files
+
+
+def _cells_files(result: Result) -> int:
+    return max((m["cells"]["files"] for m in result.measured.values()), default=1)
+
+
+def _champions(night: int, promote_every: int) -> int:
+    """Champion terms so far (the assumed promotion every `promote_every` nights)."""
+    return max(1, night // promote_every)
 
 
 def _parts_per_night(result: Result) -> float:
@@ -1117,7 +1179,7 @@ def storage(result: Result) -> list[dict[str, float]]:
     month_ends = {m.night: m for m in result.months}
     for night, rows, ev in zip(result.nights, result.rows_by_night, result.evaluation, strict=True):
         manifests += rows * float(np.interp(night.index, written, per_row))
-        decoded += rows * 4 * size * size
+        decoded = rows * 4 * size * size  # content-addressed: each row once, shared
         if night.index in month_ends:
             m = month_ends[night.index]
             pairs = m.catalog_rows + m.quarantine_rows
@@ -1163,6 +1225,13 @@ def summary(result: Result) -> tuple[list[str], list[list[str]]]:
     ingest_mb, version_mb = fitted("ingest", "peak_rss_mb"), fitted("version", "peak_rss_mb")
     ev = {e.index: e for e in result.evaluation}
     store = {s["month"]: s for s in storage(result)}
+    cells_files = _cells_files(result)
+    prod_parts = max((g["production"]["parts"] for g in result.measured.values()), default=0)
+
+    def history_files(night: int) -> int:
+        days = min(night, HistoryPolicy().production_days)
+        return cells_files * _champions(night, cfg.promote_every) + days - 1 + prod_parts
+
     rows = []
     for m in result.months:
         e, st, got = ev[m.night], store[m.month], result.measured.get(m.night)
@@ -1179,32 +1248,32 @@ def summary(result: Result) -> tuple[list[str], list[list[str]]]:
             [
                 f"{m.month}" + (" (measured)" if got else ""),
                 f"{m.catalog_rows / 1e6:.2f} M",
-                f"{m.sample_parts + m.quarantine_parts:,}",
-                f"{m.catalog_bytes / 1e6:,.0f} MB",
+                f"{m.files_read:,}",
                 f"{mark}{times[0]:,.0f} s",
                 f"{mark}{times[1]:,.0f} s",
                 f"{mark}{rss / 1024:,.1f} GB",
-                f"{e.cells:,} / {e.all_cells:,}",
-                f"{e.cumulative:,}",
-                f"{e.images / cfg.eval_img_per_s / 3600:,.1f} / "
-                f"{e.all_images / cfg.eval_img_per_s / 3600:,.1f} h",
+                f"{e.cells:,}",
+                f"{e.scored / cfg.eval_img_per_s / 60:,.1f} min (cells: "
+                f"{e.images / cfg.eval_img_per_s / 3600:,.1f} h)",
+                f"{eval_files(e, cells_files):,}",
+                f"{history_files(m.night):,}",
                 f"{small / 1e9:,.0f} GB",
-                f"{st['decoded'] / 1e12:,.1f} TB",
+                f"{st['decoded'] / 1e9:,.0f} GB",
             ]
         )
     headers = [
         "month",
         "catalog rows",
-        "catalog parts",
-        "catalog on disk",
+        "catalog files a step reads",
         "ingest step",
         "dataset_version step",
         "peak RSS of a step",
-        "eval cells tonight (last_n / all pairs)",
-        "cell files so far (last_n)",
-        "GPU eval tonight (last_n / all pairs)",
-        "catalog + manifests + logs + cells",
-        "decoded caches",
+        "eval cells tonight (last_n)",
+        "GPU eval tonight: per-sample scores (a cell per cell before)",
+        "files compat_evaluation reads",
+        "files performance_history reads",
+        "catalog + manifests + logs + scores + cells (object store)",
+        "decoded pixels of the version (stored once)",
     ]
     return headers, rows
 
@@ -1401,7 +1470,7 @@ def report(result: Result, *, markdown: bool = False) -> str:
         "bytes/cell; production logs: measured bytes/day x days; labeled pairs and production "
         f"(image + predicted mask): ASSUMED {result.sizes['image'] / 1e3:.0f} + "
         f"{result.sizes['mask'] / 1e3:.1f} kB a pair (synthetic 256² PNG/JPEG, measured); "
-        f"decoded: data/decoded.py at {size}² (N x {4 * size * size:,} bytes), one per version:"
+        f"decoded: data/decoded.py at {size}² (N x {4 * size * size:,} bytes), each row once:"
     )
     rows = [
         [

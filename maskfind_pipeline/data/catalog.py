@@ -1,10 +1,12 @@
 """The image catalog: one Parquet row per unique sample, plus the quarantine of what was refused.
 
 Both tables are append-only sets of Parquet parts in the work store, one part per ingest batch,
-written create-only, so a crash leaves whole parts or nothing:
+written create-only, so a crash leaves whole parts or nothing, and compacted after each ingest
+into few files (`data.parts.PartTable`), so a step reads a handful of files, not one per batch:
 
     catalog/samples/part-<utc stamp>-<run>-<n>.parquet
     catalog/quarantine/part-<utc stamp>-<run>-<n>.parquet
+    catalog/<table>/_compacted/..., catalog/<table>/_snapshots/<seq>.json
 
 A later row for the same image key supersedes an earlier one (a relabel); `current_samples`
 gives that view.
@@ -12,15 +14,16 @@ gives that view.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from maskfind_pipeline.data.parts import PartTable, to_parquet
 from maskfind_pipeline.storage.base import ObjectStore
+
+__all__ = ["Catalog", "CatalogTables", "latest_by", "part_name", "rows_to_table", "to_parquet"]
 
 SAMPLES_PREFIX = "catalog/samples/"
 QUARANTINE_PREFIX = "catalog/quarantine/"
@@ -87,46 +90,32 @@ class CatalogTables:
 
 
 class Catalog:
-    """Reads and appends the catalog's Parquet parts in a work store."""
+    """Reads, appends and compacts the catalog's Parquet parts in a work store."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self._parts: dict[str, pa.Table] = {}  # parts are create-only: read each one once
+        self.samples = PartTable(store, SAMPLES_PREFIX, CATALOG_SCHEMA)
+        self.quarantine = PartTable(store, QUARANTINE_PREFIX, QUARANTINE_SCHEMA)
 
-    def read(self) -> CatalogTables:
-        return CatalogTables(
-            self._read_parts(SAMPLES_PREFIX, CATALOG_SCHEMA),
-            self._read_parts(QUARANTINE_PREFIX, QUARANTINE_SCHEMA),
-        )
+    def read(self, columns: Sequence[str] | None = None) -> CatalogTables:
+        """Both tables (only `columns` of the samples when given)."""
+        return CatalogTables(self.samples.read(columns), self.quarantine.read())
 
     def append(self, samples: pa.Table, quarantine: pa.Table, *, run_id: str, batch: int) -> None:
         """Write one batch's rows as new create-only parts (empty tables write nothing)."""
-        name = part_name(run_id, batch)
-        for prefix, table, schema in (
-            (SAMPLES_PREFIX, samples, CATALOG_SCHEMA),
-            (QUARANTINE_PREFIX, quarantine, QUARANTINE_SCHEMA),
-        ):
-            if table.num_rows:
-                self.store.put(prefix + name, to_parquet(table.cast(schema)), create_only=True)
+        name = part_name(run_id, batch).removesuffix(".parquet")
+        for table, rows in ((self.samples, samples), (self.quarantine, quarantine)):
+            if rows.num_rows:
+                table.append(rows, name)
 
-    def _read_parts(self, prefix: str, schema: pa.Schema) -> pa.Table:
-        tables = [
-            self._part(info.key, schema)
-            for info in self.store.list(prefix)
-            if info.key.endswith(".parquet")
-        ]
-        return pa.concat_tables(tables) if tables else schema.empty_table()
+    def compact(self) -> None:
+        """Merge the parts written since the last compaction (`PartTable.compact`)."""
+        self.samples.compact()
+        self.quarantine.compact()
 
-    def _part(self, key: str, schema: pa.Schema) -> pa.Table:
-        if key not in self._parts:
-            self._parts[key] = pq.read_table(io.BytesIO(self.store.get(key))).cast(schema)
-        return self._parts[key]
-
-
-def to_parquet(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    def files(self) -> int:
+        """Files a full read takes now."""
+        return len(self.samples.layout().files) + len(self.quarantine.layout().files)
 
 
 def latest_by(table: pa.Table, key: str, order: str) -> pa.Table:

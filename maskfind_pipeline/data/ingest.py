@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from itertools import chain
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.cache import ContentCache
@@ -96,21 +97,25 @@ def ingest(
     a rerun picks up the remainder and adds nothing twice.
     """
     opts = options or IngestOptions()
-    tables = catalog.read()
+    tables = catalog.read(_SEEN_COLUMNS)
     listing = chain.from_iterable(
         store.list(f"{source.value}/", page_size=opts.page_size) for source in opts.sources
     )
     candidates, refusals = pair_objects(listing)
-    seen = _seen(tables)
-    todo = [c for c in candidates if c.identity not in seen]
+    todo = _unseen(candidates, tables)
     report = IngestReport(run_id, listed_pairs=len(candidates), skipped=len(candidates) - len(todo))
-    known = _known_hashes(tables)
-    quarantined = _quarantined(tables)
-    fresh_refusals = [r for r in refusals if _refusal_identity(r) not in quarantined]
+    known = _KnownHashes(tables)
+    listed_before = _quarantined(tables, refusals)
+    fresh_refusals = [r for r in refusals if _refusal_identity(r) not in listed_before]
     check = _Checker(store, cache, opts.max_pixels, run_id)
     with ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="ingest") as pool:
         for number, batch in enumerate(_batches(todo, opts.batch_size)):
-            rows, batch_refusals = _resolve(pool.map(check, batch), known, quarantined)
+            checked = list(pool.map(check, batch))
+            found = [c.refusal for c in checked if c.refusal is not None]
+            rows, batch_refusals = _resolve(
+                iter(checked), known.of(checked), _quarantined(tables, found)
+            )
+            known.add(rows)
             if number == 0:
                 batch_refusals = fresh_refusals + batch_refusals
             _commit(catalog, rows, batch_refusals, run_id, number)
@@ -121,6 +126,7 @@ def ingest(
     if not todo and fresh_refusals:
         _commit(catalog, [], fresh_refusals, run_id, 0)
         report.refusals += fresh_refusals
+    catalog.compact()
     return report
 
 
@@ -258,21 +264,72 @@ def _commit(
     )
 
 
-def _seen(tables: CatalogTables) -> set[tuple[str, str, str]]:
-    """Pairs that need no new look: ingested, or refused for a reason a retry cannot fix."""
-    samples = tables.samples.select(["image_key", "image_etag", "mask_etag"]).to_pylist()
-    seen = {(r["image_key"], r["image_etag"], r["mask_etag"]) for r in samples}
-    refused = tables.quarantine.select(["key", "etag", "mask_etag", "retryable"]).to_pylist()
-    return seen | {(r["key"], r["etag"], r["mask_etag"]) for r in refused if not r["retryable"]}
+_SEEN_COLUMNS = (
+    "image_key",
+    "image_etag",
+    "mask_etag",
+    "image_sha256",
+    "mask_sha256",
+    "ingested_at",
+)
+_IDENTITY = ["image_key", "image_etag", "mask_etag"]
 
 
-def _known_hashes(tables: CatalogTables) -> dict[str, tuple[str, str]]:
-    current = tables.current_samples().select(["image_sha256", "image_key", "mask_sha256"])
-    return {r["image_sha256"]: (r["image_key"], r["mask_sha256"]) for r in current.to_pylist()}
+def _unseen(candidates: list[Candidate], tables: CatalogTables) -> list[Candidate]:
+    """The candidates that need a look: neither ingested nor refused for a reason a retry cannot
+    fix, matched by an Arrow anti-join (no Python set of every catalogued key)."""
+    if not candidates:
+        return []
+    listed = pa.table(
+        {
+            "image_key": [c.image.key for c in candidates],
+            "image_etag": [c.image.etag for c in candidates],
+            "mask_etag": [c.mask.etag for c in candidates],
+            "position": pa.array(range(len(candidates)), pa.int64()),
+        }
+    )
+    refused = tables.quarantine.filter(pc.invert(tables.quarantine.column("retryable")))  # pyright: ignore[reportAttributeAccessIssue]
+    seen = pa.concat_tables(
+        [
+            tables.samples.select(_IDENTITY),
+            refused.select(["key", "etag", "mask_etag"]).rename_columns(_IDENTITY),
+        ]
+    )
+    fresh = listed.join(seen, _IDENTITY, join_type="left anti", use_threads=False)
+    positions = sorted(fresh.column("position").to_pylist())
+    return [candidates[i] for i in positions]
 
 
-def _quarantined(tables: CatalogTables) -> set[tuple]:
-    rows = tables.current_quarantine().select(["key", "etag", "mask_etag", "reason"]).to_pylist()
+class _KnownHashes:
+    """Image sha256 -> (image key, mask sha256) of the current catalog and of this run's rows,
+    looked up a batch at a time (Arrow filters, not a dict of every catalogued sample)."""
+
+    def __init__(self, tables: CatalogTables) -> None:
+        current = tables.current_samples()
+        self.current = current.select(["image_sha256", "image_key", "mask_sha256"])
+        self.added: dict[str, tuple[str, str]] = {}
+
+    def of(self, checked: Sequence[_Checked]) -> dict[str, tuple[str, str]]:
+        shas = [str(c.row["image_sha256"]) for c in checked if c.row is not None]
+        wanted = pa.array(shas, pa.string())
+        column = self.current.column("image_sha256")
+        hits = self.current.filter(pc.is_in(column, wanted))  # pyright: ignore[reportAttributeAccessIssue]
+        known = {r["image_sha256"]: (r["image_key"], r["mask_sha256"]) for r in hits.to_pylist()}
+        return known | {s: self.added[s] for s in shas if s in self.added}
+
+    def add(self, rows: Sequence[dict[str, object]]) -> None:
+        for row in rows:
+            self.added[str(row["image_sha256"])] = (str(row["image_key"]), str(row["mask_sha256"]))
+
+
+def _quarantined(tables: CatalogTables, refusals: Sequence[Refusal]) -> set[tuple]:
+    """The current quarantine identities (key, etag, mask etag, reason) of these refusals' keys."""
+    if not refusals:
+        return set()
+    current = tables.current_quarantine()
+    keys = pa.array(sorted({r.key for r in refusals}), pa.string())
+    rows = current.filter(pc.is_in(current.column("key"), keys))  # pyright: ignore[reportAttributeAccessIssue]
+    rows = rows.select(["key", "etag", "mask_etag", "reason"]).to_pylist()
     return {(r["key"], r["etag"], r["mask_etag"], r["reason"]) for r in rows}
 
 

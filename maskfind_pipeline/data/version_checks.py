@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
@@ -41,38 +41,30 @@ def _schema(manifest: pa.Table) -> CheckOutcome:
 
 
 def _no_leakage(manifest: pa.Table) -> CheckOutcome:
-    splits_by_hash: dict[str, set[str]] = {}
-    for digest, split in zip(
-        manifest.column("image_sha256").to_pylist(),
-        manifest.column("split").to_pylist(),
-        strict=True,
-    ):
-        splits_by_hash.setdefault(digest, set()).add(split)
-    leaked = [d for d, s in splits_by_hash.items() if len(s) > 1]
-    duplicated = [k for k, n in Counter(manifest.column("sample_id").to_pylist()).items() if n > 1]
-    ok = not leaked and not duplicated
+    by_hash = manifest.group_by("image_sha256", use_threads=False).aggregate(
+        [("split", "count_distinct")]
+    )
+    leaked = by_hash.filter(pa.array(np.asarray(by_hash.column("split_count_distinct")) > 1))
+    by_id = manifest.group_by("sample_id", use_threads=False).aggregate([("sample_id", "count")])
+    twice = by_id.filter(pa.array(np.asarray(by_id.column("sample_id_count")) > 1))
+    leaked_ids = leaked.column("image_sha256").to_pylist()
+    duplicated = twice.column("sample_id").to_pylist()
+    ok = not leaked_ids and not duplicated
     return CheckOutcome(
         "no_split_leakage",
         ok,
         "no content hash in two splits, no sample twice"
         if ok
-        else f"{len(leaked)} hashes in several splits, {len(duplicated)} duplicated samples",
-        details={"leaked": leaked[:20], "duplicated": duplicated[:20]},
+        else f"{len(leaked_ids)} hashes in several splits, {len(duplicated)} duplicated samples",
+        details={"leaked": leaked_ids[:20], "duplicated": duplicated[:20]},
     )
 
 
 def _test_coverage(manifest: pa.Table) -> CheckOutcome:
-    types = set(manifest.column("image_type").to_pylist())
-    tested = {
-        t
-        for t, s in zip(
-            manifest.column("image_type").to_pylist(),
-            manifest.column("split").to_pylist(),
-            strict=True,
-        )
-        if s == "test"
-    }
-    missing = sorted(types - tested)
+    types = manifest.column("image_type")
+    split = np.asarray(manifest.column("split").to_numpy(zero_copy_only=False))
+    tested = set(types.filter(pa.array(split == "test")).unique().to_pylist())
+    missing = sorted(set(types.unique().to_pylist()) - tested)
     return CheckOutcome(
         "every_image_type_tested",
         not missing,
@@ -85,7 +77,8 @@ def _test_coverage(manifest: pa.Table) -> CheckOutcome:
 
 
 def _failures_included(manifest: pa.Table, catalog_failures: int) -> CheckOutcome:
-    included = sum(1 for s in manifest.column("source").to_pylist() if s == "failure")
+    source = np.asarray(manifest.column("source").to_numpy(zero_copy_only=False))
+    included = int(np.count_nonzero(source == "failure"))
     ok = catalog_failures == 0 or included > 0
     return CheckOutcome(
         "failures_included",

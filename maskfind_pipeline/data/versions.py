@@ -64,14 +64,15 @@ def assign_splits(sample_ids: pa.Array | pa.ChunkedArray, fractions: Sequence[fl
     return np.asarray(SPLITS, dtype=object)[np.searchsorted(edges, position, side="right")]
 
 
-def hash_positions(sample_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Map sha256 hex digests to [0, 1) by their first 15 hex digits, without Python objects."""
+def hash_positions(sample_ids: pa.Array | pa.ChunkedArray, *, offset: int = 0) -> np.ndarray:
+    """Map sha256 hex digests to [0, 1) by 15 hex digits (the first, or from `offset`), without
+    Python objects."""
     if isinstance(sample_ids, pa.ChunkedArray):
         sample_ids = sample_ids.combine_chunks()
     offsets, data = _string_buffers(sample_ids)
     if len(sample_ids) and not np.all(np.diff(offsets) == 64):
         raise ValueError("sample ids must be sha256 hex digests (64 characters)")
-    digits = data.reshape(-1, 64)[:, :15]
+    digits = data.reshape(-1, 64)[:, offset : offset + 15]
     values = _HEX[digits].astype(np.uint64)
     if (values > 15).any():
         raise ValueError("sample ids must be lowercase sha256 hex digests")
@@ -127,18 +128,33 @@ def counts(manifest: pa.Table) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def diff(parent: pa.Table | None, child: pa.Table) -> list[dict[str, object]]:
-    """Samples added, removed and relabeled per image type and source, parent -> child."""
-    before = _index(parent) if parent is not None else {}
-    after = _index(child)
+    """Samples added, removed and relabeled per image type and source, parent -> child (Arrow
+    joins: no Python object per sample)."""
+    keys = ["sample_id", "image_type", "source", "mask_sha256"]
+    after = child.select(keys)
+    before = (parent if parent is not None else child.schema.empty_table()).select(keys)
+    old = before.select(["sample_id", "mask_sha256"]).rename_columns(["sample_id", "old_mask"])
+    joined = after.join(old, "sample_id", join_type="left outer", use_threads=False)
+    old_mask = joined.column("old_mask")
+    added = np.asarray(old_mask.is_null())
+    changed = ~added & (
+        np.asarray(joined.column("mask_sha256").to_numpy(zero_copy_only=False))
+        != np.asarray(old_mask.to_numpy(zero_copy_only=False))
+    )
+    removed = before.join(
+        after.select(["sample_id"]), "sample_id", join_type="left anti", use_threads=False
+    )
     tally: Counter[tuple[str, str, str]] = Counter()
-    for sid, (image_type, source, mask) in after.items():
-        if sid not in before:
-            tally[(image_type, source, "added")] += 1
-        elif before[sid][2] != mask:
-            tally[(image_type, source, "relabeled")] += 1
-    for sid, (image_type, source, _) in before.items():
-        if sid not in after:
-            tally[(image_type, source, "removed")] += 1
+    for change, table in (
+        ("added", joined.filter(pa.array(added))),
+        ("relabeled", joined.filter(pa.array(changed))),
+        ("removed", removed),
+    ):
+        grouped = table.group_by(["image_type", "source"], use_threads=False).aggregate(
+            [("sample_id", "count")]
+        )
+        for row in grouped.to_pylist():
+            tally[(row["image_type"], row["source"], change)] += row["sample_id_count"]
     rows: dict[tuple[str, str], dict[str, object]] = {}
     for (image_type, source, change), n in sorted(tally.items()):
         row = rows.setdefault(
@@ -147,13 +163,6 @@ def diff(parent: pa.Table | None, child: pa.Table) -> list[dict[str, object]]:
         )
         row[change] = n
     return list(rows.values())
-
-
-def _index(manifest: pa.Table) -> dict[str, tuple[str, str, str]]:
-    cols = [
-        manifest.column(c).to_pylist() for c in ("sample_id", "image_type", "source", "mask_sha256")
-    ]
-    return {sid: (t, s, m) for sid, t, s, m in zip(*cols, strict=True)}
 
 
 def _warnings(manifest: pa.Table, config: VersionConfig) -> list[str]:

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
-from maskfind_pipeline.data.catalog import Catalog
+from maskfind_pipeline.data.catalog import CATALOG_SCHEMA, Catalog
 from maskfind_pipeline.data.contact_sheet import contact_sheet_png
+from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot, diff
@@ -31,6 +34,13 @@ class VersionOutcome:
         return str(self.card["id"])
 
 
+_VERSION_COLUMNS = (
+    *(n for n in MANIFEST_SCHEMA.names if n in CATALOG_SCHEMA.names),
+    "ingested_at",
+)
+"""The catalog columns a version is made of (and the order `current_samples` needs)."""
+
+
 def publish_dataset_version(
     work_store: ObjectStore, config: VersionConfig, *, code_version: str = ""
 ) -> VersionOutcome:
@@ -39,7 +49,7 @@ def publish_dataset_version(
     Raises:
         EmptyCatalog: the catalog holds no sample.
     """
-    samples = Catalog(work_store).read().current_samples()
+    samples = Catalog(work_store).read(_VERSION_COLUMNS).current_samples()
     versions = VersionStore(work_store)
     published = versions.publish(
         build_snapshot(samples, config), catalog_rows=samples.num_rows, code_version=code_version
@@ -47,7 +57,8 @@ def publish_dataset_version(
     card = published.card
     manifest = versions.manifest(published.version_id)
     parent = versions.manifest(card["parent"]) if card["parent"] else None
-    failures = sum(1 for s in samples.column("source").to_pylist() if s == "failure")
+    source = np.asarray(samples.column("source").to_numpy(zero_copy_only=False))
+    failures = int(np.count_nonzero(source == "failure"))
     checks = [
         *check_version(manifest, catalog_failures=failures),
         CheckOutcome("manifest_checksum", True, "manifest sha256 and id verified"),
@@ -61,14 +72,16 @@ def added_samples_sheet(
     """A contact sheet (PNG) of the samples `version_id` added to its parent, masks outlined,
     captioned with image type and source: up to `limit`, taken in turn from each image type.
     None when it added none."""
-    manifest = versions.manifest(version_id).to_pylist()
+    manifest = versions.manifest(version_id)
     card = versions.card(version_id)
-    parent = versions.manifest(card["parent"]) if card.get("parent") else None
-    old = set(parent.column("sample_id").to_pylist()) if parent is not None else set()
+    columns = ["sample_id", "image_type", "source", "image_key", "mask_key"]
+    if card.get("parent"):
+        old = versions.manifest(card["parent"]).column("sample_id")
+        added = pc.invert(pc.is_in(manifest.column("sample_id"), value_set=old))  # pyright: ignore[reportAttributeAccessIssue]
+        manifest = manifest.filter(added)
     by_type: dict[str, list[dict[str, Any]]] = {}
-    for row in manifest:
-        if row["sample_id"] not in old:
-            by_type.setdefault(str(row["image_type"]), []).append(row)
+    for row in _first_per_type(manifest.select(columns), limit).to_pylist():
+        by_type.setdefault(str(row["image_type"]), []).append(row)
     chosen = [rows[i] for i in range(limit) for rows in by_type.values() if i < len(rows)][:limit]
     if not chosen:
         return None
@@ -81,6 +94,19 @@ def added_samples_sheet(
         for row in chosen
     ]
     return contact_sheet_png(tiles, columns=6, tile=128)
+
+
+def _first_per_type(table: pa.Table, limit: int) -> pa.Table:
+    """The first `limit` rows of each image type, in table order (Arrow, no row dicts)."""
+    if table.num_rows == 0:
+        return table
+    types = table.column("image_type").combine_chunks().dictionary_encode()
+    codes = np.asarray(types.indices)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], codes[order], side="left")
+    rank = np.empty(len(codes), np.int64)
+    rank[order] = np.arange(len(codes)) - starts
+    return table.filter(pa.array(rank < limit))
 
 
 def _decoded(data: bytes, *, rgb: bool) -> np.ndarray:

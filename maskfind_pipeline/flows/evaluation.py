@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
+import numpy as np
 import pyarrow as pa
 
 from maskfind_pipeline.data.cache import ContentCache
@@ -14,10 +16,13 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
+from maskfind_pipeline.evaluation.members import update_members
 from maskfind_pipeline.evaluation.planning import CellRows, MatrixPlan, fill_matrix, plan_cells
 from maskfind_pipeline.evaluation.report import type_deltas
+from maskfind_pipeline.evaluation.scores import ScoreStore, cell_rows, score_rows, unscored
 from maskfind_pipeline.flows.settings import EvaluationOptions
-from maskfind_pipeline.ml.inference import evaluate_loader
+from maskfind_pipeline.ml.inference import predict_probabilities
+from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
@@ -48,36 +53,60 @@ def update_matrix(
     on_cell: Callable[[Cell, CellRows], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> MatrixOutcome:
-    """Compute every missing cell of the matrix (see `plan_cells`), log each to MLflow."""
+    """Compute every missing cell of the matrix (see `plan_cells`), log each to MLflow.
+
+    Each model of a missing cell first scores the distinct test samples (by content) of the
+    versions it is missing on that it has not scored yet, once (`SampleScorer`); every cell is
+    then an aggregate of the model's per-sample scores (`evaluation.scores.cell_rows`) over the
+    version's test split as the membership table holds it (`evaluation.members`: only the
+    manifests of versions new since the last run are read).
+    """
     champion, challenger = registry.alias_or_none(CHAMPION), registry.alias_or_none(CHALLENGER)
     pinned = [m.version for m in (champion, challenger) if m is not None]
+    models = [m.version for m in registry.versions()]
+    cards = versions.list()
+    members = update_members(cells.store, versions, cards)
+    recent = models[-options.last_n :] if options.last_n else models
     plan = plan_cells(
-        [m.version for m in registry.versions()],
-        versions.list(),
-        cells.existing(),
+        models,
+        cards,
+        cells.existing({*recent, *pinned}),
         pinned=pinned,
         last_n=options.last_n,
     )
     if on_plan:
         on_plan(plan)
-    evaluate_cell = CellEvaluator(
+    scores = ScoreStore(cells.store)
+    scorer = SampleScorer(
         registry=registry,
-        versions=versions,
         data_store=data_store,
         cache=cache,
         decoded_root=decoded_root,
         batch_size=options.batch_size,
         device=options.device,
     )
+    scored: dict[str, pa.Table] = {}
 
     def evaluate(cell: Cell) -> CellRows:
-        if log:
-            log(f"evaluating model v{cell.model_version} on {cell.dataset_version}")
-        rows = evaluate_cell(cell)
+        model = cell.model_version
+        if model not in scored:
+            wanted = [c.dataset_version for c in plan.missing if c.model_version == model]
+            scored[model] = scorer.ensure(model, members.rows_of(wanted), scores, log=log)
+        rows = cell_rows(
+            scored[model],
+            members.test_split(cell.dataset_version),
+            model_version=model,
+            dataset_version=cell.dataset_version,
+        )
+        now = datetime.now(UTC)
+        rows = [{**row, "mlflow_run_id": None, "evaluated_at": now} for row in rows]
         run_id = log_cell_run(registry, cell, rows)
         return [{**row, "mlflow_run_id": run_id} for row in rows]
 
     written = fill_matrix(plan, cells, evaluate, on_cell)
+    touched = sorted({c.model_version for c in written})
+    scores.compact(touched)
+    cells.compact(touched)
     table = cells.read(plan.wanted)
     deltas = (
         type_deltas(table, challenger.version, champion.version) if champion and challenger else []
@@ -85,77 +114,81 @@ def update_matrix(
     return MatrixOutcome(plan, written, table, deltas)
 
 
-class CellEvaluator:
-    """Metrics of a model version on a dataset version's test split, one row per group.
+class SampleScorer:
+    """Scores a model version on test samples it has not scored: per-sample pixel counts and
+    IoU at the model's threshold, in chunks of `chunk` samples, each chunk committed as a part
+    of the scores table (a crash keeps the finished chunks; a rerun scores the rest).
 
-    Each model version is downloaded once and each dataset version read once per evaluator;
-    the test split is served from the version's decoded cache (the one training built at the
-    same input size, so evaluation usually decodes nothing). Models run on `device` (None:
-    CUDA when available) with `ml.device`'s precision rule.
+    Each model version is downloaded once per scorer; the samples are served from the decoded
+    store (content-addressed: what training decoded is not decoded again). Models run on
+    `device` (None: CUDA when available) with `ml.device`'s precision rule.
     """
 
     def __init__(
         self,
         *,
         registry: ModelRegistry,
-        versions: VersionStore,
         data_store: ObjectStore,
         cache: ContentCache,
         decoded_root: Path,
         batch_size: int = 32,
         device: str | None = None,
+        chunk: int = 4096,
     ) -> None:
-        self.registry, self.versions = registry, versions
+        self.registry = registry
         self.data_store, self.cache, self.decoded_root = data_store, cache, decoded_root
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.chunk = batch_size, device, chunk
         self._predictors: dict[str, Predictor] = {}
-        self._manifests: dict[str, pa.Table] = {}
 
-    def __call__(self, cell: Cell) -> CellRows:
-        predictor = self._predictor(cell.model_version)
-        manifest = self._manifest(cell.dataset_version)
+    def ensure(
+        self,
+        model_version: str,
+        tests: pa.Table,
+        scores: ScoreStore,
+        *,
+        log: Callable[[str], None] | None = None,
+    ) -> pa.Table:
+        """The model's scores, after scoring the rows of `tests` it has none for."""
+        have = scores.of(model_version)
+        todo = unscored(tests, have)
+        if todo.num_rows and log:
+            log(f"scoring model v{model_version} on {todo.num_rows} new test sample(s)")
+        for number, start in enumerate(range(0, todo.num_rows, self.chunk)):
+            part = self.score(model_version, todo.slice(start, self.chunk))
+            scores.append(part, model_version=model_version, name=f"{uuid4().hex[:12]}-{number}")
+            have = pa.concat_tables([have, part])
+        return have
+
+    def score(self, model_version: str, rows: pa.Table) -> pa.Table:
+        """Per-sample scores of `model_version` on manifest `rows` (a per-sample map)."""
+        predictor = self._predictor(model_version)
         config = predictor.config
+        chunk = rows.set_column(
+            rows.schema.get_field_index("split"), "split", pa.array(["test"] * rows.num_rows)
+        )
         decoded = build_decoded(
-            manifest,
-            self.data_store,
-            self.cache,
-            self.decoded_root,
-            version_id=cell.dataset_version,
-            size=config.input_size,
+            chunk, self.data_store, self.cache, self.decoded_root, size=config.input_size
         )
-        loaders = make_loaders(manifest, decoded, batch_size=self.batch_size, augment=None, seed=0)
-        if "test" not in loaders:
-            raise ValueError(f"dataset version {cell.dataset_version} has no test samples")
-        metrics = evaluate_loader(
-            predictor.model,
-            config,
-            loaders["test"],
-            image_types=manifest.column("image_type").to_pylist(),
-            sources=manifest.column("source").to_pylist(),
-            settings=predictor.settings,
+        loaders = make_loaders(chunk, decoded, batch_size=self.batch_size, augment=None, seed=0)
+        predictions = predict_probabilities(
+            predictor.model, config, loaders["test"], settings=predictor.settings
         )
-        now = datetime.now(UTC)
-        return [
-            {
-                **row,
-                "model_version": cell.model_version,
-                "dataset_version": cell.dataset_version,
-                "threshold": config.threshold,
-                "mlflow_run_id": None,
-                "evaluated_at": now,
-            }
-            for row in metrics.rows()
-        ]
+        counts = pixel_counts(predictions.probabilities, predictions.masks, config.threshold)
+        order = predictions.indices
+        return score_rows(
+            model_version,
+            np.asarray(chunk.column("sample_id").to_pylist(), dtype=object)[order].tolist(),
+            np.asarray(chunk.column("mask_sha256").to_pylist(), dtype=object)[order].tolist(),
+            (counts.tp, counts.fp, counts.fn),
+            iou_per_image(counts),
+            config.threshold,
+            datetime.now(UTC),
+        )
 
     def _predictor(self, version: str) -> Predictor:
         if version not in self._predictors:
             self._predictors[version] = load_model(self.registry, version).to(self.device)
         return self._predictors[version]
-
-    def _manifest(self, dataset_version: str) -> pa.Table:
-        if dataset_version not in self._manifests:
-            self._manifests[dataset_version] = self.versions.manifest(dataset_version)
-        return self._manifests[dataset_version]
 
 
 def log_cell_run(registry: ModelRegistry, cell: Cell, rows: CellRows) -> str:

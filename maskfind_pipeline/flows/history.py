@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from maskfind_pipeline.data.production import PREDICTIONS, PredictionLog, parse_day
+from maskfind_pipeline.data.parts import PartTable
+from maskfind_pipeline.data.production import (
+    PREDICTION_SCHEMA,
+    PREDICTIONS,
+    PredictionLog,
+    parse_day,
+)
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.history import (
@@ -45,14 +51,19 @@ class HistoryReport:
 def build_history(
     policy: HistoryPolicy, *, registry: ModelRegistry, work_store: ObjectStore
 ) -> HistoryReport:
-    """Read the registry's champion terms, every evaluated cell and the newest production days'
-    logs (`policy.production_days`), and tabulate, check and plot them."""
+    """Read the registry's champion terms, every evaluated cell (one compacted table) and the
+    newest production days' logs (`policy.production_days`), and tabulate, check and plot them.
+    Each day's log but the newest's is compacted into one file first (`compact_day`)."""
     terms = champion_terms({m.version: m.tags for m in registry.versions()})
     order = [card["id"] for card in VersionStore(work_store).list()]
-    miou = champion_miou(CellStore(work_store).read().to_pylist(), terms, order)
+    champions = sorted({t.version for t in terms})
+    miou = champion_miou(CellStore(work_store).read(models=champions).to_pylist(), terms, order)
+    days = logged_days(work_store)[-policy.production_days :]
+    for day in days[:-1]:
+        compact_day(work_store, day)
     daily = [
         row
-        for day in logged_days(work_store)[-policy.production_days :]
+        for day in days
         for row in daily_production(
             PredictionLog(work_store, day).current().select(_LOG_COLUMNS).to_pylist()
         )
@@ -68,6 +79,13 @@ def build_history(
             "history-novelty-rate": novelty_rate_png(daily),
         },
     )
+
+
+def compact_day(work_store: ObjectStore, day: str) -> bool:
+    """Merge a day's log parts into one file (`data.parts.PartTable`); `PredictionLog` reads
+    the compacted file like any part, and its latest-row-per-image view is unchanged."""
+    log = PredictionLog(work_store, day)
+    return PartTable(work_store, log.prefix, PREDICTION_SCHEMA).compact(min_parts=2)
 
 
 def logged_days(work_store: ObjectStore) -> list[str]:

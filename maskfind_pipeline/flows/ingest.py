@@ -15,7 +15,7 @@ from maskfind_pipeline.storage.base import ObjectStore
 
 @dataclass(frozen=True)
 class IngestOutcome:
-    """What one ingest did, and the catalog's current samples after it."""
+    """What one ingest did, and the catalog's current samples after it (`_OUTCOME_COLUMNS`)."""
 
     report: IngestReport
     samples: pa.Table
@@ -36,4 +36,9 @@ def ingest_catalog(
     report = ingest(
         data_store, catalog, run_id=run_id, options=options, cache=cache, progress=progress
     )
-    return IngestOutcome(report, catalog.read().current_samples(), summarize(report))
+    current = catalog.read(_OUTCOME_COLUMNS).current_samples()
+    return IngestOutcome(report, current, summarize(report))
+
+
+_OUTCOME_COLUMNS = ("sample_id", "image_key", "image_type", "source", "ingested_at")
+"""The columns of the current samples an ingest reports (counts per image type and source)."""

@@ -48,7 +48,9 @@ def gate_and_promote(
     decision = (
         GateDecision(False, [f"candidate {candidate} is from a failed training attempt: {failed}"])
         if failed
-        else decide(cells.read(), candidate, before, policy)
+        else decide(
+            cells.read(models=[m for m in (candidate, before) if m]), candidate, before, policy
+        )
     )
     if decision.passed:
         promote(registry, candidate, actor=actor, reason="gate passed", evidence=decision.evidence)
@@ -70,9 +72,9 @@ def promote_by_hand(
         raise ValueError("a manual promotion needs a reason")
     registry.get(request.version)
     champion = registry.alias_or_none(CHAMPION)
-    decision = decide(
-        cells.read(), request.version, champion.version if champion else None, request.gate
-    )
+    before = champion.version if champion else None
+    compared = cells.read(models=[m for m in (request.version, before) if m])
+    decision = decide(compared, request.version, before, request.gate)
     if not decision.passed and not request.force:
         raise PromotionRefused(decision)
     move = promote(

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from maskfind_pipeline.data.cache import ContentCache
-from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
+from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded, fit_to_budget
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
@@ -68,6 +68,8 @@ class VersionData:
     version: str
     manifest: pa.Table
     decoded: DecodedArrays
+    train_share: float = 1.0
+    """The share of the version's train split trained on (below 1 past the decoded budget)."""
 
     def column(self, name: str) -> list[Any]:
         return self.manifest.column(name).to_pylist()
@@ -125,12 +127,20 @@ def load_version(
     cache: ContentCache,
     decoded_root: Path,
 ) -> VersionData:
-    """The manifest of dataset version `vid`, decoded at the model's input size (built once)."""
-    manifest = versions.manifest(vid)
+    """The manifest of dataset version `vid`, decoded at the model's input size (each sample's
+    pixels decoded once, shared with earlier versions). A version whose pixels do not fit the
+    decoded store's budget is trained on its val rows and a content-hash share of its train
+    rows (`data.decoded.fit_to_budget`; the share is logged as tag `train_share`)."""
+    fitted = fit_to_budget(versions.manifest(vid), settings.model.input_size)
     decoded = build_decoded(
-        manifest, data_store, cache, decoded_root, version_id=vid, size=settings.model.input_size
+        fitted.manifest,
+        data_store,
+        cache,
+        decoded_root,
+        version_id=vid,
+        size=settings.model.input_size,
     )
-    return VersionData(vid, manifest, decoded)
+    return VersionData(vid, fitted.manifest, decoded, fitted.train_share)
 
 
 def register(
@@ -167,6 +177,7 @@ def register(
             "stop_reason": result.stop_reason,
             "pretrained": str(result.pretrained).lower(),
             "warm_start_from": start.version if start else "",
+            **({"train_share": f"{data.train_share:.4f}"} if data.train_share < 1 else {}),
             **(tags or {}),
         },
     )

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from maskfind_pipeline.data.decoded import Pixels
 from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.features import pooled_features
 from maskfind_pipeline.ml.model import build_model, preprocess
@@ -23,7 +24,7 @@ from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
 
 def fit_novelty(
     predictor: Predictor,
-    images: np.ndarray,
+    images: Pixels,
     image_types: Sequence[str],
     splits: Sequence[str],
     config: NoveltyConfig,
@@ -83,7 +84,7 @@ def encoder_features(predictor: Predictor, images: torch.Tensor) -> torch.Tensor
 @torch.inference_mode()
 def features_of(
     predictor: Predictor,
-    images: np.ndarray,
+    images: Pixels,
     batch_size: int = 64,
     *,
     rows: np.ndarray | None = None,

@@ -161,7 +161,7 @@ def test_unsafe_keys_from_the_server_are_quarantined_and_never_touch_disk(
     assert log.outside(*roots) == []
     created = snapshot(tmp_path) - before
     assert [p for p in created if not any(p.is_relative_to(root) for root in roots)] == []
-    # inside the roots, only the fine pair's bytes and the catalog's parts
+    # inside the roots, only the fine pair's bytes and the catalog's files (compacted at the end)
     row = report.new_rows[0]
     shas = (str(row["image_sha256"]), str(row["mask_sha256"]))
     assert _files(created, cache_root) == {f"{sha[:2]}/{sha}" for sha in shas}
@@ -169,7 +169,10 @@ def test_unsafe_keys_from_the_server_are_quarantined_and_never_touch_disk(
     assert parts and all(_CATALOG_PART.fullmatch(part) for part in parts), parts
 
 
-_CATALOG_PART = re.compile(r"catalog/(samples|quarantine)/part-[^/]+\.parquet")
+_CATALOG_PART = re.compile(
+    r"catalog/(samples|quarantine)/"
+    r"(part-[^/]+\.parquet|_compacted/[^/]+\.parquet|_snapshots/[0-9]+\.json)"
+)
 
 
 def _files(paths: set[Path], root: Path) -> set[str]:

@@ -156,3 +156,60 @@ def test_damaged_manifest_is_a_clear_error(store: ObjectStore, damage: str) -> N
 def test_missing_version_is_a_clear_error(store: ObjectStore) -> None:
     with pytest.raises(VersionNotFound, match="ds-nope does not exist"):
         VersionStore(store).manifest("ds-nope")
+
+
+def _naive_diff(parent: pa.Table | None, child: pa.Table) -> list[dict[str, object]]:
+    """The diff as Python dicts of every sample (the baseline the Arrow diff must equal)."""
+    from collections import Counter
+
+    def index(m: pa.Table) -> dict[str, tuple[str, str, str]]:
+        cols = [
+            m.column(c).to_pylist() for c in ("sample_id", "image_type", "source", "mask_sha256")
+        ]
+        return {sid: (t, s, k) for sid, t, s, k in zip(*cols, strict=True)}
+
+    before, after = (index(parent) if parent is not None else {}), index(child)
+    tally: Counter[tuple[str, str, str]] = Counter()
+    for sid, (t, s, k) in after.items():
+        if sid not in before:
+            tally[(t, s, "added")] += 1
+        elif before[sid][2] != k:
+            tally[(t, s, "relabeled")] += 1
+    for sid, (t, s, _) in before.items():
+        if sid not in after:
+            tally[(t, s, "removed")] += 1
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    for (t, s, change), n in sorted(tally.items()):
+        row = rows.setdefault(
+            (t, s), {"image_type": t, "source": s, "added": 0, "removed": 0, "relabeled": 0}
+        )
+        row[change] = n
+    return list(rows.values())
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    kept=st.integers(0, 60),
+    dropped=st.integers(0, 20),
+    added=st.integers(0, 40),
+    relabeled=st.integers(0, 20),
+    seed=st.integers(0, 3),
+)
+def test_the_diff_equals_a_per_sample_count(
+    kept: int, dropped: int, added: int, relabeled: int, seed: int
+) -> None:
+    base = fake_catalog(kept + dropped, seed=seed, failure_fraction=0.3)
+    child = pa.concat_tables(
+        [base.slice(0, kept), fake_catalog(added, seed=seed, start=500, failure_fraction=0.3)]
+    )
+    masks = child.column("mask_sha256").to_pylist()
+    for i in range(min(relabeled, kept)):
+        masks[i] = f"{i:064x}"
+    child = child.set_column(
+        child.schema.get_field_index("mask_sha256"), "mask_sha256", pa.array(masks)
+    )
+    parent = build_snapshot(base, VersionConfig()).manifest if base.num_rows else None
+    manifest = build_snapshot(child, VersionConfig()).manifest if child.num_rows else None
+    if manifest is None:
+        return
+    assert diff(parent, manifest) == _naive_diff(parent, manifest)
