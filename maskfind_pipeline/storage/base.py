@@ -63,6 +63,11 @@ class ObjectStore(ABC):
             CorruptTransfer: the received bytes failed the store's checksum.
         """
 
+    def head(self, key: str, length: int, *, if_match: str | None = None) -> bytes:
+        """The first `length` bytes of the object (all of it when shorter): enough to read an
+        image's header before deciding to fetch the whole file. Raises as `get` does."""
+        return self.get(key, if_match=if_match)[:length]
+
     @abstractmethod
     def put(
         self,

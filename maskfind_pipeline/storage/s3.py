@@ -118,6 +118,17 @@ class S3ObjectStore(ObjectStore):
         )
         return response["Body"].read()
 
+    def head(self, key: str, length: int, *, if_match: str | None = None) -> bytes:
+        extra = {"IfMatch": f'"{if_match}"'} if if_match else {}
+        extra["Range"] = f"bytes=0-{max(length, 1) - 1}"
+        with _translate_errors(key):
+            response = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                **extra,
+            )
+            return response["Body"].read()[:length]
+
     def put(
         self,
         key: str,

@@ -29,6 +29,18 @@ def test_missing_key_raises_not_found(store: ObjectStore) -> None:
         store.tags("labeled/missing.png")
 
 
+def test_head_reads_only_the_first_bytes_and_checks_the_etag(store: ObjectStore) -> None:
+    store.put("production/2026-11-30/a.png", bytes(range(200)))
+    (info,) = store.list("production/")
+    assert store.head(info.key, 16, if_match=info.etag) == bytes(range(16))
+    assert store.head(info.key, 1000) == bytes(range(200))
+    with pytest.raises(ObjectNotFound):
+        store.head("production/2026-11-30/missing.png", 16)
+    store.put(info.key, b"replaced since it was listed")
+    with pytest.raises(ObjectChanged):
+        store.head(info.key, 16, if_match=info.etag)
+
+
 def test_tags_roundtrip_and_default_empty(store: ObjectStore) -> None:
     store.put("labeled/a.png", b"x", tags={"image_type": "t1", "station": "s 2/3"})
     store.put("labeled/b.png", b"y")
