@@ -22,6 +22,7 @@ from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.storage.keys import MAX_SEGMENT_BYTES
+from maskfind_pipeline.storage.s3 import StoreUnavailable
 from tests.support.fswrites import record_reads
 from tests.support.models import TINY, tiny_weights
 
@@ -197,3 +198,17 @@ def test_a_half_uploaded_file_is_retried_once_complete(
     second = run_day(models, data, tmp_path, run_id="r2")
     assert second["late.png"]["status"] == "ok"
     assert second["late.png"]["image_etag"] != first["late.png"]["image_etag"]
+
+
+def test_a_store_outage_leaves_retryable_rows_that_the_next_run_retries(
+    models: ProductionModels, data: LocalObjectStore, tmp_path: Path
+) -> None:
+    class Outage(LocalObjectStore):
+        def get(self, key: str, *, if_match: str | None = None) -> bytes:
+            raise StoreUnavailable(f"{key}: S3 error 503 SlowDown")
+
+    first = run_day(models, Outage(data.root), tmp_path)
+    assert {r["status"] for r in first.values()} == {"failed"}
+    assert all(r["retryable"] and "503" in str(r["reason"]) for r in first.values())
+    second = run_day(models, data, tmp_path, run_id="r2")
+    assert {r["status"] for r in second.values()} == {"ok"} and len(second) == GOOD
