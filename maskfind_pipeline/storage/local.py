@@ -9,7 +9,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from maskfind_pipeline.storage.base import (
@@ -119,6 +119,9 @@ class LocalObjectStore(ObjectStore):
                 self._write(self._path(tags_sidecar_key(key)), json.dumps(dict(tags)).encode())
             self._write(path, data, create_only=create_only)
 
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        self._write(self._path(key), chunks)
+
     def tags(self, key: str) -> dict[str, str]:
         if not self._path(key).exists():
             raise ObjectNotFound(key)
@@ -156,12 +159,15 @@ class LocalObjectStore(ObjectStore):
             raise InvalidKey(f"invalid key {key!r}: resolves outside the store root")
         return path
 
-    def _write(self, path: Path, data: bytes, *, create_only: bool = False) -> None:
+    def _write(
+        self, path: Path, data: bytes | Iterable[bytes], *, create_only: bool = False
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
         try:
             with tmp.open("xb") as f:
-                f.write(data)
+                for chunk in (data,) if isinstance(data, bytes) else data:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             if create_only:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import io
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -145,6 +146,11 @@ class S3ObjectStore(ObjectStore):
         with _translate_errors(key, exists_on_precondition=True):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
 
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        """A multipart upload in parts of 8 MiB, fed from `chunks` as they come."""
+        with _translate_errors(key):
+            self.client.upload_fileobj(_ChunkReader(chunks), self.bucket, self._key(key))
+
     def tags(self, key: str) -> dict[str, str]:
         with _translate_errors(key):
             tag_set = self.client.get_object_tagging(Bucket=self.bucket, Key=self._key(key))
@@ -168,6 +174,27 @@ class S3ObjectStore(ObjectStore):
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only, non-seekable file over an iterable of byte strings."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks, self._left = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            try:
+                self._left = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
 
 
 @contextmanager

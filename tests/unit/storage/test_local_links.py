@@ -91,7 +91,11 @@ def test_the_sensor_counts_a_day_with_links_and_vanishing_files(root: Path) -> N
     with pytest.MonkeyPatch.context() as patch, dg.DagsterInstance.ephemeral() as instance:
         patch.setattr(os, "walk", walk_then_delete)
         context = dg.build_sensor_context(
-            instance=instance, resources={"data_store": ObjectStoreResource(uri=str(root))}
+            instance=instance,
+            resources={
+                "data_store": ObjectStoreResource(uri=str(root)),
+                "work_store": ObjectStoreResource(uri=str(root / "work")),
+            },
         )
         result = production_day_sensor(context)
     assert isinstance(result, dg.SensorResult)
