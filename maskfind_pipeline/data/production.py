@@ -152,8 +152,8 @@ def mask_key_for(image_key: str) -> str:
 
 def encode_mask(mask: np.ndarray) -> bytes:
     """A boolean mask (H, W) as a 0/255 greyscale PNG."""
-    sink = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(sink, "PNG")
+    sink = io.BytesIO()  # 0/255 as uint8 at once: one byte a pixel, no wider temporary
+    Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255)).save(sink, "PNG")
     return sink.getvalue()
 
 

@@ -375,7 +375,7 @@ class _Run:
     def _tags(self, info: ObjectInfo) -> SampleTags:
         try:
             return parse_tags(self.store.tags(info.key))
-        except StoreError:
+        except (StoreError, InvalidKey):  # the store's own failure, or a link leading outside
             raise
         except (InvalidTags, ValueError) as exc:  # tags may be fixed without a new upload
             raise _Refused(f"tags: {exc}", retryable=True) from None
