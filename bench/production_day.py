@@ -73,7 +73,7 @@ BASES = 4
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--bad", type=int, default=200)
     parser.add_argument("--pixels", type=int, default=39_000_000)
@@ -96,8 +96,10 @@ def main() -> None:
             results[name] = {**measure(Path(tmp)), "kinds": kinds, "generated_s": round(made)}
         report(name, results[name])
     ratio = results["day"]["peak_rss_mb"] / results["tenth"]["peak_rss_mb"]
-    print(f"\npeak RSS: day {results['day']['peak_rss_mb']:,.0f} MB, a tenth of it "
-          f"{results['tenth']['peak_rss_mb']:,.0f} MB: ratio {ratio:.2f}")
+    print(
+        f"\npeak RSS: day {results['day']['peak_rss_mb']:,.0f} MB, a tenth of it "
+        f"{results['tenth']['peak_rss_mb']:,.0f} MB: ratio {ratio:.2f}"
+    )
     if args.json:
         args.json.write_text(json.dumps({**results, "rss_ratio": ratio}, indent=2))
 
@@ -119,7 +121,8 @@ def make_day(root: Path, images: int, bad: int, pixels: int, twins: int) -> dict
     folder = os.fsencode(data)
     for i in range(images - bad):
         twin = i < 2 * twins
-        stem, ext = (f"twin-{i // 2:04d}", ("png", "jpg")[i % 2]) if twin else (f"img-{i:05d}", "jpg")
+        stem = f"twin-{i // 2:04d}" if twin else f"img-{i:05d}"
+        ext = ("png", "jpg")[i % 2] if twin else "jpg"
         name = f"{stem}.{ext}"
         if ext == "png":
             (data / name).write_bytes(_png_of(bases[i % BASES]))
@@ -232,17 +235,23 @@ def report(name: str, result: dict[str, object]) -> None:
         status, _ = statuses.get(file_name, ["missing", None])
         table.setdefault(kind, Counter())[str(status)] += 1
     reasons = {kinds.get(n, "?"): r for n, (s, r) in statuses.items() if s != "ok"}
-    print(f"\n== {name}: {result['listed']} images listed, {result['rows']} rows "
-          f"({result['keys_with_more_than_one_row']} keys with more than one), "
-          f"{result['distinct_mask_keys']} distinct mask keys")
+    print(
+        f"\n== {name}: {result['listed']} images listed, {result['rows']} rows "
+        f"({result['keys_with_more_than_one_row']} keys with more than one), "
+        f"{result['distinct_mask_keys']} distinct mask keys"
+    )
     for kind, counts in sorted(table.items()):
         example = f"  e.g. {str(reasons.get(kind))[:90]}" if kind in reasons else ""
         print(f"  {kind:14} {dict(counts)}{example}")
-    print(f"  reads outside the roots: {result['reads_outside_roots'] or 'none'}; "
-          f"writes outside: {result['writes_outside_roots'] or 'none'}")
-    print(f"  {result['seconds']} s, {result['images_per_second']} images/s; peak RSS "
-          f"{result['peak_rss_mb']:,} MB ({result['peak_rss_mb_before_the_day']:,} MB before "
-          f"the day: interpreter, torch, model); generated in {result['generated_s']} s")
+    print(
+        f"  reads outside the roots: {result['reads_outside_roots'] or 'none'}; "
+        f"writes outside: {result['writes_outside_roots'] or 'none'}"
+    )
+    print(
+        f"  {result['seconds']} s, {result['images_per_second']} images/s; peak RSS "
+        f"{result['peak_rss_mb']:,} MB ({result['peak_rss_mb_before_the_day']:,} MB before "
+        f"the day: interpreter, torch, model); generated in {result['generated_s']} s"
+    )
     result["statuses"] = statuses
 
 

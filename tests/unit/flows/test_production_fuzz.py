@@ -12,7 +12,6 @@ Each test runs twice: a small budget in `make test` and a long one behind `slow`
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import os
