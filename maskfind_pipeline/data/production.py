@@ -147,7 +147,7 @@ def mask_key_for(image_key: str) -> str:
     try:
         return validate_key(key)
     except InvalidKey as exc:
-        raise InvalidKey(f"its mask key {exc}") from None
+        raise InvalidKey(f"the mask key would be invalid: {exc}") from None
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
