@@ -46,7 +46,7 @@ from maskfind_pipeline.data.production import (
     encode_mask,
     image_id_of,
     list_day,
-    mask_key,
+    mask_key_for,
 )
 from maskfind_pipeline.data.tags import parse_tags
 from maskfind_pipeline.flows.production import ProductionModels, predict_day
@@ -163,7 +163,7 @@ def _naive(data: ObjectStore, out: LocalObjectStore, predictor: Predictor, revie
         small = model_input(image, predictor.config.input_size)[None]
         small_probs = torch.sigmoid(predictor.logits(small))
         grade = reviewer.grade_batch(small, small_probs, predictor.config.threshold)[0]
-        key = mask_key(day, image_id_of(info.key))
+        key = mask_key_for(info.key)
         out.put(key, encode_mask(mask))
         rows.append(
             {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -215,7 +217,7 @@ def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
 )
 def ui(port: int, mlflow_port: int, host: str) -> None:
     """Serve the Dagster UI (dagster dev: webserver + daemon) and, beside it, the MLflow UI of
-    the embedded tracking store; Ctrl-C stops both."""
+    the embedded tracking store; Ctrl-C (or SIGTERM) stops both, and it exits after them."""
     settings = _prepare_home()
     dagster_cmd, mlflow_cmd = ui_commands(settings, host=host, port=port, mlflow_port=mlflow_port)
     mlflow_ui = subprocess.Popen(mlflow_cmd, cwd=PROJECT_ROOT) if mlflow_cmd else None
@@ -227,15 +229,79 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
     click.echo(
         f"Dagster UI: http://{host}:{port}    MLflow UI: {mlflow_url}    (Ctrl-C stops both)"
     )
-    try:
-        code = subprocess.call(dagster_cmd, cwd=PROJECT_ROOT)
-    except KeyboardInterrupt:
-        code = 0
-    finally:
+    dagster = subprocess.Popen(dagster_cmd, cwd=PROJECT_ROOT)
+    children = [c for c in (dagster, mlflow_ui) if c is not None]
+    trees: dict[int, set[int]] = {c.pid: set() for c in children}
+
+    def look() -> None:  # what each has started so far (orphans leave the tree when it ends)
+        trees.update({c.pid: trees[c.pid] | _descendants(c.pid) for c in children})
+
+    def stop(signum: int, _frame: object) -> None:  # SIGTERM: what Ctrl-C does, then wait
+        look()
+        _signal(dagster, signal.SIGINT)  # dagster dev stops its webserver and daemon on it
         if mlflow_ui is not None:
-            mlflow_ui.terminate()
-            mlflow_ui.wait(timeout=30)
-    sys.exit(code)
+            _signal(mlflow_ui, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    code = None
+    while code is None:
+        try:
+            code = dagster.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            look()
+        except KeyboardInterrupt:  # Ctrl-C reached the whole group: wait for dagster dev
+            continue
+    if mlflow_ui is not None:
+        _signal(mlflow_ui, signal.SIGTERM)
+    for child in children:
+        _reap(child, trees[child.pid] | _descendants(child.pid))
+    sys.exit(0 if code in (0, -signal.SIGINT, 128 + signal.SIGINT) else code)
+
+
+def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+    if process.poll() is None:
+        process.send_signal(signum)
+
+
+def _reap(process: subprocess.Popen[bytes], tree: set[int], timeout_s: float = 30) -> None:
+    """Wait for `process`, then for what it started (`tree`): SIGTERM, then SIGKILL, to any
+    still running `timeout_s` later (e.g. a code server its parent left behind)."""
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait()
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        left = [pid for pid in tree if _alive(pid)]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = [pid for pid in left if _alive(pid)]
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def ui_commands(

@@ -20,6 +20,7 @@ Rules (documented in the README, "What ingest accepts"):
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_GREY_FRACTION = 0.2
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FORMAT_BY_EXT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
 _EXIF_ORIENTATION = 0x0112
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -67,6 +69,38 @@ def decode_image(
     """Decode and check an image by the same rules as a pair's; `InvalidImage` on any problem."""
     image, image_format, image_mode, transposed = _open_image(image_bytes, image_ext, max_pixels)
     return DecodedImage(to_rgb(image), image_format, image_mode, transposed)
+
+
+def peek_size(head: bytes, *, image_ext: str, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) from the first bytes of an image file, without decoding a pixel.
+
+    Raises:
+        InvalidImage: the header already says the image is too large (or the wrong format).
+
+    A PNG's size is in its first chunk; a JPEG's in its frame header, after its metadata.
+    Returns None when that is not within `head` (a JPEG with more metadata than `head`, or
+    not an image at all): the full decode checks it then, still before decoding a pixel.
+    """
+    expected = _FORMAT_BY_EXT.get(image_ext.lower())
+    if expected is None:
+        raise InvalidImage(f"unsupported image extension .{image_ext}")
+    if len(head) >= 24 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+        (width, height), found = struct.unpack(">II", head[16:24]), "PNG"
+    else:
+        try:
+            with Image.open(io.BytesIO(head), formats=["JPEG"]) as img:
+                width, height, found = img.width, img.height, img.format
+        except Image.DecompressionBombError as exc:
+            raise InvalidImage(f"image refused as a decompression bomb: {exc}") from None
+        except Exception:
+            return None
+    if found != expected:
+        raise InvalidImage(f"image content is {found}, expected {expected}")
+    if width * height > max_pixels:
+        raise InvalidImage(
+            f"image refused as a decompression bomb: {width}x{height} exceeds {max_pixels} pixels"
+        )
+    return width, height
 
 
 def decode_pair(

@@ -32,7 +32,7 @@ from maskfind_pipeline.storage.base import (
     ObjectNotFound,
     ObjectStore,
 )
-from maskfind_pipeline.storage.keys import Source
+from maskfind_pipeline.storage.keys import InvalidKey, Source
 
 Progress = Callable[[int, int], None]
 
@@ -145,6 +145,8 @@ class _Checker:
             return self._refuse(candidate, "fetch", f"{type(exc).__name__}: {exc}", True)
         except CorruptTransfer as exc:
             return self._refuse(candidate, "fetch", f"corrupt transfer: {exc}", True)
+        except InvalidKey as exc:  # e.g. a local symlink leading out of the store's root
+            return self._refuse(candidate, "fetch", str(exc), False)
         try:
             tags = parse_tags(self.store.tags(image_key))
         except (InvalidTags, ValueError) as exc:

@@ -6,9 +6,14 @@ store, original size, 0/255), and each day's log in the work store as create-onl
 
     predictions/<YYYY-MM-DD>/part-<utc stamp>-<run>-<n>.parquet
 
-A log row is the commit point of one image: its mask is written before the row. A re-run skips
-the images that have a final row (`ok`, or `failed` for good); a crash keeps every committed part
-and a mask without a row (left by the crash) is simply written again.
+Two images of one id (`a.png` and `a.jpg`) never share a mask: a PNG whose id has no dot keeps
+`<image_id>.mask.png`, any other image's mask is `<file name>.mask.png` (`a.jpg.mask.png`).
+
+A log row is the commit point of one image: its mask is written before the row. An image is
+known by its key and ETag: a re-run skips the images whose current version has a final row
+(`ok`, or `failed` for good), so a file replaced since (a half upload completed) is predicted
+again; a crash keeps every committed part and a mask without a row (left by the crash) is simply
+written again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ from PIL import Image
 
 from maskfind_pipeline.data.catalog import latest_by, part_name, rows_to_table, to_parquet
 from maskfind_pipeline.storage.base import ObjectInfo, ObjectStore
-from maskfind_pipeline.storage.keys import IMAGE_EXTENSIONS, MASK_SUFFIX, TAGS_SUFFIX
+from maskfind_pipeline.storage.keys import (
+    IMAGE_EXTENSIONS,
+    MASK_SUFFIX,
+    TAGS_SUFFIX,
+    InvalidKey,
+    printable_key,
+    validate_key,
+)
 
 PRODUCTION = "production/"
 PREDICTIONS = "predictions/"
@@ -123,14 +135,28 @@ def image_id_of(key: str) -> str:
     return key.rpartition("/")[2].rpartition(".")[0] or key.rpartition("/")[2]
 
 
-def mask_key(day: str, image_id: str) -> str:
-    return f"{PREDICTIONS}{day}/{image_id}{MASK_SUFFIX}"
+def mask_key_for(image_key: str) -> str:
+    """Where the mask of `production/<day>/<name>` is written: `predictions/<day>/<id>.mask.png`
+    for a PNG whose id has no dot, `predictions/<day>/<name>.mask.png` for any other image (so
+    no two images share a mask).
+
+    Raises:
+        InvalidKey: the mask's key would be no valid key (e.g. a segment past the limit).
+    """
+    folder, _, name = image_key.removeprefix(PRODUCTION).rpartition("/")
+    stem, _, ext = name.rpartition(".")
+    base = stem if ext == "png" and stem and "." not in stem else name
+    key = f"{PREDICTIONS}{folder}/{base}{MASK_SUFFIX}"
+    try:
+        return validate_key(key)
+    except InvalidKey as exc:
+        raise InvalidKey(f"the mask key would be invalid: {exc}") from None
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
     """A boolean mask (H, W) as a 0/255 greyscale PNG."""
-    sink = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(sink, "PNG")
+    sink = io.BytesIO()  # 0/255 as uint8 at once: one byte a pixel, no wider temporary
+    Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255)).save(sink, "PNG")
     return sink.getvalue()
 
 
@@ -154,10 +180,15 @@ class PredictionLog:
         """The latest row of each image key."""
         return latest_by(self.read(), "image_key", "predicted_at")
 
-    def done(self) -> set[str]:
-        """Image keys that need no more work: predicted, or failed for a reason a retry keeps."""
-        rows = self.current().select(["image_key", "retryable"]).to_pylist()
-        return {r["image_key"] for r in rows if not r["retryable"]}
+    def done(self) -> set[tuple[str, str | None]]:
+        """(image key, ETag) of the images that need no more work: predicted, or failed for a
+        reason a retry keeps; a later version of the file (another ETag) is not done."""
+        rows = self.current().select(["image_key", "image_etag", "retryable"]).to_pylist()
+        return {(r["image_key"], r["image_etag"]) for r in rows if not r["retryable"]}
+
+    def retryable(self) -> int:
+        """How many images' latest rows say a later run may succeed (e.g. a store outage)."""
+        return sum(bool(r) for r in self.current().column("retryable").to_pylist())
 
     def append(self, rows: Sequence[Mapping[str, object]], *, run_id: str, part: int) -> None:
         """Commit rows as one new create-only part (nothing for no rows)."""
@@ -178,10 +209,12 @@ def _conformed(table: pa.Table) -> pa.Table:
 def failed_row(
     info: ObjectInfo, day: str, reason: str, *, retryable: bool = False, **fields: object
 ) -> dict[str, object]:
-    """The log row of an image that could not be predicted."""
+    """The log row of an image that could not be predicted (a key that is not UTF-8 is logged
+    with its undecodable bytes escaped, `storage.keys.printable_key`)."""
+    key = identity(info)[0]
     return {
-        "image_key": info.key,
-        "image_id": image_id_of(info.key),
+        "image_key": key,
+        "image_id": image_id_of(key),
         "day": day,
         "status": FAILED,
         "reason": reason,
@@ -189,6 +222,11 @@ def failed_row(
         "image_etag": info.etag,
         **fields,
     }
+
+
+def identity(info: ObjectInfo) -> tuple[str, str | None]:
+    """What a log row knows an image by: its key as the log holds it, and its ETag."""
+    return printable_key(info.key), info.etag
 
 
 def summary(rows: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:

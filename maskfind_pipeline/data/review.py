@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -122,12 +122,13 @@ def write_queue(
     entries: Sequence[Mapping[str, object]],
     masks: Mapping[str, np.ndarray],
 ) -> QueueFiles:
-    """Write the queue table and its COCO import file (masks keyed by image key) under
-    `prefix` (e.g. `review/production/2026-11-30/`), replacing an older queue."""
+    """Write the queue table and its COCO import file (masks keyed by image key, looked up one
+    at a time: `masks` may load each on access) under `prefix` (e.g.
+    `review/production/2026-11-30/`), replacing an older queue. The COCO file is streamed to
+    the store: one full-size mask in memory at a time, never the whole file."""
     table_key, coco_key = f"{prefix}queue.parquet", f"{prefix}coco.json"
     work_store.put(table_key, to_parquet(rows_to_table(entries, QUEUE_SCHEMA)))
-    coco = json.dumps(coco_import(entries, masks), indent=1).encode()
-    work_store.put(coco_key, coco)
+    work_store.put_chunks(coco_key, coco_chunks(entries, masks))
     return QueueFiles(table_key, coco_key, len(entries))
 
 
@@ -148,39 +149,54 @@ def coco_import(
     scores as attributes."""
     images, annotations = [], []
     for number, entry in enumerate(entries, start=1):
-        key = str(entry["image_key"])
-        mask = np.asarray(masks[key], dtype=np.uint8)
-        height, width = mask.shape
-        images.append({"id": number, "file_name": key, "width": width, "height": height})
-        rle = coco_mask.encode(np.asfortranarray(mask))
-        annotations.append(
-            {
-                "id": number,
-                "image_id": number,
-                "category_id": 1,
-                "segmentation": {"size": [height, width], "counts": _text(rle["counts"])},
-                "area": float(coco_mask.area(rle)),
-                "bbox": [float(v) for v in coco_mask.toBbox(rle)],
-                "iscrowd": 1,
-                "attributes": {
-                    k: _json(entry.get(k))
-                    for k in (
-                        "reasons",
-                        "grade",
-                        "p_grade3",
-                        "novelty",
-                        "label_iou",
-                        "model_version",
-                    )
-                },
-            }
-        )
-    return {
-        "info": {"description": "maskfind review queue: the model's masks as pre-annotations"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "product", "supercategory": "product"}],
+        image, annotation = _coco_entry(number, entry, masks[str(entry["image_key"])])
+        images.append(image)
+        annotations.append(annotation)
+    return {"info": _COCO_INFO, "images": images, "annotations": annotations, **_COCO_TAIL}
+
+
+def coco_chunks(
+    entries: Sequence[Mapping[str, object]], masks: Mapping[str, np.ndarray]
+) -> Iterator[bytes]:
+    """`coco_import`'s file as JSON text in pieces: each mask is looked up, encoded and let go
+    in turn (annotations come before images, which are small and kept until the end)."""
+    images = []
+    yield b'{"info": ' + json.dumps(_COCO_INFO).encode() + b', "annotations": ['
+    for number, entry in enumerate(entries, start=1):
+        image, annotation = _coco_entry(number, entry, masks[str(entry["image_key"])])
+        images.append(image)
+        yield (b",\n" if number > 1 else b"\n") + json.dumps(annotation).encode()
+    yield b'], "images": ' + json.dumps(images, indent=1).encode()
+    yield b', "categories": ' + json.dumps(_COCO_TAIL["categories"]).encode() + b"}\n"
+
+
+_COCO_INFO = {"description": "maskfind review queue: the model's masks as pre-annotations"}
+_COCO_TAIL = {"categories": [{"id": 1, "name": "product", "supercategory": "product"}]}
+
+
+def _coco_entry(
+    number: int, entry: Mapping[str, object], full_mask: np.ndarray
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The COCO image and annotation of one queued image."""
+    key = str(entry["image_key"])
+    mask = np.asarray(full_mask, dtype=np.uint8)
+    height, width = mask.shape
+    image = {"id": number, "file_name": key, "width": width, "height": height}
+    rle = coco_mask.encode(np.asfortranarray(mask))
+    annotation = {
+        "id": number,
+        "image_id": number,
+        "category_id": 1,
+        "segmentation": {"size": [height, width], "counts": _text(rle["counts"])},
+        "area": float(coco_mask.area(rle)),
+        "bbox": [float(v) for v in coco_mask.toBbox(rle)],
+        "iscrowd": 1,
+        "attributes": {
+            k: _json(entry.get(k))
+            for k in ("reasons", "grade", "p_grade3", "novelty", "label_iou", "model_version")
+        },
     }
+    return image, annotation
 
 
 def decode_annotation(annotation: Mapping[str, object]) -> np.ndarray:

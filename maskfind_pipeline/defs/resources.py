@@ -2,7 +2,8 @@
 
 Secrets (S3 keys, the MLflow user's password, a tracking URI that carries credentials) reach the
 resources as `dg.EnvVar`s: run config, the UI and the event log show the variable's name, never
-its value.
+its value. The MLflow user reaches MLflow through its own environment variables, never inside a
+URI (`registry.credentials.mlflow_uri`): MLflow prints and quotes URIs.
 """
 
 import os
@@ -70,11 +71,11 @@ class MlflowResource(dg.ConfigurableResource):
         return self._registry(self.reviewer_name)
 
     def _registry(self, name: str) -> "ModelRegistry":
-        from maskfind_pipeline.registry.credentials import with_credentials
+        from maskfind_pipeline.registry.credentials import mlflow_uri
         from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 
-        return ModelRegistry(
-            with_credentials(self.tracking_uri, self.username, self.password),
+        return ModelRegistry(  # the user goes to MLflow's environment, never into the URI
+            mlflow_uri(self.tracking_uri, self.username, self.password),
             registry_uri=self.registry_uri,
             model_name=name,
             experiment=self.experiment,

@@ -5,6 +5,11 @@ champion (through the chosen inference backend) and the reviewer run on the same
 are encoded and written back by the same pool while the next batch computes; log rows are
 committed every `commit_every` images, each after its mask is written. A bad image gets a
 `failed` row with the reason and never stops the day; a re-run does only what is missing.
+
+Memory is bounded by `ProductionOptions`, not by the day: a file is refused by its listed size
+and its header before it is fetched whole, the pixels being decoded at once and the mask pixels
+waiting to be written each have a budget, and only the model-size input of an image is kept
+ahead of the model.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,15 +31,16 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from maskfind_pipeline.data.images import InvalidImage, decode_image
+from maskfind_pipeline.data.images import InvalidImage, decode_image, peek_size
 from maskfind_pipeline.data.production import (
     OK,
     PredictionLog,
     encode_mask,
     failed_row,
+    identity,
     image_id_of,
     list_day,
-    mask_key,
+    mask_key_for,
 )
 from maskfind_pipeline.data.tags import InvalidTags, SampleTags, parse_tags
 from maskfind_pipeline.flows.settings import ProductionOptions
@@ -54,7 +61,7 @@ from maskfind_pipeline.registry.loading import load_grader
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHAMPION
 from maskfind_pipeline.storage.base import ObjectInfo, ObjectStore, StoreError
-from maskfind_pipeline.storage.keys import InvalidKey
+from maskfind_pipeline.storage.keys import InvalidKey, validate_key
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -232,13 +239,51 @@ def novelty_alarms(rows: Iterable[Row], config: NoveltyConfig) -> list[DayAlarm]
     return day_alarms(types, np.array([bool(r["novel"]) for r in scored], dtype=bool), config)
 
 
+HEADER_BYTES = 64 * 1024
+"""Bytes read first from a file larger than this: enough for a PNG's or most JPEGs' size."""
+
+
 @dataclass(frozen=True)
 class _Loaded:
+    """An image ready for the model: its model-size input and what its row needs (the decoded
+    full-size pixels are not kept)."""
+
     info: ObjectInfo
-    image: np.ndarray
+    height: int
+    width: int
     model_input: torch.Tensor
     sha256: str
     tags: SampleTags
+    mask_key: str
+
+
+class _Refused(Exception):
+    """Why one image cannot be predicted, and whether a later run may succeed."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.retryable = retryable
+
+
+class _Budget:
+    """At most `limit` units (pixels) held at once by all threads; one request larger than the
+    limit waits until it can hold the whole budget alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = max(1, limit), 0
+        self._free = threading.Condition()
+
+    def acquire(self, amount: int) -> int:
+        amount = min(max(1, amount), self.limit)
+        with self._free:
+            self._free.wait_for(lambda: self.held + amount <= self.limit)
+            self.held += amount
+        return amount
+
+    def release(self, amount: int) -> None:
+        with self._free:
+            self.held -= amount
+            self._free.notify_all()
 
 
 def predict_day(
@@ -255,11 +300,11 @@ def predict_day(
     started = time.perf_counter()
     log = PredictionLog(work_store, day)
     listing, done = list_day(data_store, day), log.done()
-    todo = [info for info in listing.images if info.key not in done]
+    todo = [info for info in listing.images if identity(info) not in done]
     outcome = DayOutcome(day, len(listing.images), len(listing.images) - len(todo))
     run = _Run(day, models, data_store, options, run_id)
     committer = _Committer(log, run_id, options.commit_every)
-    unsupported = [(i, r) for i, r in listing.unsupported if i.key not in done]
+    unsupported = [(i, r) for i, r in listing.unsupported if identity(i) not in done]
     committer.add([(run.failed(info, reason), None) for info, reason in unsupported])
     with ThreadPoolExecutor(options.io_workers, thread_name_prefix="production") as pool:
         loaded = _ahead(pool, lambda info: run.load(info), todo, 2 * options.batch_size)
@@ -295,21 +340,56 @@ class _Run:
         }
         self.count = 0
         self._worst: dict[str, list[tuple[float, int, Example]]] = {}
+        self.decoding = _Budget(options.max_decoding_pixels)
+        self.unwritten = _Budget(options.max_unwritten_mask_pixels)
 
     def load(self, info: ObjectInfo) -> _Loaded | Row:
-        """Fetch, check and resize one image; a failed row on any problem."""
-        ext = info.key.rpartition(".")[2]
+        """Fetch, check and resize one image; a failed row on any problem: one file never
+        stops the day."""
         try:
-            data = self.store.get(info.key, if_match=info.etag)
-            tags = parse_tags(self.store.tags(info.key))
-            image = decode_image(data, image_ext=ext, max_pixels=self.options.max_pixels).image
+            return self._load(info)
+        except _Refused as exc:
+            return self.failed(info, str(exc), retryable=exc.retryable)
         except (InvalidImage, InvalidKey) as exc:
             return self.failed(info, str(exc))
-        except (InvalidTags, StoreError) as exc:
+        except StoreError as exc:
             return self.failed(info, f"{type(exc).__name__}: {exc}", retryable=True)
-        size = self.models.config.input_size
-        digest = hashlib.sha256(data).hexdigest()
-        return _Loaded(info, image, model_input(image, size), digest, tags)
+        except Exception as exc:  # anything else about this one file: logged, the day goes on
+            return self.failed(info, f"unexpected {type(exc).__name__}: {exc}", retryable=True)
+
+    def _load(self, info: ObjectInfo) -> _Loaded:
+        validate_key(info.key)  # e.g. a local name that is not UTF-8: no log row could hold it
+        key, ext = mask_key_for(info.key), info.key.rpartition(".")[2]
+        tags = self._tags(info)
+        limit = self.options.max_pixels
+        if info.size > self.options.max_image_bytes:
+            raise _Refused(
+                f"file of {info.size:,} bytes exceeds max_image_bytes "
+                f"{self.options.max_image_bytes:,}",
+                retryable=False,
+            )
+        data = None if info.size > HEADER_BYTES else self.store.get(info.key, if_match=info.etag)
+        head = data if data is not None else self.store.head(info.key, HEADER_BYTES)
+        size = peek_size(head, image_ext=ext, max_pixels=limit)  # a huge one is never fetched
+        held = self.decoding.acquire(size[0] * size[1] if size else limit)
+        try:
+            if data is None:
+                data = self.store.get(info.key, if_match=info.etag)
+            image = decode_image(data, image_ext=ext, max_pixels=limit).image
+            resized = model_input(image, self.models.config.input_size)
+            height, width = image.shape[:2]
+            del image
+        finally:
+            self.decoding.release(held)
+        return _Loaded(info, height, width, resized, hashlib.sha256(data).hexdigest(), tags, key)
+
+    def _tags(self, info: ObjectInfo) -> SampleTags:
+        try:
+            return parse_tags(self.store.tags(info.key))
+        except (StoreError, InvalidKey):  # the store's own failure, or a link leading outside
+            raise
+        except (InvalidTags, ValueError) as exc:  # tags may be fixed without a new upload
+            raise _Refused(f"tags: {exc}", retryable=True) from None
 
     def predict(self, batch: list[_Loaded | Row], pool: ThreadPoolExecutor) -> list[Pending]:
         """The rows and mask writes of one batch; failed loads pass through as rows."""
@@ -352,11 +432,10 @@ class _Run:
         flip_disagreement: float,
         pool: ThreadPoolExecutor,
     ) -> Pending:
-        height, width = item.image.shape[:2]
+        height, width, key = item.height, item.width, item.mask_key
         full = to_image_size(probabilities, height, width)
         mask = full >= self.models.config.threshold
-        key = mask_key(self.day, image_id_of(item.info.key))
-        write = pool.submit(lambda: self.store.put(key, encode_mask(mask)))
+        write = self._write(pool, key, mask)
         tags = item.tags
         row: Row = {
             **self.common,
@@ -385,6 +464,19 @@ class _Run:
             **novelty,
         }
         return row, write
+
+    def _write(self, pool: ThreadPoolExecutor, key: str, mask: np.ndarray) -> Future[None]:
+        """Encode and write `mask` on the pool, once the masks waiting to be written leave
+        room for it (their pixels are bounded by `max_unwritten_mask_pixels`)."""
+        held = self.unwritten.acquire(mask.size)
+
+        def write() -> None:
+            try:
+                self.store.put(key, encode_mask(mask))
+            finally:
+                self.unwritten.release(held)
+
+        return pool.submit(write)
 
     def failed(self, info: ObjectInfo, reason: str, *, retryable: bool = False) -> Row:
         now = datetime.now(UTC)
@@ -439,8 +531,9 @@ def _written(row: Row, write: Future[None] | None) -> Row:
         return row
     try:
         write.result()
-    except (StoreError, OSError) as exc:
-        return {**row, "status": "failed", "reason": f"mask write failed: {exc}", "retryable": True}
+    except Exception as exc:  # a store outage, or anything else: the image is tried again
+        reason = f"mask write failed: {type(exc).__name__}: {exc}"
+        return {**row, "status": "failed", "reason": reason, "retryable": True}
     return row
 
 

@@ -7,6 +7,7 @@ through the normal ingest and enter the next dataset version.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def queue_production_day(
     relabeled = _relabeled_ids(data_store)
     picked = pick_production(rows, options)
     entries = [e for e in picked if e["image_id"] not in relabeled]
-    masks = {str(e["image_key"]): _mask(data_store, str(e["mask_key"])) for e in entries}
+    masks = _Masks(data_store, {str(e["image_key"]): str(e["mask_key"]) for e in entries})
     files = write_queue(work_store, f"review/production/{day}/", entries, masks)
     return QueueOutcome(entries, files, len(picked) - len(entries))
 
@@ -207,3 +208,20 @@ def _relabeled_ids(store: ObjectStore) -> set[str]:
 
 def _mask(store: ObjectStore, key: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(store.get(key)))) != 0
+
+
+class _Masks(Mapping[str, np.ndarray]):
+    """The written masks by image key, each read from the store when asked for (a queue may
+    hold thousands of full-size masks: `write_queue` takes one at a time)."""
+
+    def __init__(self, store: ObjectStore, keys: Mapping[str, str]) -> None:
+        self.store, self.mask_keys = store, keys
+
+    def __getitem__(self, image_key: str) -> np.ndarray:
+        return _mask(self.store, self.mask_keys[image_key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.mask_keys)
+
+    def __len__(self) -> int:
+        return len(self.mask_keys)

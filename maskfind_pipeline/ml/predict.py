@@ -40,7 +40,7 @@ def to_image_size(probabilities: torch.Tensor, height: int, width: int) -> np.nd
     restored = F.interpolate(
         probabilities[None].float(), size=(height, width), mode="bilinear", align_corners=False
     )
-    return restored[0, 0].cpu().numpy().astype(np.float32)
+    return restored[0, 0].cpu().numpy().astype(np.float32, copy=False)
 
 
 def _exact_cpu() -> DeviceSettings:

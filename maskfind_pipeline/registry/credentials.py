@@ -1,24 +1,48 @@
-"""Credentials for an MLflow server with basic auth: put into a tracking URI, kept out of text.
+"""Credentials for an MLflow server with basic auth: in the environment, never in a URI.
 
-MLflow reads `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` from the environment of the
-whole process; a registry given its own user carries it in its URI instead (requests sends
-`user:password@` in a URL as basic auth), so two registries in one process can act as two users.
-Every URI that reaches a message, a log line or metadata goes through `redact` first.
+MLflow prints its tracking host when a run ends ("View run ... at: <uri>") and quotes request
+URLs in its errors, so a URI handed to it must carry no `user:password@`. MLflow reads the user
+from `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` on every request instead: one
+MLflow user per process. A URI configured with credentials in it still works: `mlflow_uri`
+moves them into those variables and hands on the URI without them. Every URI that reaches a
+message, a log line or metadata goes through `redact` first all the same.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit, urlunsplit
+import os
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+URI_ENVS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-def with_credentials(uri: str, username: str | None, password: str | None) -> str:
-    """`uri` with `username:password@` in its authority (http(s) only; others unchanged)."""
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """`uri` without the `user:password@` of its authority, and that user and password."""
     parts = urlsplit(uri)
-    if not username or parts.scheme not in ("http", "https"):
-        return uri
-    user = quote(username, safe="") + (f":{quote(password, safe='')}" if password else "")
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    clean = urlunsplit(parts._replace(netloc=host))
+    return clean, unquote(user) or None, unquote(password) if colon else None
+
+
+def mlflow_uri(uri: str, username: str | None = None, password: str | None = None) -> str:
+    """The URI to hand MLflow: `uri` without credentials. The user (`username`/`password`, else
+    the URI's own) goes into MLflow's environment variables, and an `MLFLOW_TRACKING_URI` /
+    `MLFLOW_REGISTRY_URI` that carries credentials is replaced by its clean form, so nothing
+    MLflow reads on its own holds a password either."""
+    clean, uri_user, uri_password = split_credentials(uri)
+    user = username or uri_user
+    if user:
+        os.environ[USERNAME_ENV] = user
+        os.environ[PASSWORD_ENV] = (password if username else uri_password) or ""
+    for name in URI_ENVS:
+        configured = os.environ.get(name)
+        if configured and "@" in urlsplit(configured).netloc:
+            os.environ[name] = split_credentials(configured)[0]
+    return clean
 
 
 def redact(uri: str) -> str:

@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from maskfind_pipeline.core_config import CoreConfig
-from maskfind_pipeline.registry.credentials import redact
+from maskfind_pipeline.registry.credentials import mlflow_uri, redact
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -127,6 +127,9 @@ class ModelRegistry:
         experiment: str = "maskfind",
         artifact_location: str | None = None,
     ) -> None:
+        # No credentials in a URI MLflow prints or quotes: they move to its environment.
+        tracking_uri = mlflow_uri(tracking_uri)
+        registry_uri = mlflow_uri(registry_uri) if registry_uri else None
         for uri in (tracking_uri, registry_uri or ""):
             if uri.startswith("sqlite:///"):  # the embedded store: its folder may not exist yet
                 Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

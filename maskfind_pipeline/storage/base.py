@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 
@@ -63,6 +63,11 @@ class ObjectStore(ABC):
             CorruptTransfer: the received bytes failed the store's checksum.
         """
 
+    def head(self, key: str, length: int, *, if_match: str | None = None) -> bytes:
+        """The first `length` bytes of the object (all of it when shorter): enough to read an
+        image's header before deciding to fetch the whole file. Raises as `get` does."""
+        return self.get(key, if_match=if_match)[:length]
+
     @abstractmethod
     def put(
         self,
@@ -77,6 +82,11 @@ class ObjectStore(ABC):
         Raises:
             ObjectExists: `create_only` is set and the key already exists.
         """
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write the concatenation of `chunks` under `key` as `put` does, without holding all of
+        it in memory where the store can (a large generated file); replaces the key."""
+        self.put(key, b"".join(chunks))
 
     @abstractmethod
     def tags(self, key: str) -> dict[str, str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
+import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from maskfind_pipeline.storage.base import (
@@ -20,10 +22,18 @@ from maskfind_pipeline.storage.base import (
 from maskfind_pipeline.storage.keys import TAGS_SUFFIX, InvalidKey, tags_sidecar_key, validate_key
 
 _TMP_PREFIX = ".tmp-"
+MAX_TAGS_BYTES = 64 * 1024
+"""A tags sidecar larger than this is refused unread (S3 itself allows 10 tags of 256 chars)."""
 
 
 class LocalObjectStore(ObjectStore):
-    """Objects are files under `root`; writes go to a temporary file, then an atomic rename/link."""
+    """Objects are files under `root`; writes go to a temporary file, then an atomic rename/link.
+
+    Only regular files are objects. A symlink is listed with its own (lstat) size and ETag, and
+    reading it is refused when it leads outside the root (`InvalidKey`) or nowhere
+    (`ObjectNotFound`); nothing outside the root is read. A file that disappears while the
+    folder is listed is left out; symlinked folders, FIFOs and devices are never listed.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
@@ -39,8 +49,24 @@ class LocalObjectStore(ObjectStore):
                 path = Path(dirpath, name)
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    stat = path.stat()
-                    yield ObjectInfo(key, stat.st_size, _etag(stat))
+                    info = self._listed(path, key)
+                    if info is not None:
+                        yield info
+
+    def _listed(self, path: Path, key: str) -> ObjectInfo | None:
+        """The object at `path`; None for what is not one (gone meanwhile, not a file)."""
+        try:
+            found = path.lstat()
+            if stat.S_ISLNK(found.st_mode) and self._inside(path):
+                found = path.stat()  # a link within the root: the file it leads to
+        except OSError:  # renamed or deleted since the folder was read, or a dangling link
+            return None
+        if not (stat.S_ISREG(found.st_mode) or stat.S_ISLNK(found.st_mode)):
+            return None
+        return ObjectInfo(key, found.st_size, _etag(found))
+
+    def _inside(self, path: Path) -> bool:
+        return os.path.realpath(path).startswith(str(self.root) + os.sep)
 
     def folders(self, prefix: str = "") -> list[str]:
         folder = self.root / validate_key(prefix.rstrip("/")) if prefix.strip("/") else self.root
@@ -51,14 +77,28 @@ class LocalObjectStore(ObjectStore):
         return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(_TMP_PREFIX))
 
     def get(self, key: str, *, if_match: str | None = None) -> bytes:
+        with self._open(key, if_match) as f:
+            return f.read()
+
+    def head(self, key: str, length: int, *, if_match: str | None = None) -> bytes:
+        with self._open(key, if_match) as f:
+            return f.read(length)
+
+    @contextlib.contextmanager
+    def _open(self, key: str, if_match: str | None) -> Iterator[io.BufferedReader]:
+        """The regular file of `key`, opened for reading (never blocks on a FIFO)."""
         path = self._path(key)
         try:
-            with path.open("rb") as f:
-                if if_match is not None and _etag(os.fstat(f.fileno())) != if_match:
-                    raise ObjectChanged(f"{key}: changed since it was listed")
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        with os.fdopen(fd, "rb") as f:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
+                raise ObjectNotFound(f"{key}: not a regular file")
+            if if_match is not None and _etag(found) != if_match:
+                raise ObjectChanged(f"{key}: changed since it was listed")
+            yield f
 
     def put(
         self,
@@ -79,17 +119,25 @@ class LocalObjectStore(ObjectStore):
                 self._write(self._path(tags_sidecar_key(key)), json.dumps(dict(tags)).encode())
             self._write(path, data, create_only=create_only)
 
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        self._write(self._path(key), chunks)
+
     def tags(self, key: str) -> dict[str, str]:
         if not self._path(key).exists():
             raise ObjectNotFound(key)
         try:
-            raw = self._path(tags_sidecar_key(key)).read_bytes()
-        except FileNotFoundError:
+            with self._open(tags_sidecar_key(key), None) as f:
+                raw = f.read(MAX_TAGS_BYTES + 1)
+        except ObjectNotFound:
             return {}
+        if len(raw) > MAX_TAGS_BYTES:
+            raise ValueError(f"{key}: tags sidecar is larger than {MAX_TAGS_BYTES} bytes")
         try:
             parsed = json.loads(raw)
         except RecursionError:  # a ValueError, like any other malformed sidecar
             raise ValueError(f"{key}: tags sidecar is nested too deeply") from None
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise ValueError(f"{key}: tags sidecar is not JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise ValueError(f"{key}: tags sidecar is not a JSON object")
         # Tags are strings, as in S3: a null or a number is not turned into "None" or "3".
@@ -111,12 +159,15 @@ class LocalObjectStore(ObjectStore):
             raise InvalidKey(f"invalid key {key!r}: resolves outside the store root")
         return path
 
-    def _write(self, path: Path, data: bytes, *, create_only: bool = False) -> None:
+    def _write(
+        self, path: Path, data: bytes | Iterable[bytes], *, create_only: bool = False
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
         try:
             with tmp.open("xb") as f:
-                f.write(data)
+                for chunk in (data,) if isinstance(data, bytes) else data:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             if create_only:

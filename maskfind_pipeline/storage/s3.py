@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import io
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -118,6 +119,17 @@ class S3ObjectStore(ObjectStore):
         )
         return response["Body"].read()
 
+    def head(self, key: str, length: int, *, if_match: str | None = None) -> bytes:
+        extra = {"IfMatch": f'"{if_match}"'} if if_match else {}
+        extra["Range"] = f"bytes=0-{max(length, 1) - 1}"
+        with _translate_errors(key):
+            response = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                **extra,
+            )
+            return response["Body"].read()[:length]
+
     def put(
         self,
         key: str,
@@ -133,6 +145,11 @@ class S3ObjectStore(ObjectStore):
             extra["IfNoneMatch"] = "*"
         with _translate_errors(key, exists_on_precondition=True):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        """A multipart upload in parts of 8 MiB, fed from `chunks` as they come."""
+        with _translate_errors(key):
+            self.client.upload_fileobj(_ChunkReader(chunks), self.bucket, self._key(key))
 
     def tags(self, key: str) -> dict[str, str]:
         with _translate_errors(key):
@@ -157,6 +174,27 @@ class S3ObjectStore(ObjectStore):
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only, non-seekable file over an iterable of byte strings."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks, self._left = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            try:
+                self._left = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
 
 
 @contextmanager

@@ -1,14 +1,19 @@
-"""The production sensor: one run per new day, another when an open day grows, none otherwise."""
+"""The production sensor: one run per new day, another when an open day grows, again after a
+delay while its log has retryable rows, none otherwise."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from maskfind_pipeline import synthetic
+from maskfind_pipeline.data.production import PredictionLog, failed_row
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
+from maskfind_pipeline.defs.production import sensors
 from maskfind_pipeline.defs.production.sensors import production_day_sensor
 from maskfind_pipeline.defs.resources import ObjectStoreResource
 from maskfind_pipeline.storage import LocalObjectStore
@@ -20,7 +25,10 @@ def _tick(instance: dg.DagsterInstance, root: Path, cursor: str | None) -> dg.Se
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"data_store": ObjectStoreResource(uri=str(root))},
+        resources={
+            "data_store": ObjectStoreResource(uri=str(root)),
+            "work_store": ObjectStoreResource(uri=str(root / "work")),
+        },
     )
     result = production_day_sensor(context)
     assert isinstance(result, dg.SensorResult)
@@ -66,3 +74,76 @@ def test_one_run_per_new_day_and_per_growth_of_an_open_day(tmp_path: Path) -> No
     assert instance.get_dynamic_partitions(str(PRODUCTION_DAYS.name)) == [
         d.isoformat() for d in days
     ]
+
+
+def _log(root: Path, day: str, *, retryable: bool, run_id: str) -> None:
+    """A run's log rows of the day: every image failed, retryable or not."""
+    data, log = LocalObjectStore(root), PredictionLog(LocalObjectStore(root / "work"), day)
+    rows = [
+        failed_row(
+            info,
+            day,
+            "StoreUnavailable: 503",
+            retryable=retryable,
+            model_version="1",
+            backend="torch",
+            run_id=run_id,
+            predicted_at=dt.datetime.now(dt.UTC),
+        )
+        for info in data.list(f"production/{day}/")
+    ]
+    log.append(rows, run_id=run_id, part=0)
+
+
+def _later(cursor: str | None, seconds: float) -> str:
+    """The cursor as it would be `seconds` later: its requests that much older."""
+    loaded = json.loads(cursor or "{}")
+    for entry in loaded["retries"].values():
+        entry[1] -= seconds
+    return json.dumps(loaded)
+
+
+def test_a_day_with_retryable_rows_is_requested_again_until_it_settles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sensors, "MAX_RETRIES", 2)
+    store, day = LocalObjectStore(tmp_path), "2026-11-27"
+    instance = dg.DagsterInstance.ephemeral()
+    synthetic.generate_production(store, TYPES, 2, day=dt.date(2026, 11, 27), size=32)
+    first = _tick(instance, tmp_path, None)
+    assert _requested(first) == [(day, f"{day}:2")]
+    _log(tmp_path, day, retryable=True, run_id="r1")  # a store outage during that run
+
+    too_soon = _tick(instance, tmp_path, first.cursor)
+    assert _requested(too_soon) == []
+    retried = _tick(instance, tmp_path, _later(too_soon.cursor, sensors.RETRY_AFTER_S))
+    assert _requested(retried) == [(day, f"{day}:2:retry-1")]
+
+    # The delay doubles; a run of the day still going holds the next request back.
+    assert _requested(_tick(instance, tmp_path, _later(retried.cursor, 1.5 * 600))) == []
+    going = dg.DagsterRun(
+        job_name="production",
+        run_id="going",
+        tags={"dagster/partition": day},
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    instance.add_run(going)
+    later = _later(retried.cursor, 2 * sensors.RETRY_AFTER_S)
+    assert _requested(_tick(instance, tmp_path, later)) == []
+    instance.report_run_failed(going)
+    again = _tick(instance, tmp_path, later)
+    assert _requested(again) == [(day, f"{day}:2:retry-2")]
+    # MAX_RETRIES (2 here) spent: the day is left alone...
+    given_up = _tick(instance, tmp_path, _later(again.cursor, 100 * sensors.RETRY_AFTER_S))
+    assert _requested(given_up) == [] and json.loads(given_up.cursor or "")["retries"] == {}
+
+    # ...until an image arrives: a new request, and retries start over; a day whose last run
+    # left nothing retryable is settled.
+    synthetic.generate_production(
+        store, TYPES, 1, day=dt.date(2026, 11, 27), size=32, start_index=2
+    )
+    grown = _tick(instance, tmp_path, given_up.cursor)
+    assert _requested(grown) == [(day, f"{day}:3")]
+    _log(tmp_path, day, retryable=False, run_id="r3")
+    settled = _tick(instance, tmp_path, _later(grown.cursor, 100 * sensors.RETRY_AFTER_S))
+    assert _requested(settled) == [] and json.loads(settled.cursor or "")["retries"] == {}

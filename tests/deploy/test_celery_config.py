@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -11,10 +12,10 @@ import dagster as dg
 import pytest
 from dagster._config import process_config
 from dagster_celery import celery_executor
-from dagster_celery.cli import get_validated_config
 
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.executor import executor_config
+from tests.support.fswrites import record_writes
 from tests.support.models import nightly_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,8 +69,8 @@ def test_a_worker_starts_from_the_same_file_on_its_queue(
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    stand_in = bin_dir / "dagster-celery"  # prints what worker.sh asks of dagster-celery
-    stand_in.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    stand_in = bin_dir / "celery"  # prints what worker.sh asks of celery, and the config file
+    stand_in.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" "$MASKFIND_EXECUTOR_CONFIG"\n')
     stand_in.chmod(0o755)
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
     env = {k: v for k, v in os.environ.items() if k != "MASKFIND_EXECUTOR_CONFIG"}
@@ -82,11 +83,25 @@ def test_a_worker_starts_from_the_same_file_on_its_queue(
         check=True,
     ).stdout.splitlines()
     assert started == [
-        *("worker", "start", "--app", "dagster_celery.app", "--config-yaml", str(EXECUTOR_YAML)),
-        *("--queue", "maskfind", "--name", "gpu-1", "--", "--concurrency", "1"),
+        *("-A", "maskfind_celery_app", "worker", "--prefetch-multiplier=1", "--loglevel", "INFO"),
+        *("-Q", "maskfind", "-n", "gpu-1@%h", "--concurrency", "1", str(EXECUTOR_YAML)),
     ]
-    # What dagster-celery then writes into the worker's celery config.
+
+
+def test_the_worker_app_takes_the_broker_from_the_environment_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-celery's own `worker start` writes the broker URL, password included, into
+    $DAGSTER_HOME/dagster_celery/config/; the app worker.sh runs holds it in memory only."""
     monkeypatch.setenv("MASKFIND_CELERY_BROKER", BROKER)
-    worker = get_validated_config(str(EXECUTOR_YAML))
-    assert worker["broker"] == BROKER
-    assert worker["config_source"]["task_default_queue"] == "maskfind"
+    monkeypatch.setenv("MASKFIND_EXECUTOR_CONFIG", str(EXECUTOR_YAML))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.syspath_prepend(str(WORKER_SCRIPT.parent))
+    monkeypatch.delitem(sys.modules, "maskfind_celery_app", raising=False)
+    with record_writes() as writes:
+        app = importlib.import_module("maskfind_celery_app").app
+    assert app.conf.broker_url == BROKER
+    assert app.conf.result_backend == "rpc://"
+    assert app.conf.task_default_queue == "maskfind" and app.conf.worker_prefetch_multiplier == 1
+    assert {"execute_plan", "execute_job", "resume_job"} <= set(app.tasks)
+    assert writes.writes == [] and list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from maskfind_pipeline import synthetic
-from maskfind_pipeline.data.production import PredictionLog, mask_key
+from maskfind_pipeline.data.production import PredictionLog, mask_key_for
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.demo import DemoSettings, run_story
@@ -135,7 +135,7 @@ def _true_miou(data: LocalObjectStore, day: str, image_type: str, scratch: Path)
     for key in keys:
         image_id = Path(key).stem
         true = _mask(truth.get(f"failures/{image_id}.mask.png"))
-        predicted = _mask(data.get(mask_key(day, image_id)))
+        predicted = _mask(data.get(mask_key_for(key)))
         union = (true | predicted).sum()
         ious.append((true & predicted).sum() / union if union else 1.0)
     assert ious, f"no {image_type} images on {day}"

@@ -1,6 +1,7 @@
 """The run queue of the real instance (`dagster job launch` + `dagster-daemon`, the project's
 dagster.yaml and workspace.yaml): only one training at a time (pool `training`), only one nightly
-run at a time (tag limit `maskfind/kind: nightly`). One daemon and instance serve the module."""
+run at a time (tag limit `maskfind/kind: nightly`), only one run of a production day at a time
+(tag limit `dagster/partition`, per value). One daemon and instance serve the module."""
 
 from __future__ import annotations
 
@@ -54,9 +55,14 @@ class RunQueue:
     daemon_log: Path
 
     def run_twice(
-        self, name: str, job: str, run_config: Mapping[str, object], op_selection: Sequence[str]
+        self,
+        name: str,
+        job: str,
+        run_config: Mapping[str, object],
+        op_selection: Sequence[str],
+        tags: Sequence[Mapping[str, str]] = (),
     ) -> list[dg.DagsterRun]:
-        """Submit two identical runs at once and wait for both to finish."""
+        """Submit two identical runs (or one per `tags`) at once and wait for all to finish."""
         log_dir = self.tmp / name
         log_dir.mkdir()
         run_ids = launch_runs(
@@ -66,7 +72,8 @@ class RunQueue:
             job=job,
             run_config=run_config,
             op_selection=op_selection,
-            count=2,
+            count=max(2, len(tags)),
+            tags=tags,
         )
         runs = wait_for_runs(
             self.instance, run_ids, daemon=self.daemon, daemon_log=self.daemon_log, timeout_s=200
@@ -169,6 +176,30 @@ def test_two_nightly_runs_submitted_together_run_one_after_the_other(queue: RunQ
     assert second.enqueued < first.end, f"the second run came after the first ended: {first}"
     assert second.dequeued >= first.end, (first, second, log[-4000:])
     assert f"Run {second.run_id} is blocked by global concurrency limits" not in log
+
+
+def test_runs_of_one_production_day_run_one_after_the_other(queue: RunQueue) -> None:
+    """Two runs of one day never side by side (tag `dagster/partition`, one per value); a run
+    of another day is not held back by them."""
+    day, other = "2026-11-30", "2026-11-29"
+    queue.instance.add_dynamic_partitions("production_days", [day, other])
+    # `review_queue` alone: it reads the day's (empty) log, no champion needed, in no pool.
+    days = [{"dagster/partition": d} for d in (day, day, other)]
+    runs = queue.run_twice("production", "production", {}, ["review_queue"], tags=days)
+    log = queue.log()
+
+    for run in runs:
+        assert run.status == dg.DagsterRunStatus.SUCCESS, (run.run_id, run.status, log[-4000:])
+    spans = {run.run_id: run_span(queue.instance, run.run_id) for run in runs}
+    same = sorted(
+        (spans[r.run_id] for r in runs if r.tags["dagster/partition"] == day),
+        key=lambda span: span.start,
+    )
+    (elsewhere,) = [spans[r.run_id] for r in runs if r.tags["dagster/partition"] == other]
+    first, second = same
+    assert second.enqueued < first.end, f"the second run came after the first ended: {first}"
+    assert second.dequeued >= first.end, (first, second, log[-4000:])
+    assert elsewhere.dequeued < first.end, (first, elsewhere)  # another day: not held back
 
 
 @contextmanager

@@ -21,6 +21,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import stop_process_group, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +58,27 @@ def isolated_broker(queue: str) -> Iterator[str]:
             raise RuntimeError(f"rabbitmqctl could not give {USER} the vhost {vhost}")
         yield broker_url(vhost)
     finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def broker_with_password(password: str) -> Iterator[str]:
+    """The broker URL of a fresh user with `password` and a fresh vhost of its own, both deleted
+    after: a broker password no other test knows, to look for where it must not be. Needs
+    `rabbitmqctl` (skips without it)."""
+    token = uuid.uuid4().hex[:12]
+    user, vhost = f"maskfind_user_{token}", f"maskfind_celery_{token}"
+    if not _rabbitmqctl("add_vhost", vhost):
+        pytest.skip("rabbitmqctl cannot add a vhost here")
+    try:
+        if not (
+            _rabbitmqctl("add_user", user, password)
+            and _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        ):
+            raise RuntimeError(f"rabbitmqctl could not make the user {user}")
+        yield f"pyamqp://{user}:{password}@{HOST}:{PORT}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_user", user)
         _rabbitmqctl("delete_vhost", vhost)
 
 

@@ -121,8 +121,10 @@ def launch_runs(
     op_selection: Sequence[str],
     count: int,
     timeout_s: float = 120,
+    tags: Sequence[Mapping[str, str]] = (),
 ) -> list[str]:
     """Submit `count` identical runs with `dagster job launch` (all at once); their run ids.
+    `tags[i]`, where given, are the tags of the i-th run (e.g. `dagster/partition`).
 
     The CLI loads the code location like the UI does and calls `instance.submit_run`, so with
     the queued run coordinator each run is QUEUED and waits for the daemon.
@@ -138,6 +140,7 @@ def launch_runs(
                 *("job", "launch", "-w", str(workspace), "-j", job),
                 *("-o", ",".join(op_selection), "--run-id", run_id),
                 *("--config-json", json.dumps(run_config)),
+                *(("--tags", json.dumps(tags[index])) if index < len(tags) else ()),
             ]
             process = _spawn(command, workspace, env, log)
             stack.callback(stop_process_group, process)

@@ -1,4 +1,5 @@
-"""Record every filesystem write this process attempts, from any thread, and snapshot trees.
+"""Record every filesystem write (or read) this process attempts, from any thread, and
+snapshot trees.
 
 `record_writes()` listens to Python's audit events (PEP 578), which the interpreter raises
 before the operation itself, so it sees attempts that then fail as well as ones that succeed,
@@ -8,6 +9,9 @@ started while it records (e.g. the workers of a pool the code under test creates
 opening with a writing flag (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND) and creating,
 renaming, linking, removing, truncating or changing the metadata of a path. Native code that
 calls the C library directly (e.g. Arrow's own file writers) raises no audit event.
+
+`record_reads()` does the same for reads: every path opened (in any mode) or listed
+(`os.listdir`, `os.scandir`), which is what "nothing outside the root is read" means.
 
 The interpreter's own bytecode cache (any path with a `__pycache__` component) is left out: an
 import that happens to run during a recording writes there and is not the code under test.
@@ -80,6 +84,32 @@ class WriteLog:
             self.writes.extend(writes)
 
 
+@dataclass
+class ReadLog:
+    """The paths opened or listed while a `record_reads()` block ran (resolved, or None)."""
+
+    reads: list[Write] = field(default_factory=list)
+    ignored_threads: frozenset[threading.Thread] = frozenset()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.resolved for r in self.reads if r.resolved]
+
+    def outside(self, *roots: str | os.PathLike[str]) -> list[Write]:
+        """The reads that do not resolve into one of `roots` or the system's own data
+        (`SYSTEM_READS`: time zones, /etc, /proc...); unresolvable ones count."""
+        return WriteLog(self.reads).outside(*roots, *SYSTEM_READS)
+
+    def _add(self, reads: Sequence[Write]) -> None:
+        with self._lock:
+            self.reads.extend(reads)
+
+
+SYSTEM_READS = ("/usr/share/zoneinfo", "/etc", "/proc", "/sys", "/dev")
+"""What any library may read (a time zone, the MIME types, a CPU count): not a test's data."""
+_READ_EVENTS = {"open", "os.listdir", "os.scandir"}
+_active_reads: list[ReadLog] = []
 _active: list[WriteLog] = []
 _install_lock = threading.Lock()
 _installed = False
@@ -94,11 +124,7 @@ def record_writes(*, all_threads: bool = False) -> Iterator[WriteLog]:
     The audit hook is installed once per process (hooks cannot be removed) and does nothing
     while no recording is active.
     """
-    global _installed
-    with _install_lock:
-        if not _installed:
-            sys.addaudithook(_hook)
-            _installed = True
+    _install()
     running = set() if all_threads else set(threading.enumerate()) - {threading.current_thread()}
     log = WriteLog(ignored_threads=frozenset(running))
     _active.append(log)
@@ -106,6 +132,28 @@ def record_writes(*, all_threads: bool = False) -> Iterator[WriteLog]:
         yield log
     finally:
         _active.remove(log)
+
+
+@contextmanager
+def record_reads(*, all_threads: bool = False) -> Iterator[ReadLog]:
+    """Record every path opened or listed inside the block, by the calling thread and the
+    threads started meanwhile (with `all_threads`, by every thread)."""
+    _install()
+    running = set() if all_threads else set(threading.enumerate()) - {threading.current_thread()}
+    log = ReadLog(ignored_threads=frozenset(running))
+    _active_reads.append(log)
+    try:
+        yield log
+    finally:
+        _active_reads.remove(log)
+
+
+def _install() -> None:
+    global _installed
+    with _install_lock:
+        if not _installed:
+            sys.addaudithook(_hook)
+            _installed = True
 
 
 def snapshot(root: str | os.PathLike[str]) -> set[Path]:
@@ -121,6 +169,8 @@ def _within(path: str, root: str) -> bool:
 
 
 def _hook(event: str, args: tuple[object, ...]) -> None:
+    if _active_reads and event in _READ_EVENTS:
+        _record_read(event, args)
     if not _active:
         return
     if event == "open":
@@ -145,6 +195,35 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
         for log in list(_active):
             if thread not in log.ignored_threads:
                 log._add(writes)
+
+
+def _record_read(event: str, args: tuple[object, ...]) -> None:
+    if not args or args[0] is None or isinstance(args[0], int):
+        return  # a descriptor (its opening was recorded) or the working directory
+    try:
+        read = _write(event, (args[0],), 0, None)
+    except Exception:
+        read = Write(event, repr(args), None)
+    if _is_import(event, read):
+        return  # imports that happen to run meanwhile are not the code under test
+    thread = threading.current_thread()
+    for log in list(_active_reads):
+        if thread not in log.ignored_threads:
+            log._add([read])
+
+
+def _is_import(event: str, read: Write) -> bool:
+    """Whether a read is the import system's: inside the Python installation or venv, or a
+    listing or code file below an import path."""
+    if "__pycache__" in Path(read.path).parts or read.path.endswith((".py", ".pyc", ".so")):
+        return True
+    if read.resolved is None:
+        return False
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if any(_within(read.resolved, p) for p in prefixes):
+        return True
+    paths = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    return event != "open" and any(_within(read.resolved, p) for p in paths)
 
 
 def _write(event: str, args: tuple[object, ...], index: int, dir_fd_index: int | None) -> Write:

@@ -8,7 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tests.support.fswrites import record_writes, snapshot
+from tests.support.fswrites import record_reads, record_writes, snapshot
 
 
 def test_every_kind_of_write_is_recorded_from_any_thread_and_reads_are_not(
@@ -97,3 +97,20 @@ def test_threads_running_before_the_recording_are_left_out_unless_asked_for(
     thread.join()
     assert [os.path.basename(w.path) for w in own.writes] == ["own"]
     assert [os.path.basename(w.path) for w in every.writes] == ["background", "own"]
+
+
+def test_reads_are_recorded_with_where_they_resolve_from_any_thread(tmp_path: Path) -> None:
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "inside" / "a").write_bytes(b"a")
+    (tmp_path / "elsewhere").write_bytes(b"b")
+    (tmp_path / "inside" / "link").symlink_to(tmp_path / "elsewhere")
+    with record_reads() as log:
+        (tmp_path / "inside" / "a").read_bytes()
+        os.listdir(tmp_path / "inside")
+        thread = threading.Thread(target=(tmp_path / "inside" / "link").read_bytes)
+        thread.start()
+        thread.join()
+    (tmp_path / "elsewhere").read_bytes()  # after the block: not recorded
+    resolved = {os.path.relpath(p, os.path.realpath(tmp_path)) for p in log.paths}
+    assert resolved == {"inside/a", "inside", "elsewhere"}
+    assert [r.path for r in log.outside(tmp_path / "inside")] == [str(tmp_path / "inside" / "link")]

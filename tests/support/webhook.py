@@ -20,8 +20,9 @@ class Webhook:
 
 
 @contextmanager
-def webhook_server(status: int = 200) -> Iterator[Webhook]:
-    """Serve on 127.0.0.1 at a free port until the block ends."""
+def webhook_server(status: int = 200, token: str = "secret") -> Iterator[Webhook]:
+    """Serve on 127.0.0.1 at a free port until the block ends; `token` ends the URL's path,
+    as the secret of a Slack webhook does."""
     hook = Webhook(status=status)
 
     class Handler(BaseHTTPRequestHandler):
@@ -38,7 +39,7 @@ def webhook_server(status: int = 200) -> Iterator[Webhook]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/secret"
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/{token}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 
@@ -55,3 +56,28 @@ def test_without_slack_sdk_the_log_says_which_extra_to_install(
     assert hook.bodies == []
     assert logged[0] == "x"
     assert "pip install '.[slack]'" in logged[1]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://hooks.example/services/T0/B0/token-{secret}",  # SlackRequestError: invalid URL
+        "http://[::1/services/T0/B0/token-{secret}",  # ValueError from urllib
+        "http://127.0.0.1:{port}/services/T0/B0/token-{secret}",  # refused, retried by slack_sdk
+    ],
+)
+def test_no_failure_of_the_post_raises_or_repeats_the_webhook_url(
+    url: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = "s3cr3t-webhook-token"
+    logged: list[str] = []
+    caplog.set_level(logging.DEBUG)
+    posted = send_alert("x", webhook_url=url.format(secret=secret, port=port), warn=logged.append)
+    assert posted is False
+    assert len(logged) == 2 and "Slack" in logged[1]
+    printed = capfd.readouterr()
+    for text in (*logged, caplog.text, printed.out, printed.err):
+        assert secret not in text, text

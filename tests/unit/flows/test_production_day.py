@@ -16,8 +16,9 @@ from maskfind_pipeline.data.images import decode_image
 from maskfind_pipeline.data.production import (
     PREDICTION_SCHEMA,
     PredictionLog,
+    identity,
     list_day,
-    mask_key,
+    mask_key_for,
 )
 from maskfind_pipeline.flows.production import ProductionModels, novelty_alarms, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
@@ -83,7 +84,7 @@ def test_a_day_writes_the_champions_masks_and_logs_every_image(
         key = str(row["image_key"])
         image = decode_image(data.get(key), image_ext=key.rpartition(".")[2]).image
         written = np.asarray(Image.open(io.BytesIO(data.get(row["mask_key"])))) != 0
-        assert row["mask_key"] == mask_key(day, row["image_id"])
+        assert row["mask_key"] == mask_key_for(key)
         assert written.shape == image.shape[:2]
         np.testing.assert_array_equal(written, predictor.predict_mask(image))
         assert row["mask_fraction"] == pytest.approx(written.mean(), abs=1e-6)
@@ -113,9 +114,9 @@ def test_a_rerun_does_only_what_is_missing(
     )
     assert [(r["image_id"], r["status"]) for r in third.rows] == [("untagged", "ok")]
     current = PredictionLog(work, day).current()
-    assert current.num_rows == 15 and PredictionLog(work, day).done() == set(
-        current.column("image_key").to_pylist()
-    )
+    assert current.num_rows == 15 and PredictionLog(work, day).done() == {
+        (r["image_key"], r["image_etag"]) for r in current.to_pylist()
+    }
 
 
 def test_a_crash_between_parts_loses_nothing_and_repeats_nothing(
@@ -167,7 +168,9 @@ def test_a_day_on_s3_through_the_same_code(s3: S3Server, predictor: Predictor) -
         ).image
         written = np.asarray(Image.open(io.BytesIO(data.get(str(row["mask_key"]))))) != 0
         np.testing.assert_array_equal(written, predictor.predict_mask(image))
-    assert PredictionLog(work, day).done() == {str(r["image_key"]) for r in outcome.rows}
+    assert PredictionLog(work, day).done() == {
+        identity(info) for info in data.list(f"production/{day}/")
+    }
     rerun = predict_day(
         day, exact(predictor), data_store=data, work_store=work, options=OPTIONS, run_id="s3-2"
     )

@@ -29,6 +29,28 @@ def test_missing_key_raises_not_found(store: ObjectStore) -> None:
         store.tags("labeled/missing.png")
 
 
+def test_head_reads_only_the_first_bytes_and_checks_the_etag(store: ObjectStore) -> None:
+    store.put("production/2026-11-30/a.png", bytes(range(200)))
+    (info,) = store.list("production/")
+    assert store.head(info.key, 16, if_match=info.etag) == bytes(range(16))
+    assert store.head(info.key, 1000) == bytes(range(200))
+    with pytest.raises(ObjectNotFound):
+        store.head("production/2026-11-30/missing.png", 16)
+    store.put(info.key, b"replaced since it was listed")
+    with pytest.raises(ObjectChanged):
+        store.head(info.key, 16, if_match=info.etag)
+
+
+def test_put_chunks_writes_their_concatenation_and_replaces(store: ObjectStore) -> None:
+    big = [bytes([i]) * (3 * 1024 * 1024) for i in range(4)]  # 12 MiB: a multipart upload on S3
+    store.put("review/coco.json", b"old")
+    store.put_chunks("review/coco.json", iter(big))
+    assert store.get("review/coco.json") == b"".join(big)
+    store.put_chunks("review/empty.json", iter([]))
+    assert store.get("review/empty.json") == b""
+    assert [i.key for i in store.list("review/")] == ["review/coco.json", "review/empty.json"]
+
+
 def test_tags_roundtrip_and_default_empty(store: ObjectStore) -> None:
     store.put("labeled/a.png", b"x", tags={"image_type": "t1", "station": "s 2/3"})
     store.put("labeled/b.png", b"y")
