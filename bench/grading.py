@@ -5,7 +5,8 @@ For each scenario, through the project's own Dagster jobs in a temporary MASKFIN
 
 1. labeled images of the *known* image types are ingested; the nightly job (ingest, dataset
    version with content-hash splits, `mask_model`: the shipped recipe FINE_TUNING on the
-   offline-pretrained Lite0 U-Net at `--size`² with test-time flipping, for `--train-minutes`;
+   offline-pretrained Lite0 U-Net at `--size`² with test-time flipping, for `--train-epochs`
+   (a number of epochs, not minutes, so a busy machine changes the times, not the models);
    evaluation; promotion) makes the champion;
 2. the `reviewer` job trains the grader with its defaults (budgets scaled by the flags) and
    reports its own out-of-fold grade-3 AUC (`self-reported`);
@@ -22,7 +23,7 @@ Scenarios: `photos:<new set>` trains on the two other sets of ../shared/data/rea
 factory types at 128² and brings the tenth (`laser3d-wafer-tray-s4`, the demo's X).
 
     python -m bench.grading [--scenarios photos:car,photos:horse,photos:boat,synthetic]
-                            [--train-minutes 8] [--fold-minutes 3] [--cnn-minutes 2]
+                            [--train-epochs 30] [--fold-epochs 15] [--cnn-minutes N]
                             [--size 256] [--real ../shared/data/real] [--out DIR]
 """
 
@@ -152,7 +153,9 @@ def run_scenario(
 
     training = TrainingSettings(
         model=demo_model_spec(size).model_copy(update={"tta_flip": True}),
-        train=FINE_TUNING.model_copy(update={"max_minutes": args.train_minutes}),
+        train=FINE_TUNING.model_copy(
+            update={"epochs": args.train_epochs, "max_minutes": args.train_minutes}
+        ),
     )
     nightly = {
         "ops": {
@@ -163,7 +166,9 @@ def run_scenario(
     run("nightly", nightly)
     reviewer_settings = ReviewerSettings(
         train=ReviewerTrainConfig(max_minutes=args.cnn_minutes),
-        fold_train=FINE_TUNING.model_copy(update={"max_minutes": args.fold_minutes}),
+        fold_train=FINE_TUNING.model_copy(
+            update={"epochs": args.fold_epochs, "max_minutes": args.fold_minutes}
+        ),
     )
     reviewer = run(
         "reviewer",
@@ -328,9 +333,11 @@ def _parse() -> argparse.Namespace:
         "--real", default=str(Path(__file__).parents[1].parent / "shared/data/real")
     )
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--train-minutes", type=float, default=8.0)
-    parser.add_argument("--fold-minutes", type=float, default=3.0)
-    parser.add_argument("--cnn-minutes", type=float, default=2.0)
+    parser.add_argument("--train-minutes", type=float, default=None)
+    parser.add_argument("--train-epochs", type=int, default=30, help="the champion's epochs")
+    parser.add_argument("--fold-minutes", type=float, default=None)
+    parser.add_argument("--fold-epochs", type=int, default=15, help="each fold model's epochs")
+    parser.add_argument("--cnn-minutes", type=float, default=None)
     parser.add_argument("--synthetic-count", type=int, default=60)
     parser.add_argument("--synthetic-size", type=int, default=128)
     parser.add_argument("--out", default=None)
