@@ -42,4 +42,6 @@ set -- --app-name basic-auth \
 if [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]; then
     set -- "$@" --allowed-hosts "$MLFLOW_ALLOWED_HOSTS"
 fi
+# MLflow 3 starts job runners (huey consumers) for GenAI jobs; the pipeline submits none.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 exec mlflow server "$@"

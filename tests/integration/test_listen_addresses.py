@@ -54,13 +54,13 @@ def test_maskfind_ui_listens_only_on_loopback(tmp_path: Path) -> None:
 
 
 def test_make_ui_runs_maskfind_ui_with_its_default_host() -> None:
-    """`make ui` adds no `--host` (nor anything else) to `maskfind ui`, whose default host the
-    test above serves with."""
+    """`make ui` adds no `--host` (nor any other argument) to `maskfind ui`, whose default host
+    the test above serves with, nor to the Label Studio server it starts beside it."""
     dry_run = subprocess.run(
         ["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    commands = [line for line in dry_run.splitlines() if re.search(r"\bmaskfind\b", line)]
-    assert commands == [".venv/bin/maskfind ui"], dry_run
+    launched = re.findall(r"\.venv/bin/maskfind ([^;&]*)", dry_run)
+    assert {args.strip() for args in launched} == {"ui", "review label-studio"}, dry_run
 
 
 @dataclass(frozen=True)

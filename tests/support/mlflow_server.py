@@ -13,6 +13,10 @@ from pathlib import Path
 
 from tests.support.processes import free_port, server_process
 
+# MLflow 3 starts a pool of `huey_consumer` job runners with every server (seven here, using CPU
+# all session long); the pipeline submits no MLflow jobs.
+NO_JOB_RUNNERS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 @dataclass(frozen=True)
 class MlflowServer:
@@ -46,7 +50,12 @@ def mlflow_server(root: Path | None = None) -> Iterator[MlflowServer]:
         ]
         log_path = Path(tmp) / "server.log"
         with server_process(
-            "mlflow server", command, health_url=f"{url}/health", log_path=log_path, timeout_s=90
+            "mlflow server",
+            command,
+            health_url=f"{url}/health",
+            log_path=log_path,
+            env=NO_JOB_RUNNERS,
+            timeout_s=90,
         ) as process:
             yield MlflowServer(url, process, log_path)
 
@@ -114,6 +123,7 @@ def mlflow_auth_server(
     ]
     server_env = {
         **env,
+        **NO_JOB_RUNNERS,
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,  # never in a file, never the default
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # CSRF protection of the UI
