@@ -320,9 +320,11 @@ def cross_fitted(
     the `fit_on` samples of the other folds, then calibrated by Platt scaling fitted on the
     other folds' out-of-fold predictions (so calibration is judged out of fold too).
 
+    A fold whose other folds hold no grade 3, or only grade 3, cannot fit `scorer`: its
+    samples get those folds' (smoothed) grade shares, all it can know.
+
     Returns:
-        (raw, calibrated): (N, 3) each; NaN rows where a fold's model could not be fitted
-        (no grade 3, or only grade 3, among the other folds' samples).
+        (raw, calibrated): (N, 3) each.
     """
     grades = np.asarray(grades, dtype=np.int64)
     folds = np.asarray(folds, dtype=np.int64)
@@ -333,6 +335,7 @@ def cross_fitted(
         try:
             model = fit_grade_model(_rows(signals, train), grades[train], scorer)
         except ValueError:
+            raw[folds == fold] = base_rates(grades[train])
             continue
         rows = folds == fold
         raw[rows] = model.raw_probabilities(_rows(signals, rows))
@@ -345,6 +348,15 @@ def cross_fitted(
             platt = fit_platt(raw[others, 2], bad[others])
             calibrated[rows] = calibrate(raw[rows], platt)
     return raw, calibrated
+
+
+def base_rates(grades: np.ndarray) -> np.ndarray:
+    """(3,) P(grade 1, 2, 3) of a mask known only to come from where `grades` came from, with
+    add-one-half smoothing (so no grade is certain, and no grades at all is a coin flip)."""
+    counts = np.array([(grades == g).sum() for g in GRADES], dtype=np.float64)
+    p3 = (counts[2] + 0.5) / (counts.sum() + 1)
+    p1_of_rest = (counts[0] + 0.5) / (counts[:2].sum() + 1)
+    return np.array([(1 - p3) * p1_of_rest, (1 - p3) * (1 - p1_of_rest), p3])
 
 
 def _rows(signals: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -131,6 +131,16 @@ def test_cross_fitting_never_uses_a_folds_own_grades() -> None:
     assert not np.allclose(raw_again[folds == 0], raw[folds == 0])
 
 
+def test_a_fold_whose_others_hold_one_grade_gets_their_base_rate() -> None:
+    signals, grades = _signals(300, 0)
+    folds = np.arange(300) % 3
+    grades[folds != 0] = 3  # folds 1 and 2: only bad masks; fold 0 keeps its mix
+    raw, calibrated = cross_fitted(signals, grades, folds, np.ones(300, bool), "signals")
+    assert np.isfinite(raw).all() and np.isfinite(calibrated).all()
+    assert raw[folds == 0, 2] == pytest.approx((200 + 0.5) / 201)  # 200 of 200 bad, smoothed
+    assert len(np.unique(raw[folds == 1, 2])) > 1  # fitted on fold 0's mix: a real ranking
+
+
 def test_a_reviewer_worse_than_flip_disagreement_is_refused() -> None:
     signals, grades = _signals(300, 0)
     types = np.full(300, "t")
