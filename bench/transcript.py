@@ -1,0 +1,124 @@
+"""Run `maskfind demo --fresh` and write what it prints to docs/demo-transcript.md.
+
+The docs show one demo transcript, and it is this script's output, never a pasted one. The demo
+runs in a fresh process with MASKFIND_HOME in a temporary folder (the checkout's `.maskfind` is
+left alone); the page records the command, the date, the commit, the CPU and its core count, and
+every line the demo printed, unabridged.
+
+    python -m bench.transcript [--out docs/demo-transcript.md] [--count N] [--size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "docs" / "demo-transcript.md"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One demo run: what was run, where, and what it printed."""
+
+    command: str
+    started: dt.datetime
+    seconds: float
+    exit_code: int
+    commit: str
+    machine: str
+    output: str
+
+
+def page(run: Run) -> str:
+    """The Markdown page for one demo run."""
+    outcome = "finished" if run.exit_code == 0 else f"exited with status {run.exit_code}"
+    lines = [
+        "# Demo transcript",
+        "",
+        f"What `{run.command}` printed on {run.started:%Y-%m-%d} at commit `{run.commit}`, on",
+        f"{run.machine}. It {outcome} after {run.seconds / 60:.1f} minutes. This page is written",
+        "by `python -m bench.transcript`, which runs the demo in a temporary `MASKFIND_HOME`;",
+        "run it again to replace the page. [The demo](demo.md) says what each step means; in",
+        "the matrix lines, `a -> b` is model 1's test mIoU -> model 2's on the same images.",
+        "",
+        "```text",
+        run.output.rstrip("\n"),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """CPU model and core count, e.g. "2 cores of an AMD EPYC (x86_64)"."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores of an {model} ({platform.machine()})"
+
+
+def commit() -> str:
+    """The checkout's short commit, with `+changes` when the tree is not clean."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head or 'unknown'}{'+changes' if dirty else ''}"
+
+
+def run_demo(extra: list[str]) -> Run:
+    """`maskfind demo --fresh [extra]` in a temporary MASKFIND_HOME, its output captured."""
+    shown = " ".join(["maskfind demo --fresh", *extra])
+    with tempfile.TemporaryDirectory(prefix="maskfind-transcript-") as home:
+        env = {**os.environ, "MASKFIND_HOME": home, "PYTHONPATH": str(ROOT)}
+        env.pop("DAGSTER_HOME", None)
+        code = "from maskfind_pipeline.cli import main; main()"
+        started = dt.datetime.now(dt.UTC)
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", code, "demo", "--fresh", *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # progress bars and library warnings
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+    output = done.stdout.replace(home, "$MASKFIND_HOME")  # a temporary folder, gone now
+    return Run(shown, started, seconds, done.returncode, commit(), machine(), output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the demo and write its transcript page.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--count", type=int, help="labeled samples per known image type")
+    parser.add_argument("--size", type=int, help="image and model input size")
+    args = parser.parse_args(argv)
+    extra = [f"--{name}={value}" for name in ("count", "size") if (value := getattr(args, name))]
+    run = run_demo(extra)
+    args.out.write_text(page(run))
+    print(run.output, end="")
+    print(f"wrote {args.out} (exit status {run.exit_code})")
+    return run.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
