@@ -92,6 +92,7 @@ def run_demo(extra: list[str]) -> Run:
         env = {**os.environ, "MASKFIND_HOME": home, "PYTHONPATH": str(ROOT)}
         env.pop("DAGSTER_HOME", None)
         code = "from maskfind_pipeline.cli import main; main()"
+        ran = commit()  # the code that runs, whatever is committed while it does
         started = dt.datetime.now(dt.UTC)
         start = time.perf_counter()
         done = subprocess.run(
@@ -104,7 +105,7 @@ def run_demo(extra: list[str]) -> Run:
         )
         seconds = time.perf_counter() - start
     output = done.stdout.replace(home, "$MASKFIND_HOME")  # a temporary folder, gone now
-    return Run(shown, started, seconds, done.returncode, commit(), machine(), output)
+    return Run(shown, started, seconds, done.returncode, ran, machine(), output)
 
 
 def main(argv: list[str] | None = None) -> int:
