@@ -45,9 +45,11 @@ def page(run: Run) -> str:
         "# Demo transcript",
         "",
         f"What `{run.command}` printed on {run.started:%Y-%m-%d} at commit `{run.commit}`, on",
-        f"{run.machine}. It {outcome} after {run.seconds / 60:.1f} minutes. This page is written",
-        "by `python -m bench.transcript`, which runs the demo in a temporary `MASKFIND_HOME`;",
-        "run it again to replace the page. [The demo](demo.md) says what each line means.",
+        f"{run.machine} as it started. It {outcome} after {run.seconds / 60:.1f} minutes.",
+        "This page is written by `python -m bench.transcript`, which runs the demo in a",
+        "temporary `MASKFIND_HOME`; run it again to replace the page. [The demo](demo.md) says",
+        "what each line means; with other work on the same cores, training may reach its time",
+        "cap before its epochs.",
         "`a -> b` reads before -> after; the line says which two (model 1 -> model 2 on the",
         "same test images, or day 1 -> day 2 of production).",
         "",
@@ -60,7 +62,7 @@ def page(run: Run) -> str:
 
 
 def machine() -> str:
-    """CPU model and core count, e.g. "2 cores of an AMD EPYC (x86_64)"."""
+    """CPU model, core count and load, e.g. "2 cores of an AMD EPYC (x86_64), load average 0.3"."""
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -68,7 +70,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores of an {model} ({platform.machine()})"
+    load = os.getloadavg()[0]  # other work on the same cores slows the demo's training
+    return f"{os.cpu_count()} cores of an {model} ({platform.machine()}), load average {load:.1f}"
 
 
 def commit() -> str:
@@ -92,7 +95,7 @@ def run_demo(extra: list[str]) -> Run:
         env = {**os.environ, "MASKFIND_HOME": home, "PYTHONPATH": str(ROOT)}
         env.pop("DAGSTER_HOME", None)
         code = "from maskfind_pipeline.cli import main; main()"
-        ran = commit()  # the code that runs, whatever is committed while it does
+        ran, where = commit(), machine()  # as the run starts
         started = dt.datetime.now(dt.UTC)
         start = time.perf_counter()
         done = subprocess.run(
@@ -105,7 +108,7 @@ def run_demo(extra: list[str]) -> Run:
         )
         seconds = time.perf_counter() - start
     output = done.stdout.replace(home, "$MASKFIND_HOME")  # a temporary folder, gone now
-    return Run(shown, started, seconds, done.returncode, ran, machine(), output)
+    return Run(shown, started, seconds, done.returncode, ran, where, output)
 
 
 def main(argv: list[str] | None = None) -> int:
