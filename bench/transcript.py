@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,9 @@ def commit() -> str:
 
 
 def run_demo(extra: list[str]) -> Run:
-    """`maskfind demo --fresh [extra]` in a temporary MASKFIND_HOME, its output captured."""
+    """`maskfind demo --fresh [extra]` in a temporary MASKFIND_HOME, its output captured and
+    echoed line by line. The demo runs in its own process group, ended with this process (a
+    `timeout` or Ctrl-C leaves no demo behind)."""
     shown = " ".join(["maskfind demo --fresh", *extra])
     with tempfile.TemporaryDirectory(prefix="maskfind-transcript-") as home:
         env = {**os.environ, "MASKFIND_HOME": home, "PYTHONPATH": str(ROOT)}
@@ -98,17 +101,46 @@ def run_demo(extra: list[str]) -> Run:
         ran, where = commit(), machine()  # as the run starts
         started = dt.datetime.now(dt.UTC)
         start = time.perf_counter()
-        done = subprocess.run(
+        lines: list[str] = []
+        demo = subprocess.Popen(
             [sys.executable, "-c", code, "demo", "--fresh", *extra],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # progress bars and library warnings
             text=True,
+            start_new_session=True,
         )
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            assert demo.stdout is not None
+            for line in demo.stdout:
+                lines.append(line)
+                print(line, end="", flush=True)
+            code = demo.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            _end(demo)
         seconds = time.perf_counter() - start
-    output = done.stdout.replace(home, "$MASKFIND_HOME")  # a temporary folder, gone now
-    return Run(shown, started, seconds, done.returncode, ran, where, output)
+    output = "".join(lines).replace(home, "$MASKFIND_HOME")  # a temporary folder, gone now
+    return Run(shown, started, seconds, code, ran, where, output)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _end(demo: subprocess.Popen[str]) -> None:
+    """Stop the demo's process group if anything of it is still running."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(demo.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            demo.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"--{name}={value}" for name in ("count", "size") if (value := getattr(args, name))]
     run = run_demo(extra)
     args.out.write_text(page(run))
-    print(run.output, end="")
     print(f"wrote {args.out} (exit status {run.exit_code})")
     return run.exit_code
 
