@@ -6,6 +6,7 @@ left alone); the page records the command, the date, the commit, the CPU and its
 every line the demo printed, unabridged.
 
     python -m bench.transcript [--out docs/demo-transcript.md] [--count N] [--size N]
+                               [--timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +39,15 @@ class Run:
     commit: str
     machine: str
     output: str
+    timed_out: bool = False
+    """Stopped at the script's `--timeout` before the demo ended."""
 
 
 def page(run: Run) -> str:
     """The Markdown page for one demo run."""
     outcome = "finished" if run.exit_code == 0 else f"exited with status {run.exit_code}"
+    if run.timed_out:
+        outcome = "was stopped at the time limit"
     lines = [
         "# Demo transcript",
         "",
@@ -89,10 +95,11 @@ def commit() -> str:
     return f"{head or 'unknown'}{'+changes' if dirty else ''}"
 
 
-def run_demo(extra: list[str]) -> Run:
+def run_demo(extra: list[str], timeout: float | None = None) -> Run:
     """`maskfind demo --fresh [extra]` in a temporary MASKFIND_HOME, its output captured and
     echoed line by line. The demo runs in its own process group, ended with this process (a
-    `timeout` or Ctrl-C leaves no demo behind)."""
+    `timeout` or Ctrl-C leaves no demo behind) or after `timeout` seconds (the page then shows
+    what it printed until then)."""
     shown = " ".join(["maskfind demo --fresh", *extra])
     with tempfile.TemporaryDirectory(prefix="maskfind-transcript-") as home:
         env = {**os.environ, "MASKFIND_HOME": home, "PYTHONPATH": str(ROOT)}
@@ -112,6 +119,9 @@ def run_demo(extra: list[str]) -> Run:
             start_new_session=True,
         )
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        limit = threading.Timer(timeout, _end, (demo,)) if timeout else None
+        if limit is not None:
+            limit.start()
         try:
             assert demo.stdout is not None
             for line in demo.stdout:
@@ -120,10 +130,13 @@ def run_demo(extra: list[str]) -> Run:
             code = demo.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if limit is not None:
+                limit.cancel()
             _end(demo)
         seconds = time.perf_counter() - start
     output = "".join(lines).replace(home, "$MASKFIND_HOME")  # a temporary folder, gone now
-    return Run(shown, started, seconds, code, ran, where, output)
+    timed_out = timeout is not None and seconds >= timeout
+    return Run(shown, started, seconds, code, ran, where, output, timed_out)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -148,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--count", type=int, help="labeled samples per known image type")
     parser.add_argument("--size", type=int, help="image and model input size")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds; stop the demo then and write what it printed"
+    )
     args = parser.parse_args(argv)
     extra = [f"--{name}={value}" for name in ("count", "size") if (value := getattr(args, name))]
-    run = run_demo(extra)
+    run = run_demo(extra, args.timeout)
     args.out.write_text(page(run))
     print(f"wrote {args.out} (exit status {run.exit_code})")
     return run.exit_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from pathlib import Path
@@ -13,7 +14,8 @@ from bench.transcript import Run, page
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "demo-transcript.md"
 HEADER = re.compile(
     r"What `(?P<command>[^`]+)` printed on (?P<date>\d{4}-\d\d-\d\d) at commit `(?P<commit>[^`]+)`,"
-    r" on\n(?P<machine>.+?) as it started\. It (?:finished|exited with status (?P<code>\d+)) "
+    r" on\n(?P<machine>.+?) as it started\. It (?:finished|exited with status (?P<code>\d+)|"
+    r"(?P<stopped>was stopped at the time limit)) "
     r"after (?P<minutes>[\d.]+) minutes\.",
     re.S,
 )
@@ -32,6 +34,7 @@ def parsed(text: str) -> Run:
         commit=header["commit"],
         machine=header["machine"],
         output=output + "\n",
+        timed_out=bool(header["stopped"]),
     )
 
 
@@ -51,6 +54,9 @@ def test_a_page_holds_every_line_and_reads_back_as_its_run() -> None:
     assert page(parsed(text)) == text
     pasted_note = text.replace("# Demo transcript\n", "# Demo transcript\n\nAbridged.\n")
     assert page(parsed(pasted_note)) != pasted_note
+    stopped = page(dataclasses.replace(run, exit_code=-15, timed_out=True))
+    assert "It was stopped at the time limit after 3.6 minutes." in stopped
+    assert page(parsed(stopped)) == stopped
     with pytest.raises(AssertionError, match="no header"):
         parsed(text.replace("as it started", "then"))
 
