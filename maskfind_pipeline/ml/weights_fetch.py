@@ -23,24 +23,38 @@ checksum is refused before anything is downloaded. Nothing unverified becomes vi
 
 A file already in the real cache is not downloaded again, only verified; a cached file that does not
 match is reported and left for the user to delete.
+
+Encoders whose Hugging Face files are not all pinned but whose ImageNet weights torchvision
+publishes (`pretrained.TORCH_HUB_URLS`: resnet34, the default) are fetched from torchvision
+instead, with torch.hub's own check: `torch.hub.download_url_to_file(..., hash_prefix=...)`
+downloads to a temporary file beside the target, compares the SHA-256 with the 8 hex digits the
+file name carries, and only then moves it into `<torch.hub.get_dir()>/checkpoints/`, where
+training finds it (`pretrained.load_encoder_weights`, source 3).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+import torch
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.file_download import repo_folder_name
 
 from maskfind_pipeline.ml.config import ModelSpec
-from maskfind_pipeline.ml.pretrained import HUB_FILENAME, hub_location
+from maskfind_pipeline.ml.pretrained import (
+    HUB_FILENAME,
+    TORCH_HUB_URLS,
+    hash_prefix,
+    hub_location,
+    sha256_of,
+)
 
 DEFAULT_ENCODER: str = ModelSpec.model_fields["encoder_name"].default
 """The production default encoder (`ModelSpec().encoder_name`)."""
@@ -58,8 +72,9 @@ PINNED_SHA256: dict[tuple[str, str, str], str] = {
     ("timm/tf_efficientnet_lite0.in1k", "main", HUB_FILENAME): (
         "1b2a452450b5cf3f8f42da5b6214e71d5fda5666bef4dfae0699407e5bef13e1"
     ),
-    # Not pinned yet, so refused: smp-hub/resnet34.imagenet (the default encoder) at
-    # 7a57b34f723329ff020b3f8bc41771163c519d0c, model.safetensors and config.json, and the timm
+    # Not pinned, so refused here: smp-hub/resnet34.imagenet at
+    # 7a57b34f723329ff020b3f8bc41771163c519d0c, model.safetensors and config.json (the default
+    # encoder's weights come from torchvision's file instead: TORCH_HUB_URLS), and the timm
     # lite1/lite2 repos. Add an entry only from a source checked on a networked machine, e.g.
     # `sha256sum` of the files `hf download <repo> <file> --revision <rev>` fetched, or the
     # etag of `curl -sI https://huggingface.co/<repo>/resolve/<rev>/model.safetensors`;
@@ -91,6 +106,78 @@ class FetchedFile:
     sha256: str
     downloaded: bool
     """False when the file was already cached (and only verified)."""
+    url: str | None = None
+    """Where a torch.hub file comes from; None for Hugging Face files."""
+
+    @property
+    def label(self) -> str:
+        """The file's origin, as the CLI prints it."""
+        return self.url or f"{self.repo_id}@{self.revision} {self.filename}"
+
+
+def fetch_weights(
+    encoder_name: str = DEFAULT_ENCODER,
+    *,
+    weights: str = "imagenet",
+    checksums: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    endpoint: str | None = None,
+) -> list[FetchedFile]:
+    """What `maskfind weights fetch` does: the Hugging Face files when every one is pinned (or
+    `checksums`, `FILE=HEX` options, pin them), else torchvision's file where one is published
+    (`TORCH_HUB_URLS`), else `NoPinnedChecksum` before any download.
+
+    Raises:
+        ValueError: Unknown encoder or malformed `checksums`.
+        WeightsFetchError: As `fetch_encoder_weights` and `fetch_torch_hub_weights`.
+    """
+    pinned = parse_sha256_options(encoder_name, weights, checksums)
+    config, (repo_id, revision) = _located(encoder_name, weights)
+    every_file_pinned = all(
+        (repo_id, revision or "main", name) in pinned for name in hub_files(config)
+    )
+    url = TORCH_HUB_URLS.get((encoder_name, weights))
+    if url is not None and not every_file_pinned:
+        return [fetch_torch_hub_weights(url)]
+    return fetch_encoder_weights(
+        encoder_name, weights=weights, cache_dir=cache_dir, endpoint=endpoint, pinned=pinned
+    )
+
+
+def fetch_torch_hub_weights(url: str, *, hub_dir: str | Path | None = None) -> FetchedFile:
+    """Download a torch.hub weights file into `<hub_dir>/checkpoints/`, checked by torch.hub
+    against the SHA-256 prefix its name carries before it takes that name.
+
+    Args:
+        url: A file named `<name>-<sha256 prefix>.<ext>` (torch.hub's convention).
+        hub_dir: torch.hub's folder; default `torch.hub.get_dir()` (`$TORCH_HOME/hub`).
+
+    Raises:
+        ValueError: The file name carries no SHA-256 prefix.
+        ChecksumMismatch: The download, or the file already there, does not match its prefix.
+        WeightsFetchError: The download failed.
+    """
+    name = Path(urlparse(url).path).name
+    prefix = hash_prefix(name)
+    target = Path(hub_dir or torch.hub.get_dir()) / "checkpoints" / name
+    if target.is_file():
+        digest = sha256_of(target)
+        if not digest.startswith(prefix):
+            raise ChecksumMismatch(
+                f"cached {target}: SHA-256 {digest} does not start with {prefix}; the cache was "
+                "not changed: delete it to fetch it again"
+            )
+        return FetchedFile(url, "torch.hub", name, target, digest, downloaded=False, url=url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=prefix, progress=False)
+    except RuntimeError as exc:  # torch.hub's "invalid hash value"; its partial file is removed
+        raise ChecksumMismatch(
+            f"downloaded {url}: {exc}; the download was discarded and the cache was not changed"
+        ) from None
+    except OSError as exc:  # URLError, HTTPError, disk errors
+        raise WeightsFetchError(f"downloading {url} failed: {exc}") from exc
+    return FetchedFile(url, "torch.hub", name, target, sha256_of(target), downloaded=True, url=url)
 
 
 def hub_files(config: ModelSpec) -> tuple[str, ...]:
@@ -196,15 +283,6 @@ def parse_sha256_options(
             raise ValueError(f"--sha256 {option!r} contradicts the pinned {table[key]}")
         table[key] = digest
     return table
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (following symlinks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _located(encoder_name: str, weights: str) -> tuple[ModelSpec, tuple[str, str | None]]:

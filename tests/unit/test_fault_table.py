@@ -1,4 +1,5 @@
-"""The README's fault table cannot go stale: every row names tests, and every name is a test."""
+"""The fault table of docs/reliability.md cannot go stale: every row names tests, and every name
+is a test."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ROWS = 38
 
 
-def fault_table(readme: str) -> list[tuple[int, list[str]]]:
+def fault_table(page: str) -> list[tuple[int, list[str]]]:
     """(row number, test names) of each row of the table under "## Faults and bad inputs"."""
-    section = readme.split("\n## Faults and bad inputs\n", 1)[1].split("\n## ", 1)[0]
+    section = page.split("\n## Faults and bad inputs\n", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -35,7 +36,7 @@ def suite_tests() -> set[str]:
 
 
 def test_every_row_names_tests_that_exist() -> None:
-    rows = fault_table((ROOT / "README.md").read_text())
+    rows = fault_table((ROOT / "docs" / "reliability.md").read_text())
     assert [number for number, _ in rows] == list(range(1, ROWS + 1))
     defined = suite_tests()
     for number, names in rows:
@@ -45,9 +46,9 @@ def test_every_row_names_tests_that_exist() -> None:
 
 
 def test_the_checker_notices_a_stale_name() -> None:
-    readme = (
+    page = (
         "x\n## Faults and bad inputs\n\n| # | fault | does | tests |\n|---|---|---|---|\n"
         "| 1 | a | b | `test_every_row_names_tests_that_exist`, `test_gone_long_ago` |\n## Next\n"
     )
-    ((number, names),) = fault_table(readme)
+    ((number, names),) = fault_table(page)
     assert number == 1 and set(names) - suite_tests() == {"test_gone_long_ago"}

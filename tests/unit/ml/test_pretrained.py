@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import pickle
 import socket
 import sys
@@ -17,6 +18,7 @@ from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, demo_model_spec
 from maskfind_pipeline.ml.model import build_model, preprocess
 from maskfind_pipeline.ml.pretrained import (
     LITE_PACKAGES,
+    TORCH_HUB_URLS,
     WEIGHTS_ENV_VAR,
     PretrainedWeightsError,
     PretrainedWeightsUnavailable,
@@ -34,10 +36,12 @@ EGYPTIAN_CAT, ESPRESSO = 285, 967
 
 @pytest.fixture(autouse=True)
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty hub cache, no weights variable, and any network connection fails the test."""
+    """Empty hub and torch.hub caches, no weights variable, and any network connection fails the
+    test."""
     cache = tmp_path / "hf-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(WEIGHTS_ENV_VAR, raising=False)
 
@@ -183,6 +187,58 @@ def test_no_source_names_both_ways_to_provide_one(offline: Path) -> None:
     assert all(part in message for part in hub)
     assert WEIGHTS_ENV_VAR in message
     assert "encoder_weights_path" in message
+    assert str(offline.parent / "torch-home" / "hub" / "checkpoints" / "resnet34-b627a593.pth") in (
+        message
+    )
+
+
+def test_the_torch_hub_url_is_the_one_torchvision_names() -> None:
+    from torchvision.models import ResNet34_Weights
+
+    assert TORCH_HUB_URLS[("resnet34", "imagenet")] == ResNet34_Weights.IMAGENET1K_V1.url
+
+
+def torchvision_file(
+    folder: Path, state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """`state` plus a classifier, saved the way torchvision publishes ResNets: named
+    `resnet34-<first 8 hex digits of its SHA-256>.pth` in torch.hub's checkpoints folder, which
+    `TORCH_HUB_URLS` is pointed at."""
+    folder.mkdir(parents=True)
+    path = folder / "resnet34.pth"
+    head = {"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}
+    torch.save({**state, **head}, path)
+    named = path.rename(
+        folder / f"resnet34-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
+    )
+    url = f"https://download.pytorch.org/models/{named.name}"
+    monkeypatch.setitem(TORCH_HUB_URLS, ("resnet34", "imagenet"), url)
+    return named
+
+
+def test_torch_hub_file_is_used_offline_without_its_classifier(
+    offline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = random_encoder_state()
+    path = torchvision_file(
+        offline.parent / "torch-home" / "hub" / "checkpoints", state, monkeypatch
+    )
+    model = build_model(RESNET, pretrained=False)
+    assert load_encoder_weights(model, RESNET) == f"torch-hub:{path.name}"
+    assert_encoder_equals(model, state)
+
+
+def test_a_torch_hub_file_that_does_not_match_its_name_is_refused(
+    offline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = torchvision_file(
+        offline.parent / "torch-home" / "hub" / "checkpoints", random_encoder_state(), monkeypatch
+    )
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PretrainedWeightsError, match="does not start with"):
+        build_model(RESNET)
 
 
 def test_training_from_scratch_needs_no_weights() -> None:

@@ -1,4 +1,5 @@
-"""`maskfind weights fetch`: verified downloads into the hub cache, from a loopback stand-in hub."""
+"""`maskfind weights fetch`: verified downloads into the Hugging Face and torch.hub caches, from a
+loopback stand-in for the hub and for download.pytorch.org."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from huggingface_hub import hf_hub_download
 
 from maskfind_pipeline.cli import main
 from maskfind_pipeline.ml import pretrained
+from maskfind_pipeline.ml.pretrained import TORCH_HUB_URLS
 from maskfind_pipeline.ml.weights_fetch import (
     PINNED_SHA256,
     ChecksumMismatch,
     NoPinnedChecksum,
     fetch_encoder_weights,
+    fetch_torch_hub_weights,
+    fetch_weights,
 )
 
 SMP_REPO = "smp-hub/resnet34.imagenet"
@@ -38,6 +42,12 @@ COMMITS = {SMP_REVISION: SMP_REVISION, "main": TIMM_COMMIT}
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+TORCHVISION_DATA = b"stand-in torchvision resnet34 weights"
+TORCHVISION_NAME = f"resnet34-{sha256(TORCHVISION_DATA)[:8]}.pth"
+MISNAMED = "resnet34-00000000.pth"
+TORCH_FILES = {f"/models/{TORCHVISION_NAME}": TORCHVISION_DATA, f"/models/{MISNAMED}": b"other"}
 
 
 RIGHT = {key: sha256(data) for key, data in FILES.items()}
@@ -69,14 +79,14 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInHub]:
             record.append((self.command, self.path))
             repo, sep, rest = self.path.lstrip("/").partition("/resolve/")
             revision, _, filename = rest.partition("/")
-            data = FILES.get((repo, revision, filename)) if sep else None
+            data = FILES.get((repo, revision, filename)) if sep else TORCH_FILES.get(self.path)
             if data is None:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             self.send_response(200)
-            self.send_header("X-Repo-Commit", COMMITS[revision])
+            self.send_header("X-Repo-Commit", COMMITS.get(revision, SMP_REVISION))
             self.send_header("ETag", f'"{sha256(data)}"')
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -114,6 +124,13 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(path))
     return path
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch.hub folder (`$TORCH_HOME/hub`)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return tmp_path / "torch-home" / "hub"
 
 
 def listing(root: Path) -> list[str]:
@@ -187,11 +204,59 @@ def test_encoder_without_pinned_checksum_is_refused_before_any_request(
     assert hub.requests == [] and listing(cache) == []
 
 
-def test_cli_fetches_verifies_and_refuses(hub: StandInHub, cache: Path) -> None:
+def test_the_default_encoder_comes_from_torchvision_checked_by_its_hash_prefix(
+    hub: StandInHub, torch_home: Path
+) -> None:
+    url = f"{hub.url}/models/{TORCHVISION_NAME}"
+    fetched = fetch_torch_hub_weights(url)
+    target = torch_home / "checkpoints" / TORCHVISION_NAME
+    assert (fetched.path, fetched.sha256, fetched.downloaded) == (
+        target,
+        sha256(TORCHVISION_DATA),
+        True,
+    )
+    assert target.read_bytes() == TORCHVISION_DATA
+    assert listing(torch_home) == ["checkpoints", f"checkpoints/{TORCHVISION_NAME}"]
+    assert not fetch_torch_hub_weights(url).downloaded
+    assert hub.gets() == [f"/models/{TORCHVISION_NAME}"]
+
+
+def test_a_torchvision_file_not_matching_its_name_is_refused_and_leaves_the_cache_untouched(
+    hub: StandInHub, torch_home: Path
+) -> None:
+    with pytest.raises(ChecksumMismatch, match=f'expected "00000000", got "{sha256(b"other")}'):
+        fetch_torch_hub_weights(f"{hub.url}/models/{MISNAMED}")
+    assert hub.gets() == [f"/models/{MISNAMED}"]
+    assert listing(torch_home) == ["checkpoints"], "no partial file is left"
+    damaged = torch_home / "checkpoints" / TORCHVISION_NAME
+    damaged.write_bytes(b"damaged")
+    with pytest.raises(ChecksumMismatch, match="delete it"):
+        fetch_torch_hub_weights(f"{hub.url}/models/{TORCHVISION_NAME}")
+    assert damaged.read_bytes() == b"damaged" and len(hub.gets()) == 1
+
+
+def test_an_encoder_with_neither_pin_nor_torchvision_file_is_refused_before_any_request(
+    hub: StandInHub, cache: Path, torch_home: Path
+) -> None:
+    with pytest.raises(NoPinnedChecksum, match="tf_efficientnet_lite1"):
+        fetch_weights("tu-tf_efficientnet_lite1")
+    assert hub.requests == [] and listing(cache) == [] and not torch_home.exists()
+
+
+def test_cli_fetches_verifies_and_refuses(
+    hub: StandInHub, cache: Path, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
+    url = f"{hub.url}/models/{TORCHVISION_NAME}"
+    monkeypatch.setitem(TORCH_HUB_URLS, ("resnet34", "imagenet"), url)
+    default = runner.invoke(main, ["weights", "fetch"])
+    assert default.exit_code == 0, default.output
+    assert f"{url}: sha256 {sha256(TORCHVISION_DATA)} OK, downloaded" in default.output
+    assert (torch_home / "checkpoints" / TORCHVISION_NAME).read_bytes() == TORCHVISION_DATA
+    assert listing(cache) == [], "the Hugging Face cache is not touched"
+    monkeypatch.setitem(TORCH_HUB_URLS, ("resnet34", "imagenet"), f"{hub.url}/models/{MISNAMED}")
     refused = runner.invoke(main, ["weights", "fetch"])
-    assert refused.exit_code == 1 and "no pinned checksum" in refused.output
-    assert hub.requests == []
+    assert refused.exit_code == 1 and "invalid hash value" in refused.output
 
     config = f"config.json={RIGHT[(SMP_REPO, SMP_REVISION, 'config.json')]}"
     wrong = runner.invoke(
