@@ -7,6 +7,7 @@ import dagster as dg
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import ReviewerSettings
 from maskfind_pipeline.version import code_version
@@ -19,6 +20,8 @@ class ReviewerConfig(run_config_for(ReviewerSettings)):
 
 @dg.asset(
     group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["promotion"],
     kinds={"pytorch", "mlflow"},
     pool="training",
