@@ -13,6 +13,13 @@ download; a version is registered only after its model is completely uploaded. A
 (`challenger`, `champion`), never stages. The version is a training's commit point: its run is
 FINISHED only after it (and its alias) exist, so a run still RUNNING and without a version is an
 attempt that died (`registry.attempts` settles those when the training is retried).
+
+A training's run is created when the training starts (`training_run`: MLflow system metrics are
+sampled into it meanwhile) or when it is logged. Its params, tags and metrics go in `log_batch`
+requests, not one request each (logging a training takes about 29 requests whatever its epochs,
+params and image types: `tests/integration/test_mlflow_traffic.py`); the dataset splits it read
+are its MLflow dataset inputs (`registry.datasets`), and the metrics name the split they were
+measured on.
 """
 
 from __future__ import annotations
