@@ -530,16 +530,17 @@ def _system_metrics(run_id: str, tracking_uri: str, sampling_interval: int) -> I
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError as exc:  # psutil is not installed
         _log.warning("no system metrics on MLflow run %s: %s", run_id, exc)
-        yield
-        return
-    monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=sampling_interval, tracking_uri=tracking_uri
-    )
-    monitor.start()
+        monitor = None
+    else:
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=sampling_interval, tracking_uri=tracking_uri
+        )
+        monitor.start()
     try:
         yield
     finally:
-        monitor.finish()
+        if monitor is not None:
+            monitor.finish()
 
 
 def _now_ms() -> int:
