@@ -170,8 +170,10 @@ def train_and_register_reviewer(
     tags: Mapping[str, str] | None = None,
     on_epoch: Callable[[ReviewerEpoch], None] | None = None,
     log: Log = lambda _: None,
+    run_id: str | None = None,
 ) -> ReviewerOutcome:
-    """Build graded masks, cross-fit and judge every scorer, register the winner, promote it.
+    """Build graded masks, cross-fit and judge every scorer, register the winner, promote it;
+    logged to run `run_id` (`ModelRegistry.training_run` of `reviewers`) or a new one.
 
     Raises:
         LookupError: no dataset version or champion mask model yet.
@@ -223,7 +225,7 @@ def train_and_register_reviewer(
     )  # fmt: skip
     read = whole_version(versions.card(vid), versions.manifest_uri(vid), schema=manifest.schema)
     record = dataclasses.replace(record, datasets=[read])  # it reads every split of the version
-    registered = reviewers.log_training(record, alias=CHALLENGER)
+    registered = reviewers.log_training(record, alias=CHALLENGER, run_id=run_id)
     ours = production[scorer].ranking.auc_grade3
     promoted = champion_auc is None or ours >= champion_auc
     if promoted:

@@ -183,13 +183,15 @@ class ModelRegistry:
         """A training's run from its start: yields its id (hand it to `log_training`, which
         finishes it), samples the machine into it as MLflow system metrics (`system/cpu_...`,
         memory, disk, network, GPU: what `mlflow.start_run(log_system_metrics=True)` logs)
-        while the block runs, and marks it FAILED if the block raises."""
+        while the block runs, and marks it FAILED if the block raises before it was finished."""
         run_id = self._create_run(dataset_version, tags).info.run_id
         try:
             with _system_metrics(run_id, self.tracking_uri, sampling_interval):
                 yield run_id
         except BaseException:
-            self.client.set_terminated(run_id, status="FAILED")
+            with contextlib.suppress(MlflowException):  # the block's error is the one to see
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, status="FAILED")
             raise
 
     def log_training(

@@ -153,3 +153,16 @@ def test_a_training_that_fails_leaves_its_run_failed(registry: ModelRegistry) ->
     ):
         raise RuntimeError("out of memory")
     assert registry.client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_failure_after_the_training_was_logged_keeps_its_run_finished(
+    registry: ModelRegistry,
+) -> None:
+    """The reviewer promotes inside its run's block: a failure there leaves the logged run."""
+    with (
+        pytest.raises(RuntimeError, match="promotion"),
+        registry.training_run(VID, {}, sampling_interval=1) as run_id,
+    ):
+        registry.log_training(tiny_record(seed=6, dataset_version=VID), alias=None, run_id=run_id)
+        raise RuntimeError("promotion failed")
+    assert registry.client.get_run(run_id).info.status == "FINISHED"
