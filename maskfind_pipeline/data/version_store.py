@@ -118,6 +118,10 @@ class VersionStore:
             raise CorruptVersion(f"corrupt dataset version {vid}: content does not hash to its id")
         return table
 
+    def manifest_uri(self, vid: str) -> str:
+        """Where the manifest of version `vid` lies (`file://...` or `s3://...`)."""
+        return f"{self.store.uri.rstrip('/')}/{self._manifest_key(vid)}"
+
     def list(self) -> list[dict[str, Any]]:
         """Cards of every published version, oldest first."""
         cards = [

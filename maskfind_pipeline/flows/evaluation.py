@@ -14,6 +14,7 @@ import pyarrow as pa
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
+from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
 from maskfind_pipeline.evaluation.members import update_members
@@ -24,6 +25,7 @@ from maskfind_pipeline.flows.settings import EvaluationOptions
 from maskfind_pipeline.ml.inference import predict_probabilities
 from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts
 from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.registry.datasets import DatasetRef, version_datasets
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
@@ -100,7 +102,7 @@ def update_matrix(
         )
         now = datetime.now(UTC)
         rows = [{**row, "mlflow_run_id": None, "evaluated_at": now} for row in rows]
-        run_id = log_cell_run(registry, cell, rows)
+        run_id = log_cell_run(registry, cell, rows, _test_split(versions, cards, cell))
         return [{**row, "mlflow_run_id": run_id} for row in rows]
 
     written = fill_matrix(plan, cells, evaluate, on_cell)
@@ -191,9 +193,12 @@ class SampleScorer:
         return self._predictors[version]
 
 
-def log_cell_run(registry: ModelRegistry, cell: Cell, rows: CellRows) -> str:
+def log_cell_run(
+    registry: ModelRegistry, cell: Cell, rows: CellRows, dataset: DatasetRef | None = None
+) -> str:
     """An MLflow evaluation run tagged with the model version and dataset version; its metrics
-    are the model version's LoggedModel's too, measured on the dataset version."""
+    are the model version's LoggedModel's too, measured on the dataset version's test split
+    (`dataset`, its run input where it names a source)."""
     client = registry.client
     run = client.create_run(
         registry.experiment_id(),
@@ -211,10 +216,22 @@ def log_cell_run(registry: ModelRegistry, cell: Cell, rows: CellRows) -> str:
         for metric in ("miou", "precision", "recall")
     }
     registry.log_model_metrics(
-        run.info.run_id, cell.model_version, metrics, dataset_version=cell.dataset_version
+        run.info.run_id,
+        cell.model_version,
+        metrics,
+        dataset=dataset or DatasetRef(cell.dataset_version, "test"),
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def _test_split(versions: VersionStore, cards: list[dict], cell: Cell) -> DatasetRef:
+    """The test split of the cell's dataset version as an MLflow dataset (profile from its
+    card)."""
+    vid = cell.dataset_version
+    card = next((c for c in cards if c["id"] == vid), {"id": vid})
+    found = version_datasets(card, versions.manifest_uri(vid), ("test",), schema=MANIFEST_SCHEMA)
+    return found[0] if found else DatasetRef(vid, "test", versions.manifest_uri(vid))
 
 
 def _group_name(row: dict[str, object]) -> str:

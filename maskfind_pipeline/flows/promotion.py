@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GateDecision, GatePolicy, decide
 from maskfind_pipeline.flows.settings import ManualPromotion
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.mlflow_registry import MAX_DESCRIPTION, ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, AliasMove, promote
 
 
@@ -55,7 +56,10 @@ def gate_and_promote(
     if decision.passed:
         promote(registry, candidate, actor=actor, reason="gate passed", evidence=decision.evidence)
     after = registry.alias_or_none(CHAMPION)
-    return PromotionOutcome(candidate, before, after.version if after else None, decision)
+    outcome = PromotionOutcome(candidate, before, after.version if after else None, decision)
+    verdict = "promoted to champion" if outcome.promoted else "not promoted"
+    registry.describe_version(candidate, gate_report(decision, before, verdict, actor=actor))
+    return outcome
 
 
 def promote_by_hand(
@@ -75,14 +79,61 @@ def promote_by_hand(
     before = champion.version if champion else None
     compared = cells.read(models=[m for m in (request.version, before) if m])
     decision = decide(compared, request.version, before, request.gate)
+    actor = f"{request.requested_by} (manual)"
     if not decision.passed and not request.force:
+        verdict = f"not promoted (manual request: {request.reason})"
+        registry.describe_version(
+            request.version, gate_report(decision, before, verdict, actor=actor)
+        )
         raise PromotionRefused(decision)
     move = promote(
         registry,
         request.version,
-        actor=f"{request.requested_by} (manual)",
+        actor=actor,
         reason=request.reason,
         evidence=decision.evidence,
         forced=not decision.passed,
     )
+    forced = "; forced past the gate" if not decision.passed else ""
+    verdict = f"promoted to champion (manual request: {request.reason}{forced})"
+    registry.describe_version(request.version, gate_report(decision, before, verdict, actor=actor))
     return move, decision
+
+
+def gate_report(decision: GateDecision, champion: str | None, verdict: str, *, actor: str) -> str:
+    """The gate's decision and its evidence as a model version's description (Markdown): the
+    verdict, who asked and when, the reasons, and the compared cells as a table (as many rows as
+    MLflow's 5,000 characters hold; the `promotion` asset's metadata has them all)."""
+    against = f"champion v{champion}" if champion else "no champion (the floor applies)"
+    head = [
+        f"**Promotion gate: {'passed' if decision.passed else 'failed'}**: {verdict}.",
+        "",
+        f"Compared with {against} by {actor}, {datetime.now(UTC).isoformat(timespec='seconds')}.",
+        "",
+        *(f"- {reason}" for reason in decision.reasons),
+        "",
+    ]
+    rows = decision.evidence
+    if not rows:
+        return "\n".join(head)
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    budget = MAX_DESCRIPTION - len("\n".join(head)) - 200
+    shown = 0
+    for row in rows:
+        line = "| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |"
+        if sum(len(x) + 1 for x in lines) + len(line) > budget:
+            break
+        lines.append(line)
+        shown += 1
+    if shown < len(rows):
+        lines += ["", f"{len(rows) - shown} more rows: the `promotion` asset's `evidence`."]
+    return "\n".join([*head, *lines])
+
+
+def _cell(column: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:+.4f}" if column == "delta" else f"{value:.4f}"
+    return str(value)

@@ -23,6 +23,7 @@ grade-3 AUC is not below the champion grader's on the same masks.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +68,7 @@ from maskfind_pipeline.ml.reviewer_data import (
 )
 from maskfind_pipeline.ml.reviewer_train import ReviewerEpoch, ReviewerResult, train_reviewer
 from maskfind_pipeline.ml.train import make_train_loaders, train
+from maskfind_pipeline.registry.datasets import whole_version
 from maskfind_pipeline.registry.loading import load_grader
 from maskfind_pipeline.registry.mlflow_registry import (
     ModelRegistry,
@@ -168,8 +170,10 @@ def train_and_register_reviewer(
     tags: Mapping[str, str] | None = None,
     on_epoch: Callable[[ReviewerEpoch], None] | None = None,
     log: Log = lambda _: None,
+    run_id: str | None = None,
 ) -> ReviewerOutcome:
-    """Build graded masks, cross-fit and judge every scorer, register the winner, promote it.
+    """Build graded masks, cross-fit and judge every scorer, register the winner, promote it;
+    logged to run `run_id` (`ModelRegistry.training_run` of `reviewers`) or a new one.
 
     Raises:
         LookupError: no dataset version or champion mask model yet.
@@ -219,7 +223,9 @@ def train_and_register_reviewer(
         settings, vid, model, cnn_weights, evaluations, samples, folds, cnns, tags,
         champion, choice.reviewer_refused, outcome_plots,
     )  # fmt: skip
-    registered = reviewers.log_training(record, alias=CHALLENGER)
+    read = whole_version(versions.card(vid), versions.manifest_uri(vid), schema=manifest.schema)
+    record = dataclasses.replace(record, datasets=[read])  # it reads every split of the version
+    registered = reviewers.log_training(record, alias=CHALLENGER, run_id=run_id)
     ours = production[scorer].ranking.auc_grade3
     promoted = champion_auc is None or ours >= champion_auc
     if promoted:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded, fit_to_budget
 from maskfind_pipeline.data.version_store import VersionStore
+from maskfind_pipeline.data.versions import counts
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import select_device
@@ -20,6 +21,7 @@ from maskfind_pipeline.ml.novelty_features import fit_novelty
 from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.train import EpochReport, TrainResult, make_train_loaders, train
 from maskfind_pipeline.registry.attempts import resume
+from maskfind_pipeline.registry.datasets import DatasetRef, version_datasets
 from maskfind_pipeline.registry.mlflow_registry import (
     ModelRegistry,
     RegisteredModel,
@@ -70,6 +72,8 @@ class VersionData:
     decoded: DecodedArrays
     train_share: float = 1.0
     """The share of the version's train split trained on (below 1 past the decoded budget)."""
+    source: str = ""
+    """Where the version's manifest lies (`VersionStore.manifest_uri`)."""
 
     def column(self, name: str) -> list[Any]:
         return self.manifest.column(name).to_pylist()
@@ -93,23 +97,26 @@ def train_and_register(
         LookupError: no dataset version has been published yet.
     """
     vid = settings.dataset_version or latest_version(versions)
-    data = load_version(vid, settings, versions, data_store, cache, decoded_root)
-    config = settings.train
-    device = select_device(config.device, mixed_precision=config.mixed_precision)
-    start = warm_start(registry, settings.model) if settings.warm_start else None
-    result = train(
-        settings.model,
-        config,
-        make_train_loaders(data.manifest, data.decoded, config, device),
-        image_types=data.column("image_type"),
-        sources=data.column("source"),
-        settings=device,
-        on_epoch=on_epoch,
-        progress=progress,
-        progress_bar=progress is None,
-        initial_state=start.model.state_dict() if start else None,
-    )
-    return register(settings, data, result, registry, start, tags)
+    # The run exists from the start: the machine's load while decoding and training is on it
+    # (MLflow system metrics); a failure marks it FAILED.
+    with registry.training_run(vid, tags or {}) as run_id:
+        data = load_version(vid, settings, versions, data_store, cache, decoded_root)
+        config = settings.train
+        device = select_device(config.device, mixed_precision=config.mixed_precision)
+        start = warm_start(registry, settings.model) if settings.warm_start else None
+        result = train(
+            settings.model,
+            config,
+            make_train_loaders(data.manifest, data.decoded, config, device),
+            image_types=data.column("image_type"),
+            sources=data.column("source"),
+            settings=device,
+            on_epoch=on_epoch,
+            progress=progress,
+            progress_bar=progress is None,
+            initial_state=start.model.state_dict() if start else None,
+        )
+    return register(settings, data, result, registry, start, tags, run_id=run_id)
 
 
 def resume_training(registry: ModelRegistry, training_key: str) -> RegisteredModel | None:
@@ -140,7 +147,9 @@ def load_version(
         version_id=vid,
         size=settings.model.input_size,
     )
-    return VersionData(vid, fitted.manifest, decoded, fitted.train_share)
+    return VersionData(
+        vid, fitted.manifest, decoded, fitted.train_share, versions.manifest_uri(vid)
+    )
 
 
 def register(
@@ -150,8 +159,11 @@ def register(
     registry: ModelRegistry,
     start: Predictor | None,
     tags: Mapping[str, str] | None,
+    *,
+    run_id: str | None = None,
 ) -> TrainingOutcome:
-    """Fit the novelty score on the trained model, log the run and register it as `challenger`."""
+    """Fit the novelty score on the trained model, log the run (`run_id`, from
+    `ModelRegistry.training_run`, or a new one) and register it as `challenger`."""
     vid, image_types, splits = data.version, data.column("image_type"), data.column("split")
     seen = sorted({t for t, s in zip(image_types, splits, strict=True) if s == "train"})
     weights = weights_to_bytes(result.model)
@@ -170,6 +182,7 @@ def register(
         history=result.history,
         metrics={**result.metrics(), **_novelty_metrics(novelty)},
         files=to_files(novelty),
+        datasets=_datasets(data),
         plots=result.plots,
         tables={"val_metrics": result.val_metrics.rows(), "threshold_curve": _curve(result)},
         tags={
@@ -181,7 +194,7 @@ def register(
             **(tags or {}),
         },
     )
-    registered = registry.log_training(record, alias=CHALLENGER)
+    registered = registry.log_training(record, alias=CHALLENGER, run_id=run_id)
     return TrainingOutcome(registered, result, vid, seen, novelty)
 
 
@@ -212,6 +225,13 @@ def _params(settings: TrainingSettings, vid: str, result: TrainResult) -> dict[s
     """Flat MLflow params: `model.<field>`, `train.<field>`, `train.augment.<field>`, ..."""
     run = {"dataset_version": vid, "device": result.device, "best_epoch": result.best_epoch}
     return settings.flat() | run
+
+
+def _datasets(data: VersionData) -> list[DatasetRef]:
+    """The train and val splits trained and validated on (rows as trained: past the decoded
+    budget, the train split's share), as MLflow dataset inputs."""
+    card = {"id": data.version, "counts": counts(data.manifest)}
+    return version_datasets(card, data.source, ("train", "val"), schema=data.manifest.schema)
 
 
 def _novelty_metrics(novelty: NoveltyModel) -> dict[str, float]:

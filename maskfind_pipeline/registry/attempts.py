@@ -2,9 +2,10 @@
 
 Every attempt at one training tags its MLflow run, LoggedModel and version with the same
 `training_key` (`mlflow_registry.TRAINING_KEY_TAG`). A killed attempt leaves, depending on when it
-died: nothing (while training); a RUNNING run whose LoggedModel is PENDING with part of its files
-(while uploading); a RUNNING run with a complete version that may lack its alias (after
-registering). `resume`, called by the retry before it trains, makes that one outcome:
+died: a RUNNING run without a model (while training: `ModelRegistry.training_run`); a RUNNING run
+whose LoggedModel is PENDING with part of its files (while uploading); a RUNNING run with a
+complete version that may lack its alias (after registering). `resume`, called by the retry before
+it trains, makes that one outcome:
 
 - the first version of the key whose files verify is the training's result: it is kept (and gets
   the alias it may lack), its run FINISHED, and the retry trains nothing, so the training ends
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mlflow.entities import LoggedModelStatus, Run, ViewType
+from mlflow.entities import LoggedModelStatus, Run, RunTag, ViewType
 
 from maskfind_pipeline.registry.mlflow_registry import (
     ATTEMPT_NOTE_TAG,
@@ -83,8 +84,7 @@ def _complete(registry: ModelRegistry, run: Run) -> None:
 
 def _fail(registry: ModelRegistry, run: Run, note: str) -> None:
     client, run_id = registry.client, run.info.run_id
-    client.set_tag(run_id, ATTEMPT_TAG, FAILED)
-    client.set_tag(run_id, ATTEMPT_NOTE_TAG, note)
+    client.log_batch(run_id, tags=[RunTag(ATTEMPT_TAG, FAILED), RunTag(ATTEMPT_NOTE_TAG, note)])
     if run.info.status != "FAILED":
         client.set_terminated(run_id, status="FAILED")
     models = client.search_logged_models(

@@ -13,6 +13,13 @@ download; a version is registered only after its model is completely uploaded. A
 (`challenger`, `champion`), never stages. The version is a training's commit point: its run is
 FINISHED only after it (and its alias) exist, so a run still RUNNING and without a version is an
 attempt that died (`registry.attempts` settles those when the training is retried).
+
+A training's run is created when the training starts (`training_run`: MLflow system metrics are
+sampled into it meanwhile) or when it is logged. Its params, tags and metrics go in `log_batch`
+requests, not one request each (logging a training takes about 29 requests whatever its epochs,
+params and image types: `tests/integration/test_mlflow_traffic.py`); the dataset splits it read
+are its MLflow dataset inputs (`registry.datasets`), and the metrics name the split they were
+measured on.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,13 +41,14 @@ from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
-from mlflow.entities import LoggedModel, LoggedModelOutput
+from mlflow.entities import LoggedModel, LoggedModelOutput, Metric, Param, Run, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.registry.credentials import mlflow_uri, redact
+from maskfind_pipeline.registry.datasets import DatasetRef, inputs_of
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -58,6 +68,9 @@ files do not verify (never aliased, never promoted); `resumed` on a run a retry 
 ATTEMPT_NOTE_TAG = "training_attempt_note"
 """Why an attempt was marked: what a retry found."""
 FAILED = "failed"
+_log = logging.getLogger(__name__)
+MAX_DESCRIPTION = 5000
+"""The longest model version description MLflow's stores keep."""
 
 
 class RegistryError(Exception):
@@ -79,6 +92,15 @@ class TrainingRecord:
     tags: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     """More files stored beside the weights (e.g. the novelty model), verified like them."""
+    datasets: Sequence[DatasetRef] = ()
+    """The dataset version's splits the training read: the run's MLflow dataset inputs."""
+
+    @property
+    def metrics_dataset(self) -> DatasetRef:
+        """What `metrics` were measured on: the `val` split among `datasets`, else the first of
+        them, else the whole dataset version."""
+        val = [d for d in self.datasets if d.split == "val"]
+        return (val or list(self.datasets) or [DatasetRef(self.dataset_version)])[0]
 
 
 @dataclass(frozen=True)
@@ -154,21 +176,44 @@ class ModelRegistry:
             assert found is not None
             return found.experiment_id
 
+    @contextlib.contextmanager
+    def training_run(
+        self, dataset_version: str, tags: Mapping[str, str], *, sampling_interval: int = 10
+    ) -> Iterator[str]:
+        """A training's run from its start: yields its id (hand it to `log_training`, which
+        finishes it), samples the machine into it as MLflow system metrics (`system/cpu_...`,
+        memory, disk, network, GPU: what `mlflow.start_run(log_system_metrics=True)` logs)
+        while the block runs, and marks it FAILED if the block raises before it was finished."""
+        run_id = self._create_run(dataset_version, tags).info.run_id
+        try:
+            with _system_metrics(run_id, self.tracking_uri, sampling_interval):
+                yield run_id
+        except BaseException:
+            with contextlib.suppress(MlflowException):  # the block's error is the one to see
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, status="FAILED")
+            raise
+
     def log_training(
-        self, record: TrainingRecord, *, alias: str | None = "challenger"
+        self,
+        record: TrainingRecord,
+        *,
+        alias: str | None = "challenger",
+        run_id: str | None = None,
     ) -> RegisteredModel:
-        """Log a run and its model, then register the model: no version exists before its
-        model (weights, config, files) is completely uploaded, and the run is FINISHED only
-        once the version exists (after `alias` was set, or failed to be).
+        """Log a run (`run_id`, from `training_run`, or a new one) and its model, then register
+        the model: no version exists before its model (weights, config, files) is completely
+        uploaded, and the run is FINISHED only once the version exists (after `alias` was set,
+        or failed to be).
 
         Raises:
             RegistryError: among others, the run was marked failed meanwhile (a retry of the
                 same training took over): nothing is registered.
         """
-        run = self.client.create_run(
-            self.experiment_id(),
-            run_name=f"train-{record.dataset_version}",
-            tags={"dataset_version": record.dataset_version, **record.tags},
+        run = (
+            self.client.get_run(run_id)
+            if run_id
+            else self._create_run(record.dataset_version, record.tags)
         )
         run_id = run.info.run_id
         try:
@@ -184,6 +229,13 @@ class ModelRegistry:
         finally:
             self.client.set_terminated(run_id, status="FINISHED")
         return self.get(version.version)
+
+    def _create_run(self, dataset_version: str, tags: Mapping[str, str]) -> Run:
+        return self.client.create_run(
+            self.experiment_id(),
+            run_name=f"train-{dataset_version}",
+            tags={"dataset_version": dataset_version, **tags},
+        )
 
     def set_alias(self, alias: str, version: str) -> None:
         self.get(version)
@@ -241,6 +293,14 @@ class ModelRegistry:
         )
         return sorted((_registered(mv) for mv in found), key=lambda m: int(m.version))
 
+    def describe_version(self, version: str, description: str) -> None:
+        """Set the version's description (Markdown in the MLflow UI), cut to the 5,000
+        characters MLflow keeps."""
+        with self._access(f"describe version {version}"):
+            self.client.update_model_version(
+                self.model_name, str(version), description=description[:MAX_DESCRIPTION]
+            )
+
     def tag_version(self, version: str, tags: Mapping[str, str]) -> None:
         with self._access(f"tag version {version}"):
             for key, value in tags.items():
@@ -287,31 +347,40 @@ class ModelRegistry:
         version: str | int,
         metrics: Mapping[str, float],
         *,
-        dataset_version: str | None = None,
+        dataset: DatasetRef | None = None,
     ) -> None:
         """Log `metrics` (non-finite ones are left out) to run `run_id` and, where `version` is
         a LoggedModel, to that model too (its page in the MLflow UI lists them), as measured on
-        `dataset_version`."""
-        self._log_metrics(run_id, metrics, self.get(version).model_id, dataset_version)
+        `dataset` (also logged as the run's input when it names a source)."""
+        if dataset is not None and dataset.source:
+            self.client.log_inputs(run_id, datasets=inputs_of([dataset]))
+        self._log_metrics(run_id, metrics, self.get(version).model_id, dataset)
 
     def _log_metrics(
         self,
         run_id: str,
         metrics: Mapping[str, float],
         model_id: str,
-        dataset_version: str | None,
+        dataset: DatasetRef | None,
     ) -> None:
-        name, digest = _dataset(dataset_version) if dataset_version else (None, None)
-        for key, value in metrics.items():
-            if math.isfinite(value):
-                self.client.log_metric(
-                    run_id,
+        now = _now_ms()
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(
                     key,
                     float(value),
+                    now,
+                    0,
                     model_id=model_id or None,
-                    dataset_name=name,
-                    dataset_digest=digest,
+                    dataset_name=dataset.name if dataset else None,
+                    dataset_digest=dataset.digest if dataset else None,
+                    run_id=run_id,
                 )
+                for key, value in metrics.items()
+                if math.isfinite(value)
+            ],
+        )
 
     def _download_files(self, model: RegisteredModel, into: Path) -> Path:
         if not model.model_id:  # logged before versions were pyfunc models
@@ -321,13 +390,22 @@ class ModelRegistry:
         return Path(download_artifacts(uri, dst_path=str(into), tracking_uri=self.tracking_uri))
 
     def _log_run(self, run_id: str, record: TrainingRecord) -> None:
-        params = {k: _param(v) for k, v in record.params.items()}
-        for key, value in params.items():
-            self.client.log_param(run_id, key, value)
-        for step, epoch in enumerate(record.history):
-            for key, value in epoch.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.client.log_metric(run_id, key, float(value), step=step)
+        # One `log_batch` (MLflow splits it at its limits: 100 params, 1000 metrics a request)
+        # rather than a request per param and per metric of every epoch.
+        now = _now_ms()
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, _param(v)) for k, v in record.params.items()],
+            tags=[RunTag(k, v) for k, v in record.tags.items()],  # known only at the end
+            metrics=[
+                Metric(key, float(value), now, step)
+                for step, epoch in enumerate(record.history)
+                for key, value in epoch.items()
+                if isinstance(value, int | float) and math.isfinite(value)
+            ],
+        )
+        if inputs := inputs_of(record.datasets):
+            self.client.log_inputs(run_id, datasets=inputs)
         with tempfile.TemporaryDirectory() as tmp:
             for name, png in record.plots.items():
                 path = Path(tmp, f"{name}.png")
@@ -355,7 +433,7 @@ class ModelRegistry:
         model_id = logged.model_id
         try:
             self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
-            self._log_metrics(run_id, record.metrics, model_id, record.dataset_version)
+            self._log_metrics(run_id, record.metrics, model_id, record.metrics_dataset)
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp, MODEL_DIR)
                 mlmodel = Model(
@@ -446,6 +524,31 @@ def _access_error(
     return None
 
 
+@contextlib.contextmanager
+def _system_metrics(run_id: str, tracking_uri: str, sampling_interval: int) -> Iterator[None]:
+    """MLflow's system metrics monitor on `run_id` while the block runs (every
+    `sampling_interval` s, or `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`); none without psutil."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as exc:  # psutil is not installed
+        _log.warning("no system metrics on MLflow run %s: %s", run_id, exc)
+        monitor = None
+    else:
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=sampling_interval, tracking_uri=tracking_uri
+        )
+        monitor.start()
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -459,11 +562,6 @@ def _version_tags(record: TrainingRecord) -> dict[str, str]:
         **_summary_tags(record.config),
         **record.tags,
     }
-
-
-def _dataset(dataset_version: str) -> tuple[str, str]:
-    """A metric's dataset name and digest: the version id and its content hash."""
-    return dataset_version, dataset_version.removeprefix("ds-")[:36]
 
 
 def _summary_tags(config: CoreConfig) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,19 @@ def test_loading_definitions_does_not_import_torch() -> None:
     report = json.loads(out.strip().splitlines()[-1])
     assert report["torch"] is False
     assert "image_catalog" in report["assets"]
+
+
+def test_every_asset_has_a_code_version_and_owners() -> None:
+    from maskfind_pipeline.definitions import defs
+    from maskfind_pipeline.version import package_version
+
+    specs = defs().resolve_all_asset_specs()
+    assert len(specs) >= 15
+    missing = {
+        spec.key.to_user_string(): (spec.code_version, spec.owners)
+        for spec in specs
+        if not re.fullmatch(rf"{re.escape(package_version())}\+r\d+", spec.code_version or "")
+        or not spec.owners
+        or not all(re.fullmatch(r"team:[\w-]+|[^@\s]+@[^@\s]+", o) for o in spec.owners)
+    }
+    assert not missing, f"assets without a code version or owners: {missing}"

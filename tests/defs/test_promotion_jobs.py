@@ -65,6 +65,12 @@ def test_manual_promotion_respects_the_gate_unless_forced_and_rollback_restores(
     champion = registry.get("champion")
     assert champion.version == v2 and champion.tags["promotion_forced"] == "true"
     assert champion.tags["promoted_by"] == "ana (manual)"
+    described = registry.client.get_model_version(registry.model_name, v2).description or ""
+    assert described.startswith(
+        "**Promotion gate: failed**: promoted to champion (manual request: line 4 needs it; "
+        "forced past the gate)."
+    )
+    assert "- wafer on ds-a: 0.7000 < champion 0.9000 (delta -0.2000)" in described
 
     assert _launch("rollback_model", {"reason": "too many grade 3", "requested_by": "bo"})
     assert registry.get("champion").version == v1

@@ -127,8 +127,8 @@ def test_mask_model_killed_after_registering_keeps_that_version_on_retry(
 def test_mask_model_killed_while_training_is_trained_once_on_retry(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
-    """The real asset killed after its first epoch (MLflow never heard of it), retried as the
-    same Dagster run: trained again, one version."""
+    """The real asset killed after its first epoch (its run RUNNING, with system metrics and no
+    model), retried as the same Dagster run: the dead run FAILED, trained again, one version."""
     settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
     synthetic.generate(LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], 6, size=64)
     upstream = dg.materialize(
@@ -139,7 +139,8 @@ def test_mask_model_killed_while_training_is_trained_once_on_retry(
     assert upstream.success
     run_id = str(uuid.uuid4())
     _killed("asset", tmp_path, run_id, point="epoch")
-    assert registry.versions() == [] and _runs(registry, f"{run_id}/mask_model") == []
+    (dead,) = _runs(registry, f"{run_id}/mask_model")
+    assert dead.info.status == "RUNNING" and registry.versions() == []
 
     retry = materialize_mask_model(tmp_path, run_id)
 
@@ -147,4 +148,7 @@ def test_mask_model_killed_while_training_is_trained_once_on_retry(
     (version,) = registry.versions()
     assert version.aliases == (CHALLENGER,)
     assert version.tags[TRAINING_KEY_TAG] == f"{run_id}/mask_model"
-    assert [r.info.status for r in _runs(registry, f"{run_id}/mask_model")] == ["FINISHED"]
+    statuses = [r.info.status for r in _runs(registry, f"{run_id}/mask_model")]
+    assert statuses == ["FAILED", "FINISHED"]
+    (dead, _) = _runs(registry, f"{run_id}/mask_model")
+    assert dead.data.tags[ATTEMPT_TAG] == "failed" and version.run_id != dead.info.run_id

@@ -98,8 +98,8 @@ def mlflow_auth_server(
         f"database_uri = {auth_database_uri}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        # Checking a password is a PBKDF2 hash, on every request unless cached; the pipeline
-        # makes hundreds of requests a training (one per metric). As in deploy/mlflow.
+        # Checking a password is a PBKDF2 hash, on every request unless cached; a nightly run
+        # makes many requests. As in deploy/mlflow.
         "auth_cache_ttl_seconds = 60\n"
     )
     command = [

@@ -11,6 +11,7 @@ from maskfind_pipeline.data.versions import EmptyCatalog, VersionConfig
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import DATASET_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, ObjectStoreResource
 from maskfind_pipeline.flows.datasets import added_samples_sheet, publish_dataset_version
@@ -28,6 +29,8 @@ dataset_versions = dg.AssetSpec(
     "dataset_versions",
     partitions_def=DATASET_VERSIONS,
     group_name="datasets",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     description="Every published dataset version, one partition each (recorded by "
     "dataset_version); evaluations address versions through these partitions.",
     deps=["dataset_version"],
@@ -41,6 +44,8 @@ class DatasetConfig(run_config_for(VersionConfig)):
 
 @dg.asset(
     group_name="datasets",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["image_catalog"],
     kinds={"parquet"},
     # Blocking: a version failing an ERROR check stops the run here, so training never starts

@@ -14,6 +14,7 @@ import dagster as dg
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import COMPAT_CELLS, MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import EvaluationOptions
@@ -22,6 +23,8 @@ compat_cells = dg.AssetSpec(
     "compat_cells",
     partitions_def=COMPAT_CELLS,
     group_name="evaluation",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     description="One (model version, dataset version) cell of the matrix: that model's metrics "
     "on that version's test split (recorded by compat_evaluation).",
     deps=["compat_evaluation"],
@@ -32,7 +35,13 @@ class EvaluationConfig(run_config_for(EvaluationOptions)):
     """How much of the matrix to keep filled (`flows.settings.EvaluationOptions`)."""
 
 
-@dg.asset(group_name="evaluation", deps=["mask_model", "dataset_version"], kinds={"parquet"})
+@dg.asset(
+    group_name="evaluation",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
+    deps=["mask_model", "dataset_version"],
+    kinds={"parquet"},
+)
 def compat_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,

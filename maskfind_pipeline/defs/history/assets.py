@@ -8,6 +8,7 @@ import dagster as dg
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.evaluation.history import GRADE3_CHECK, MIOU_CHECK, HistoryPolicy
 
@@ -21,6 +22,8 @@ class HistoryConfig(run_config_for(HistoryPolicy)):
 
 @dg.asset(
     group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["compat_evaluation", "production_predictions"],
     kinds={"parquet"},
     check_specs=[

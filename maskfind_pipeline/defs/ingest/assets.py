@@ -7,6 +7,7 @@ import dagster as dg
 from maskfind_pipeline.data.ingest import IngestOptions
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import counts_table, markdown_table
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, ObjectStoreResource
 from maskfind_pipeline.flows.ingest import ingest_catalog
 
@@ -19,6 +20,8 @@ class IngestConfig(run_config_for(IngestOptions)):
 
 @dg.asset(
     group_name="ingest",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     kinds={"parquet"},
     retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL),
 )

@@ -7,6 +7,7 @@ import dagster as dg
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table, table
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import ProductionOptions
@@ -20,6 +21,8 @@ class ProductionConfig(run_config_for(ProductionOptions)):
 
 @dg.asset(
     group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     partitions_def=PRODUCTION_DAYS,
     deps=["promotion", "reviewer_model"],
     kinds={"pytorch", "parquet"},

@@ -4,6 +4,7 @@ import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import table
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import MlflowResource, ObjectStoreResource
 from maskfind_pipeline.evaluation.gate import GatePolicy
 
@@ -15,6 +16,8 @@ class GateConfig(run_config_for(GatePolicy)):
 
 @dg.asset(
     group_name="promotion",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["compat_evaluation"],
     # Blocking: a refused challenger fails the step (the champion stays), so nothing downstream
     # of a failed gate runs in the same run, and declarative automation waits for a pass

@@ -7,6 +7,7 @@ import dagster as dg
 from maskfind_pipeline.data.review import ReviewOptions
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import AuditSettings
@@ -22,7 +23,13 @@ class AuditRunConfig(run_config_for(AuditSettings)):
     """Which dataset version is audited and the suspect rule (`flows.settings.AuditSettings`)."""
 
 
-@dg.asset(group_name="production", partitions_def=PRODUCTION_DAYS, deps=["production_predictions"])
+@dg.asset(
+    group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
+    partitions_def=PRODUCTION_DAYS,
+    deps=["production_predictions"],
+)
 def review_queue(
     context: dg.AssetExecutionContext,
     config: ReviewConfig,
@@ -52,7 +59,13 @@ def review_queue(
     )
 
 
-@dg.asset(group_name="training", deps=["mask_model", "dataset_version"], kinds={"pytorch"})
+@dg.asset(
+    group_name="training",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
+    deps=["mask_model", "dataset_version"],
+    kinds={"pytorch"},
+)
 def label_audit(
     config: AuditRunConfig,
     data_store: ObjectStoreResource,

@@ -8,6 +8,7 @@ import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import ObjectStoreResource
 from maskfind_pipeline.labeling.label_studio import LabelStudio, LabelStudioOptions
@@ -41,7 +42,13 @@ class LabelStudioConfig(run_config_for(LabelStudioOptions)):
     """How queues become projects and tasks (`labeling.label_studio.LabelStudioOptions`)."""
 
 
-@dg.asset(group_name="production", partitions_def=PRODUCTION_DAYS, deps=["review_queue"])
+@dg.asset(
+    group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
+    partitions_def=PRODUCTION_DAYS,
+    deps=["review_queue"],
+)
 def label_studio_tasks(
     context: dg.AssetExecutionContext,
     config: LabelStudioConfig,
@@ -71,7 +78,12 @@ def label_studio_tasks(
     )
 
 
-@dg.asset(group_name="production", deps=["label_studio_tasks"])
+@dg.asset(
+    group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
+    deps=["label_studio_tasks"],
+)
 def returned_labels(
     context: dg.AssetExecutionContext,
     config: LabelStudioConfig,

@@ -7,6 +7,7 @@ import dagster as dg
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import ReviewerSettings
 from maskfind_pipeline.version import code_version
@@ -19,6 +20,8 @@ class ReviewerConfig(run_config_for(ReviewerSettings)):
 
 @dg.asset(
     group_name="production",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["promotion"],
     kinds={"pytorch", "mlflow"},
     pool="training",
@@ -39,6 +42,7 @@ def reviewer_model(
     current one on the same masks)."""
     from maskfind_pipeline.data.version_store import VersionStore
     from maskfind_pipeline.flows.reviewer import train_and_register_reviewer
+    from maskfind_pipeline.flows.training import latest_version
 
     def on_epoch(epoch) -> None:
         context.log.info(
@@ -46,18 +50,25 @@ def reviewer_model(
             f"val AUC grade 3 {epoch.val_auc_grade3:.4f}"
         )
 
-    outcome = train_and_register_reviewer(
-        core_of(config, ReviewerSettings),
-        versions=VersionStore(work_store.open()),
-        data_store=data_store.open(),
-        cache=cache.open(),
-        decoded_root=Path(cache.root) / "decoded",
-        registry=mlflow.registry(),
-        reviewers=mlflow.reviewers(),
-        tags={"code_version": code_version(), "dagster_run_id": context.run.run_id},
-        on_epoch=on_epoch,
-        log=context.log.info,
-    )
+    settings, versions = core_of(config, ReviewerSettings), VersionStore(work_store.open())
+    vid = settings.dataset_version or latest_version(versions)
+    reviewers = mlflow.reviewers()
+    tags = {"code_version": code_version(), "dagster_run_id": context.run.run_id}
+    # The run exists from the start: MLflow system metrics sampled into it while it trains.
+    with reviewers.training_run(vid, tags) as run_id:
+        outcome = train_and_register_reviewer(
+            settings.model_copy(update={"dataset_version": vid}),
+            versions=versions,
+            data_store=data_store.open(),
+            cache=cache.open(),
+            decoded_root=Path(cache.root) / "decoded",
+            registry=mlflow.registry(),
+            reviewers=reviewers,
+            tags=tags,
+            on_epoch=on_epoch,
+            log=context.log.info,
+            run_id=run_id,
+        )
     version = outcome.registered.version
     plots_dir = Path(cache.root).parent / "plots" / f"reviewer-v{version}"
     winner = outcome.winner

@@ -12,6 +12,7 @@ import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata_images import png_metadata
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, ObjectStoreResource
 from maskfind_pipeline.evaluation.generalization import Row, StepOutcome
 from maskfind_pipeline.flows.generalization import StudySettings, StudyTask
@@ -34,6 +35,8 @@ _COLUMNS = {
 generalization_study_asset = dg.AssetSpec(
     ASSET,
     group_name="studies",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["dataset_version"],
     kinds={"pytorch"},
     description="Test mIoU on seen and unseen image types of models trained on the first k "

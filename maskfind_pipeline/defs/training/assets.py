@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
+from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.defs.training.distributed import launch
@@ -20,6 +21,8 @@ class TrainingConfig(run_config_for(TrainingSettings)):
 
 @dg.asset(
     group_name="training",
+    owners=OWNERS,
+    code_version=asset_code_version(1),
     deps=["dataset_version"],
     kinds={"pytorch", "mlflow"},
     pool="training",

@@ -340,10 +340,8 @@ def test_cell_metrics_are_the_logged_models_metrics_too(registry: ModelRegistry)
     found = {
         (m.key, m.dataset_name, m.dataset_digest, m.run_id): m.value for m in logged.metrics or []
     }
-    assert found[("test_miou/overall", "ds-0123456789abcdef", "0123456789abcdef", run_id)] == 0.8
-    assert (
-        found[("test_recall/image_type/x", "ds-0123456789abcdef", "0123456789abcdef", run_id)]
-        == 0.4
-    )
+    test = "ds-0123456789abcdef/test"  # measured on the version's test split
+    assert found[("test_miou/overall", test, "0123456789abcdef", run_id)] == 0.8
+    assert found[("test_recall/image_type/x", test, "0123456789abcdef", run_id)] == 0.4
     old_run = log_cell_run(registry, Cell(old, "ds-0123456789abcdef"), rows)  # no model: run only
     assert registry.client.get_run(old_run).data.metrics["test_miou/overall"] == 0.8
