@@ -72,7 +72,7 @@ def run(checkout: Path, config: Config, base: Path, night: int, scratch: Path) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--a", type=Path, required=True, help="checkout a (before)")
     parser.add_argument("--b", type=Path, default=Path("."), help="checkout b (after)")
     parser.add_argument("--night", type=int, default=31)

@@ -22,6 +22,7 @@ from maskfind_pipeline.data.catalog import (
     QUARANTINE_SCHEMA,
     Catalog,
     CatalogTables,
+    latest_by,
     rows_to_table,
 )
 from maskfind_pipeline.data.images import DEFAULT_MAX_PIXELS, InvalidImage, decode_pair
@@ -311,8 +312,9 @@ class _KnownHashes:
     looked up a batch at a time (Arrow filters, not a dict of every catalogued sample)."""
 
     def __init__(self, tables: CatalogTables) -> None:
-        current = tables.current_samples()
-        self.current = current.select(["image_sha256", "image_key", "mask_sha256"])
+        columns = ["image_sha256", "image_key", "mask_sha256", "ingested_at"]
+        current = latest_by(tables.samples.select(columns), "image_key", "ingested_at")
+        self.current = current.select(columns[:3])
         self.added: dict[str, tuple[str, str]] = {}
 
     def of(self, checked: Sequence[_Checked]) -> dict[str, tuple[str, str]]:

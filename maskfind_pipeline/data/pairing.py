@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -98,7 +99,7 @@ def pair_objects(listing: Iterable[ObjectInfo]) -> tuple[list[Candidate], list[R
     return pairs.candidates(), pairs.refusals
 
 
-def pair_listing(listing: Iterable[ObjectInfo], *, page: int = 65_536) -> Pairs:
+def pair_listing(listing: Iterable[ObjectInfo], *, page: int = 8192) -> Pairs:
     """`pair_objects` in bounded Python memory: the listing is read once, key by key, into
     Arrow columns (`page` keys at a time), and images meet their masks in an Arrow join on
     `<source>/<image id>`, not in dicts of objects. Refusals (few) stay objects.
@@ -112,36 +113,34 @@ def pair_listing(listing: Iterable[ObjectInfo], *, page: int = 65_536) -> Pairs:
         refusal = _classify(info, seq, images, masks)
         if refusal:
             refusals.append(refusal)
-    image_rows, mask_rows = images.table(), masks.table()
-    counts = image_rows.group_by("stem", use_threads=False).aggregate([("seq", "count")])
-    shared = counts.filter(pc.greater(counts.column("seq_count"), 1)).column("stem")  # pyright: ignore[reportAttributeAccessIssue]
-    is_shared = pc.is_in(image_rows.column("stem"), shared)  # pyright: ignore[reportAttributeAccessIssue]
-    single = image_rows.filter(pc.invert(is_shared))  # pyright: ignore[reportAttributeAccessIssue]
-    renamed = mask_rows.rename_columns(["stem", "mask_key", "mask_size", "mask_etag", "mask_seq"])
-    joined = single.join(renamed, "stem", join_type="left outer", use_threads=False)
-    has_mask = pc.is_valid(joined.column("mask_key"))  # pyright: ignore[reportAttributeAccessIssue]
-    paired = joined.filter(has_mask).sort_by("stem")
+    image_rows = images.table()
+    image_rows = image_rows.take(
+        pc.sort_indices(image_rows, sort_keys=[("stem", "ascending"), ("seq", "ascending")])  # pyright: ignore[reportAttributeAccessIssue]
+    )
+    mask_rows = masks.table()
+    image_stems = image_rows.column("stem").combine_chunks()
+    mask_stems = mask_rows.column("stem").combine_chunks()
+    shared = _runs_of_equal(image_stems)  # several images of one id
+    single = image_rows.filter(pa.array(~shared))
+    at = pc.index_in(single.column("stem"), value_set=mask_stems)  # pyright: ignore[reportAttributeAccessIssue]
+    has_mask = pc.is_valid(at)  # pyright: ignore[reportAttributeAccessIssue]
+    paired, mask_of = single.filter(has_mask), mask_rows.take(at.filter(has_mask))
     table = pa.table(
         [
             paired.column("key"),
             paired.column("size"),
             paired.column("etag"),
-            paired.column("mask_key"),
-            paired.column("mask_size"),
-            paired.column("mask_etag"),
+            mask_of.column("key"),
+            mask_of.column("size"),
+            mask_of.column("etag"),
         ],
         schema=PAIR_SCHEMA,
     )
     pairing: list[tuple[str, int, Refusal]] = []
-    for r in (
-        image_rows.filter(is_shared)
-        .sort_by([("stem", "ascending"), ("seq", "ascending")])
-        .to_pylist()
-    ):
-        pairing.append((r["stem"], r["seq"], _refuse_row(r, "pair", "")))
     by_stem: dict[str, list[str]] = {}
-    for stem, _, refusal in pairing:
-        by_stem.setdefault(stem, []).append(refusal.key)
+    for r in image_rows.filter(pa.array(shared)).to_pylist():
+        by_stem.setdefault(r["stem"], []).append(r["key"])
+        pairing.append((r["stem"], r["seq"], _refuse_row(r, "pair", "")))
     pairing = [
         (
             stem,
@@ -150,18 +149,27 @@ def pair_listing(listing: Iterable[ObjectInfo], *, page: int = 65_536) -> Pairs:
         )
         for stem, seq, refusal in pairing
     ]
-    for r in joined.filter(pc.invert(has_mask)).select(["stem", "key", "etag", "seq"]).to_pylist():  # pyright: ignore[reportAttributeAccessIssue]
+    for r in single.filter(pc.invert(has_mask)).to_pylist():  # pyright: ignore[reportAttributeAccessIssue]
         reason = f"image has no mask {r['stem']}{MASK_SUFFIX}"
         pairing.append((r["stem"], r["seq"], _refuse_row(r, "pair", reason, True)))
     refusals += [refusal for _, _, refusal in sorted(pairing, key=lambda t: (t[0], t[1]))]
-    orphans = mask_rows.join(
-        image_rows.select(["stem"]).group_by("stem", use_threads=False).aggregate([]),
-        "stem",
-        join_type="left anti",
-        use_threads=False,
-    ).sort_by("seq")
+    orphan = pc.invert(pc.is_in(mask_stems, value_set=image_stems))  # pyright: ignore[reportAttributeAccessIssue]
+    orphans = mask_rows.filter(orphan).sort_by("seq")
     refusals += [_refuse_row(r, "pair", "mask has no image", True) for r in orphans.to_pylist()]
     return Pairs(table, refusals)
+
+
+def _runs_of_equal(sorted_values: pa.Array) -> np.ndarray:
+    """Whether each value of a sorted array has an equal neighbour."""
+    n = len(sorted_values)
+    shared = np.zeros(n, bool)
+    if n > 1:
+        same = np.asarray(
+            pc.equal(sorted_values.slice(1), sorted_values.slice(0, n - 1)).fill_null(False)  # pyright: ignore[reportAttributeAccessIssue]
+        )
+        shared[1:] |= same
+        shared[:-1] |= same
+    return shared
 
 
 class _Columns:
@@ -181,8 +189,10 @@ class _Columns:
             self._flush()
 
     def table(self) -> pa.Table:
+        """Everything gathered, handed over (the gatherer keeps nothing)."""
         self._flush()
-        return pa.Table.from_batches(self.batches, schema=_LISTED)
+        batches, self.batches = self.batches, []
+        return pa.Table.from_batches(batches, schema=_LISTED)
 
     def _flush(self) -> None:
         if self.rows[0]:
