@@ -451,7 +451,7 @@ def measure_ingest(config: Config, root: Path, night: Night) -> dict[str, Any]:
     timer = PhaseTimer()
     targets = [
         (Catalog, "read", "catalog read"),
-        (ingest_module, "pair_objects", "pair listing"),
+        (ingest_module, "pair_listing", "pair listing"),
         (ingest_module, "_unseen", "seen filter"),
         (ingest_module._KnownHashes, "of", "known hashes"),
         (ingest_module, "_quarantined", "quarantined"),

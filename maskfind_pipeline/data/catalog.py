@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from maskfind_pipeline.data.parts import PartTable, to_parquet
 from maskfind_pipeline.storage.base import ObjectStore
@@ -119,14 +121,22 @@ class Catalog:
 
 
 def latest_by(table: pa.Table, key: str, order: str) -> pa.Table:
-    """Keep the last row (by `order`, then position) of each value of `key`."""
+    """Keep the last row (by `order`, then position) of each value of `key`, ordered by `key`.
+
+    One stable sort of the two columns and one take of the rows kept: no sorted copy of the
+    whole table, no hash table of the keys (the catalog's steps hold the table once)."""
     if table.num_rows == 0:
         return table
-    ranked = table.append_column("__pos", pa.array(range(table.num_rows), pa.int64()))
-    ranked = ranked.sort_by([(order, "ascending"), ("__pos", "ascending")])
-    ranked = ranked.append_column("__rank", pa.array(range(ranked.num_rows), pa.int64()))
-    last = ranked.group_by(key).aggregate([("__rank", "max")]).column("__rank_max")
-    return ranked.take(last).sort_by(key).drop_columns(["__pos", "__rank"])
+    by = pc.sort_indices(  # pyright: ignore[reportAttributeAccessIssue]
+        table.select([key, order]), sort_keys=[(key, "ascending"), (order, "ascending")]
+    )
+    keys = table.column(key).take(by).combine_chunks()
+    n = len(keys)
+    last = np.ones(n, bool)
+    if n > 1:
+        same = pc.equal(keys.slice(1), keys.slice(0, n - 1)).fill_null(False)  # pyright: ignore[reportAttributeAccessIssue]
+        last[:-1] = ~np.asarray(same)
+    return table.take(by.filter(pa.array(last)))
 
 
 def part_name(run_id: str, number: int) -> str:

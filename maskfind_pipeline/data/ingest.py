@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,10 +22,11 @@ from maskfind_pipeline.data.catalog import (
     QUARANTINE_SCHEMA,
     Catalog,
     CatalogTables,
+    latest_by,
     rows_to_table,
 )
 from maskfind_pipeline.data.images import DEFAULT_MAX_PIXELS, InvalidImage, decode_pair
-from maskfind_pipeline.data.pairing import Candidate, Refusal, pair_objects
+from maskfind_pipeline.data.pairing import Candidate, Pairs, Refusal, pair_listing
 from maskfind_pipeline.data.tags import InvalidTags, SampleTags, parse_tags
 from maskfind_pipeline.storage.base import (
     CorruptTransfer,
@@ -101,9 +103,11 @@ def ingest(
     listing = chain.from_iterable(
         store.list(f"{source.value}/", page_size=opts.page_size) for source in opts.sources
     )
-    candidates, refusals = pair_objects(listing)
-    todo = _unseen(candidates, tables)
-    report = IngestReport(run_id, listed_pairs=len(candidates), skipped=len(candidates) - len(todo))
+    pairs = pair_listing(listing)
+    refusals = pairs.refusals
+    todo = _unseen(pairs, tables)
+    listed = pairs.table.num_rows
+    report = IngestReport(run_id, listed_pairs=listed, skipped=listed - len(todo))
     known = _KnownHashes(tables)
     listed_before = _quarantined(tables, refusals)
     fresh_refusals = [r for r in refusals if _refusal_identity(r) not in listed_before]
@@ -277,17 +281,18 @@ _SEEN_COLUMNS = (
 _IDENTITY = ["image_key", "image_etag", "mask_etag"]
 
 
-def _unseen(candidates: list[Candidate], tables: CatalogTables) -> list[Candidate]:
-    """The candidates that need a look: neither ingested nor refused for a reason a retry cannot
-    fix, matched by an Arrow anti-join (no Python set of every catalogued key)."""
-    if not candidates:
+def _unseen(pairs: Pairs, tables: CatalogTables) -> list[Candidate]:
+    """The listed pairs that need a look: neither ingested nor refused for a reason a retry
+    cannot fix, matched by an Arrow anti-join (no Python set of every catalogued key); only
+    those become `Candidate` objects."""
+    if not pairs.table.num_rows:
         return []
     listed = pa.table(
         {
-            "image_key": [c.image.key for c in candidates],
-            "image_etag": [c.image.etag for c in candidates],
-            "mask_etag": [c.mask.etag for c in candidates],
-            "position": pa.array(range(len(candidates)), pa.int64()),
+            "image_key": pairs.table.column("image_key"),
+            "image_etag": pairs.table.column("image_etag"),
+            "mask_etag": pairs.table.column("mask_etag"),
+            "position": pa.array(np.arange(pairs.table.num_rows), pa.int64()),
         }
     )
     refused = tables.quarantine.filter(pc.invert(tables.quarantine.column("retryable")))  # pyright: ignore[reportAttributeAccessIssue]
@@ -298,8 +303,8 @@ def _unseen(candidates: list[Candidate], tables: CatalogTables) -> list[Candidat
         ]
     )
     fresh = listed.join(seen, _IDENTITY, join_type="left anti", use_threads=False)
-    positions = sorted(fresh.column("position").to_pylist())
-    return [candidates[i] for i in positions]
+    positions = np.sort(np.asarray(fresh.column("position")))
+    return pairs.candidates(positions.tolist())
 
 
 class _KnownHashes:
@@ -307,8 +312,9 @@ class _KnownHashes:
     looked up a batch at a time (Arrow filters, not a dict of every catalogued sample)."""
 
     def __init__(self, tables: CatalogTables) -> None:
-        current = tables.current_samples()
-        self.current = current.select(["image_sha256", "image_key", "mask_sha256"])
+        columns = ["image_sha256", "image_key", "mask_sha256", "ingested_at"]
+        current = latest_by(tables.samples.select(columns), "image_key", "ingested_at")
+        self.current = current.select(columns[:3])
         self.added: dict[str, tuple[str, str]] = {}
 
     def of(self, checked: Sequence[_Checked]) -> dict[str, tuple[str, str]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import model_validator
 
 from maskfind_pipeline.core_config import CoreConfig
@@ -86,12 +87,16 @@ def build_snapshot(catalog: pa.Table, config: VersionConfig) -> Snapshot:
     if catalog.num_rows == 0:
         raise EmptyCatalog("the catalog has no samples yet: ingest labeled images first")
     splits = assign_splits(catalog.column("sample_id"), config.fractions)
-    is_failure = _as_numpy(catalog, "source") == "failure"
+    is_failure = _equals(catalog.column("source"), "failure")
     weights = np.where(is_failure, config.failure_weight, 1.0).astype(np.float32)
     table = catalog.append_column("split", pa.array(splits, pa.string()))
     table = table.append_column("weight", pa.array(weights, pa.float32()))
     if config.held_out_types:
-        held = np.isin(_as_numpy(table, "image_type"), list(config.held_out_types))
+        held = np.asarray(
+            pc.is_in(  # pyright: ignore[reportAttributeAccessIssue]
+                table.column("image_type"), value_set=pa.array(list(config.held_out_types))
+            ).fill_null(False)
+        )
         table = table.filter(pa.array(~held | (splits == "test")))
     manifest = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
     manifest = manifest.sort_by([("sample_id", "ascending")])
@@ -137,10 +142,8 @@ def diff(parent: pa.Table | None, child: pa.Table) -> list[dict[str, object]]:
     joined = after.join(old, "sample_id", join_type="left outer", use_threads=False)
     old_mask = joined.column("old_mask")
     added = np.asarray(old_mask.is_null())
-    changed = ~added & (
-        np.asarray(joined.column("mask_sha256").to_numpy(zero_copy_only=False))
-        != np.asarray(old_mask.to_numpy(zero_copy_only=False))
-    )
+    differs = pc.not_equal(joined.column("mask_sha256"), old_mask).fill_null(False)  # pyright: ignore[reportAttributeAccessIssue]
+    changed = ~added & np.asarray(differs)
     removed = before.join(
         after.select(["sample_id"]), "sample_id", join_type="left anti", use_threads=False
     )
@@ -204,5 +207,6 @@ def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], data
 
 
-def _as_numpy(table: pa.Table, column: str) -> np.ndarray:
-    return table.column(column).to_numpy(zero_copy_only=False)
+def _equals(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    """`column == value` as booleans, compared in Arrow (no Python string per row)."""
+    return np.asarray(pc.equal(column, value).fill_null(False))  # pyright: ignore[reportAttributeAccessIssue]

@@ -7,7 +7,9 @@ URI (`registry.credentials.mlflow_uri`): MLflow prints and quotes URIs.
 """
 
 import os
-from collections.abc import Mapping
+import pickle
+import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -83,9 +85,43 @@ class MlflowResource(dg.ConfigurableResource):
         )
 
 
+STEPS = "dagster/steps/"
+
+
+class StepIO(dg.ConfigurableIOManager):
+    """Values passed between steps (the chunks of a fan-out), pickled in the work store under
+    `dagster/steps/<run id>/`: every executor's workers read them, where a local folder would be
+    one machine's. The step that consumes the last of them drops them (`forget_steps`)."""
+
+    store: ObjectStoreResource
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        self.store.open().put(_step_key(context.get_identifier()), pickle.dumps(obj))
+
+    def load_input(self, context: dg.InputContext) -> object:
+        upstream = context.upstream_output
+        if upstream is None:
+            raise ValueError(f"{context.name}: no upstream output to load")
+        return pickle.loads(self.store.open().get(_step_key(upstream.get_identifier())))
+
+
+def forget_steps(store: ObjectStore, run_id: str) -> None:
+    """Delete what `StepIO` holds of the run `run_id`."""
+    for info in list(store.list(f"{STEPS}{_safe(run_id)}/")):
+        store.delete(info.key)
+
+
+def _step_key(identifier: Sequence[str]) -> str:
+    return STEPS + "/".join(_safe(str(part)) for part in identifier) + ".pickle"
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", part)
+
+
 def build_resources(
     settings: Settings, env: Mapping[str, str] | None = None
-) -> dict[str, dg.ConfigurableResource]:
+) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
     """The resources for `settings`; secrets that are set in `env` are passed as `dg.EnvVar`s."""
     env = os.environ if env is None else env
 
@@ -104,6 +140,7 @@ def build_resources(
         )
 
     return {
+        "step_io": StepIO(store=store(settings.work_uri)),
         "data_store": store(settings.data_uri),
         "work_store": store(settings.work_uri),
         "cache": CacheResource(root=str(settings.cache_dir)),

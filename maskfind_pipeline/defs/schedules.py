@@ -11,6 +11,7 @@ nightly_job = dg.define_asset_job(
         "dataset_version",
         "mask_model",
         "label_audit",
+        "test_scores",
         "compat_evaluation",
         "promotion",
     ),

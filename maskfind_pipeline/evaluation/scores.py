@@ -14,7 +14,10 @@ exactly as `ml.metrics.summarize` computes them from the same counts.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -79,6 +82,43 @@ def unscored(tests: pa.Table, scores: pa.Table) -> pa.Table:
     joined = marked.join(keep, KEY, join_type="inner", use_threads=False).sort_by("__pos")
     first = _first_of_each(joined)
     return first.drop_columns(["__pos", "__todo"])
+
+
+@dataclass(frozen=True)
+class ScoreChunk:
+    """One unit of scoring work: a model version and at most a chunk of manifest rows (distinct
+    by content) it has not scored. Chunks are independent: any machine may score any of them."""
+
+    model_version: str
+    number: int
+    rows: pa.Table
+
+    @property
+    def key(self) -> str:
+        """A name of the chunk made of letters, digits and underscores (a step's mapping key)."""
+        return f"v{re.sub(r'[^A-Za-z0-9]', '_', self.model_version)}_{self.number}"
+
+    @property
+    def part_name(self) -> str:
+        """The scores part this chunk writes, named by its content: a chunk scored again (a
+        retried step) finds its part written and adds nothing."""
+        digest = hashlib.sha256(self.model_version.encode())
+        for column in KEY:
+            for value in self.rows.column(column).to_pylist():
+                digest.update(b"\0" + str(value).encode())
+        return f"chunk-{digest.hexdigest()[:32]}"
+
+
+def plan_chunks(todo: Mapping[str, pa.Table], chunk: int) -> list[ScoreChunk]:
+    """`todo[model]` (rows to score, as `unscored` gives them) cut into chunks of at most
+    `chunk` rows, model by model, rows in their order."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, not {chunk}")
+    return [
+        ScoreChunk(model, number, rows.slice(start, chunk))
+        for model, rows in todo.items()
+        for number, start in enumerate(range(0, rows.num_rows, chunk))
+    ]
 
 
 def score_rows(

@@ -15,7 +15,7 @@ from maskfind_pipeline.data.catalog import CATALOG_SCHEMA, Catalog
 from maskfind_pipeline.data.contact_sheet import contact_sheet_png
 from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.data.version_checks import CheckOutcome, check_version
-from maskfind_pipeline.data.version_store import VersionStore
+from maskfind_pipeline.data.version_store import Published, VersionStore
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot, diff
 from maskfind_pipeline.storage.base import ObjectStore
 
@@ -49,21 +49,30 @@ def publish_dataset_version(
     Raises:
         EmptyCatalog: the catalog holds no sample.
     """
-    samples = Catalog(work_store).read(_VERSION_COLUMNS).current_samples()
     versions = VersionStore(work_store)
-    published = versions.publish(
-        build_snapshot(samples, config), catalog_rows=samples.num_rows, code_version=code_version
-    )
+    published, failures = _publish(work_store, versions, config, code_version)
+    # The catalog and the snapshot are gone by now: the read-back and its parent are the only
+    # whole tables this step holds at once (its peak memory).
     card = published.card
     manifest = versions.manifest(published.version_id)
     parent = versions.manifest(card["parent"]) if card["parent"] else None
-    source = np.asarray(samples.column("source").to_numpy(zero_copy_only=False))
-    failures = int(np.count_nonzero(source == "failure"))
     checks = [
         *check_version(manifest, catalog_failures=failures),
         CheckOutcome("manifest_checksum", True, "manifest sha256 and id verified"),
     ]
     return VersionOutcome(card, published.created, diff(parent, manifest), checks)
+
+
+def _publish(
+    work_store: ObjectStore, versions: VersionStore, config: VersionConfig, code_version: str
+) -> tuple[Published, int]:
+    """Snapshot and publish the current catalog; the version and the catalog's failures."""
+    samples = Catalog(work_store).read(_VERSION_COLUMNS).current_samples()
+    failures = int(pc.sum(pc.equal(samples.column("source"), "failure")).as_py() or 0)  # pyright: ignore[reportAttributeAccessIssue]
+    rows = samples.num_rows
+    snapshot = build_snapshot(samples, config)
+    del samples
+    return versions.publish(snapshot, catalog_rows=rows, code_version=code_version), failures
 
 
 def added_samples_sheet(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import uuid4
 
 import numpy as np
 import pyarrow as pa
@@ -17,17 +17,24 @@ from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.manifest import MANIFEST_SCHEMA
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
-from maskfind_pipeline.evaluation.members import update_members
+from maskfind_pipeline.evaluation.members import TestMembers, update_members
 from maskfind_pipeline.evaluation.planning import CellRows, MatrixPlan, fill_matrix, plan_cells
 from maskfind_pipeline.evaluation.report import type_deltas
-from maskfind_pipeline.evaluation.scores import ScoreStore, cell_rows, score_rows, unscored
+from maskfind_pipeline.evaluation.scores import (
+    ScoreChunk,
+    ScoreStore,
+    cell_rows,
+    plan_chunks,
+    score_rows,
+    unscored,
+)
 from maskfind_pipeline.flows.settings import EvaluationOptions
 from maskfind_pipeline.ml.inference import predict_probabilities
 from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts
 from maskfind_pipeline.ml.predict import Predictor
 from maskfind_pipeline.registry.datasets import DatasetRef, version_datasets
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegisteredModel
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
 from maskfind_pipeline.storage.base import ObjectStore
 
@@ -63,18 +70,12 @@ def update_matrix(
     version's test split as the membership table holds it (`evaluation.members`: only the
     manifests of versions new since the last run are read).
     """
-    champion, challenger = registry.alias_or_none(CHAMPION), registry.alias_or_none(CHALLENGER)
-    pinned = [m.version for m in (champion, challenger) if m is not None]
-    models = [m.version for m in registry.versions()]
-    cards = versions.list()
-    members = update_members(cells.store, versions, cards)
-    recent = models[-options.last_n :] if options.last_n else models
-    plan = plan_cells(
-        models,
-        cards,
-        cells.existing({*recent, *pinned}),
-        pinned=pinned,
-        last_n=options.last_n,
+    matrix = _matrix(options, registry, versions, cells)
+    champion, challenger, members, plan = (
+        matrix.champion,
+        matrix.challenger,
+        matrix.members,
+        matrix.plan,
     )
     if on_plan:
         on_plan(plan)
@@ -86,6 +87,7 @@ def update_matrix(
         decoded_root=decoded_root,
         batch_size=options.batch_size,
         device=options.device,
+        chunk=options.chunk,
     )
     scored: dict[str, pa.Table] = {}
 
@@ -114,6 +116,65 @@ def update_matrix(
         type_deltas(table, challenger.version, champion.version) if champion and challenger else []
     )
     return MatrixOutcome(plan, written, table, deltas)
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    champion: RegisteredModel | None
+    challenger: RegisteredModel | None
+    members: TestMembers
+    plan: MatrixPlan
+
+
+def _matrix(
+    options: EvaluationOptions, registry: ModelRegistry, versions: VersionStore, cells: CellStore
+) -> _Matrix:
+    """The pinned models, the test membership (extended with new versions) and the plan."""
+    champion, challenger = registry.alias_or_none(CHAMPION), registry.alias_or_none(CHALLENGER)
+    pinned = [m.version for m in (champion, challenger) if m is not None]
+    models = [m.version for m in registry.versions()]
+    cards = versions.list()
+    members = update_members(cells.store, versions, cards)
+    recent = models[-options.last_n :] if options.last_n else models
+    plan = plan_cells(
+        models,
+        cards,
+        cells.existing({*recent, *pinned}),
+        pinned=pinned,
+        last_n=options.last_n,
+    )
+    return _Matrix(champion, challenger, members, plan)
+
+
+def plan_scoring(
+    options: EvaluationOptions,
+    *,
+    registry: ModelRegistry,
+    versions: VersionStore,
+    cells: CellStore,
+) -> tuple[MatrixPlan, list[ScoreChunk]]:
+    """The scoring `update_matrix` would do, as independent chunks (`options.chunk` samples
+    each): for each model with a missing cell, the distinct test samples of the versions it is
+    missing on that it has not scored. Scoring every chunk (`score_chunk`, anywhere, in any
+    order) and then calling `update_matrix` gives the same cells as `update_matrix` alone, which
+    then scores nothing."""
+    matrix = _matrix(options, registry, versions, cells)
+    scores = ScoreStore(cells.store)
+    todo: dict[str, pa.Table] = {}
+    for cell in matrix.plan.missing:
+        model = cell.model_version
+        if model not in todo:
+            wanted = [c.dataset_version for c in matrix.plan.missing if c.model_version == model]
+            todo[model] = unscored(matrix.members.rows_of(wanted), scores.of(model))
+    return matrix.plan, plan_chunks(todo, options.chunk)
+
+
+def score_chunk(chunk: ScoreChunk, scorer: SampleScorer, scores: ScoreStore) -> pa.Table:
+    """Score one chunk and commit its scores as a part named by the chunk's content (a chunk
+    scored twice, by a retried step, is committed once)."""
+    part = scorer.score(chunk.model_version, chunk.rows)
+    scores.append(part, model_version=chunk.model_version, name=chunk.part_name)
+    return part
 
 
 class SampleScorer:
@@ -155,10 +216,8 @@ class SampleScorer:
         todo = unscored(tests, have)
         if todo.num_rows and log:
             log(f"scoring model v{model_version} on {todo.num_rows} new test sample(s)")
-        for number, start in enumerate(range(0, todo.num_rows, self.chunk)):
-            part = self.score(model_version, todo.slice(start, self.chunk))
-            scores.append(part, model_version=model_version, name=f"{uuid4().hex[:12]}-{number}")
-            have = pa.concat_tables([have, part])
+        for chunk in plan_chunks({model_version: todo}, self.chunk):
+            have = pa.concat_tables([have, score_chunk(chunk, self, scores)])
         return have
 
     def score(self, model_version: str, rows: pa.Table) -> pa.Table:
@@ -189,8 +248,27 @@ class SampleScorer:
 
     def _predictor(self, version: str) -> Predictor:
         if version not in self._predictors:
-            self._predictors[version] = load_model(self.registry, version).to(self.device)
+            self._predictors[version] = _loaded(self.registry, version, self.device)
         return self._predictors[version]
+
+
+_LOADED: OrderedDict[tuple[str, str, str, str | None], Predictor] = OrderedDict()
+_KEEP_LOADED = 2
+
+
+def _loaded(registry: ModelRegistry, version: str, device: str | None) -> Predictor:
+    """A registered version, downloaded and verified once per process for the last few asked
+    for: a registered version never changes, and a worker scoring chunk after chunk of one
+    model (a celery worker, a Kubernetes pod) loads it once."""
+    key = (registry.tracking_uri, registry.model_name, version, device)
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    predictor = load_model(registry, version).to(device)
+    _LOADED[key] = predictor
+    while len(_LOADED) > _KEEP_LOADED:
+        _LOADED.popitem(last=False)
+    return predictor
 
 
 def log_cell_run(

@@ -76,6 +76,9 @@ class EvaluationOptions(CoreConfig):
     """Test images per inference batch."""
     device: str | None = None
     """"cuda", "cpu" or null for CUDA when available."""
+    chunk: int = Field(default=4096, ge=1)
+    """Test samples per scoring chunk: a part of the scores table each, and one step of
+    `test_scores`' fan-out (a celery task or a Kubernetes Job past one machine)."""
 
 
 class ManualPromotion(CoreConfig):

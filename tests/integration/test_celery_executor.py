@@ -11,36 +11,22 @@ up to float noise), the evaluation matrix and the promotion decision.
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
-import yaml
-from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
-from tests.support.celery_workers import (
-    CeleryWorker,
-    celery_workers,
-    isolated_broker,
-    rabbitmq_reachable,
-    vhost_exists,
-)
-from tests.support.daemon import LOCATION_OVERRIDES
+from tests.support.celery_workers import celery_deployment, point_at, vhost_exists
 from tests.support.models import nightly_config, tiny_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-ROOT = Path(__file__).resolve().parents[2]
-EXECUTOR_YAML = ROOT / "deploy" / "celery" / "executor.yaml"
 DATASET_ASSETS = [dg.AssetKey("image_catalog"), dg.AssetKey("dataset_version")]
 # Epoch-bound (2 epochs, no time budget) and on the CPU in both runs: the same arithmetic.
 TRAINING = tiny_training(device="cpu")
@@ -89,11 +75,12 @@ def test_nightly_steps_on_two_celery_workers_equal_an_in_process_run(
         champion = ModelRegistry(Settings.from_env().tracking_uri).get("champion")
 
     assert result.success
-    assert set(placed) == steps == {
-        "image_catalog", "dataset_version", "mask_model", "label_audit", "compat_evaluation",
-        "promotion",
+    assert set(placed) == steps
+    assert {step.split("[")[0] for step in steps} == {
+        "image_catalog", "dataset_version", "mask_model", "label_audit", "test_scores.plan",
+        "test_scores.score_chunk", "test_scores.collect", "compat_evaluation", "promotion",
     }  # fmt: skip
-    # label_audit and compat_evaluation wait only for mask_model: one worker takes each.
+    # label_audit and test_scores' plan wait only for mask_model: one worker takes each.
     assert set(placed.values()) == {"left", "right"}, placed
     assert dataset_facts(made) == dataset_facts(expected)
     assert model_facts(made) == model_facts(expected)
@@ -164,85 +151,3 @@ def in_process(
         )
         assert result.success
         return materialized(instance, result.run_id)
-
-
-class CeleryDeployment:
-    """A persistent Dagster instance, celery workers, and the nightly job as an operator
-    launches it, with the celery executor chosen by the environment."""
-
-    def __init__(
-        self, instance: dg.DagsterInstance, workers: Sequence[CeleryWorker], vhost: str
-    ) -> None:
-        self.instance = instance
-        self.workers = workers
-        self.vhost = vhost
-
-    def execute(self, **options: Any) -> dg.ExecutionResult:
-        """Run the nightly job, steps by the executor the definitions load with (this process
-        only orchestrates). The definitions are loaded afresh: Dagster keeps the last job it
-        reconstructed, loaded with an earlier test's environment."""
-        ReconstructableJob.get_definition.cache_clear()
-        ReconstructableJob.get_repository_definition.cache_clear()
-        repository = ReconstructableRepository.for_module(
-            "maskfind_pipeline.definitions", "defs", working_directory=str(ROOT)
-        )
-        job = repository.get_reconstructable_job("nightly")
-        return dg.execute_job(job, self.instance, **options)
-
-    def placement(self, run_id: str) -> dict[str, str]:
-        """Which worker ran each step, by the process that reported the step's start; while the
-        workers live, so their processes can be told apart."""
-        placed = {}
-        for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START):
-            pid = record.get_dagster_event().pid
-            owner = [w.name for w in self.workers if pid is not None and w.owns(pid)]
-            placed[str(record.step_key)] = owner[0] if owner else f"pid {pid}, no worker's"
-        return placed
-
-
-@contextmanager
-def celery_deployment(
-    home: Path, images: Path, monkeypatch: pytest.MonkeyPatch, workers: Sequence[str]
-) -> Iterator[CeleryDeployment]:
-    """The deployment of deploy/celery on a vhost of its own (or, without rabbitmqctl, a queue
-    of its own), on a fresh instance with the project's dagster.yaml; all removed after."""
-    if not rabbitmq_reachable():
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
-    queue = f"maskfind-test-{uuid.uuid4().hex[:8]}"
-    with isolated_broker(queue) as broker:
-        env = {
-            "MASKFIND_HOME": str(home),
-            "MASKFIND_DATA_URI": str(images),
-            "DAGSTER_HOME": str(home / "dagster"),
-            "MASKFIND_EXECUTOR": "celery",
-            "MASKFIND_EXECUTOR_CONFIG": str(executor_config(home, queue)),
-            "MASKFIND_CELERY_BROKER": broker,
-        }
-        point_at(env, monkeypatch)
-        (home / "dagster").mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
-        # The instance's SQLite storage is created here, before the workers open it.
-        with (
-            dg.DagsterInstance.get() as instance,
-            celery_workers(workers, env, home) as started,
-        ):
-            yield CeleryDeployment(instance, started, vhost=broker.rsplit("/", 1)[1])
-
-
-def executor_config(home: Path, queue: str) -> Path:
-    """deploy/celery/executor.yaml with a queue of this test's own, written under `home`."""
-    home.mkdir(parents=True)
-    path = home / "executor.yaml"
-    document = yaml.safe_load(EXECUTOR_YAML.read_text())
-    document["execution"]["config"]["config_source"]["task_default_queue"] = queue
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def point_at(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process's environment: `env`, no other location override, the default executor
-    unless `env` names one."""
-    for key in (*LOCATION_OVERRIDES, "MASKFIND_EXECUTOR", "MASKFIND_EXECUTOR_CONFIG"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)

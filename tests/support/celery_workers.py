@@ -20,13 +20,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import dagster as dg
 import pytest
+import yaml
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 
-from tests.support.daemon import stop_process_group, subprocess_env
+from tests.support.daemon import LOCATION_OVERRIDES, stop_process_group, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_SCRIPT = ROOT / "deploy" / "celery" / "worker.sh"
+EXECUTOR_YAML = ROOT / "deploy" / "celery" / "executor.yaml"
 HOST, PORT, USER, PASSWORD = "127.0.0.1", 5672, "guest", "guest"
 
 
@@ -162,3 +167,85 @@ def celery_workers(
         for worker in workers:
             worker.wait_ready(deadline)
         yield workers
+
+
+class CeleryDeployment:
+    """A persistent Dagster instance, celery workers, and the nightly job as an operator
+    launches it, with the celery executor chosen by the environment."""
+
+    def __init__(
+        self, instance: dg.DagsterInstance, workers: Sequence[CeleryWorker], vhost: str
+    ) -> None:
+        self.instance = instance
+        self.workers = workers
+        self.vhost = vhost
+
+    def execute(self, job_name: str = "nightly", **options: Any) -> dg.ExecutionResult:
+        """Run the job `job_name`, steps by the executor the definitions load with (this process
+        only orchestrates). The definitions are loaded afresh: Dagster keeps the last job it
+        reconstructed, loaded with an earlier test's environment."""
+        ReconstructableJob.get_definition.cache_clear()
+        ReconstructableJob.get_repository_definition.cache_clear()
+        repository = ReconstructableRepository.for_module(
+            "maskfind_pipeline.definitions", "defs", working_directory=str(ROOT)
+        )
+        job = repository.get_reconstructable_job(job_name)
+        return dg.execute_job(job, self.instance, **options)
+
+    def placement(self, run_id: str) -> dict[str, str]:
+        """Which worker ran each step, by the process that reported the step's start; while the
+        workers live, so their processes can be told apart."""
+        placed = {}
+        for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START):
+            pid = record.get_dagster_event().pid
+            owner = [w.name for w in self.workers if pid is not None and w.owns(pid)]
+            placed[str(record.step_key)] = owner[0] if owner else f"pid {pid}, no worker's"
+        return placed
+
+
+@contextmanager
+def celery_deployment(
+    home: Path, images: Path, monkeypatch: pytest.MonkeyPatch, workers: Sequence[str]
+) -> Iterator[CeleryDeployment]:
+    """The deployment of deploy/celery on a vhost of its own (or, without rabbitmqctl, a queue
+    of its own), on a fresh instance with the project's dagster.yaml; all removed after."""
+    if not rabbitmq_reachable():
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    queue = f"maskfind-test-{uuid.uuid4().hex[:8]}"
+    with isolated_broker(queue) as broker:
+        env = {
+            "MASKFIND_HOME": str(home),
+            "MASKFIND_DATA_URI": str(images),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "MASKFIND_EXECUTOR": "celery",
+            "MASKFIND_EXECUTOR_CONFIG": str(executor_config(home, queue)),
+            "MASKFIND_CELERY_BROKER": broker,
+        }
+        point_at(env, monkeypatch)
+        (home / "dagster").mkdir()
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
+        # The instance's SQLite storage is created here, before the workers open it.
+        with (
+            dg.DagsterInstance.get() as instance,
+            celery_workers(workers, env, home) as started,
+        ):
+            yield CeleryDeployment(instance, started, vhost=broker.rsplit("/", 1)[1])
+
+
+def executor_config(home: Path, queue: str) -> Path:
+    """deploy/celery/executor.yaml with a queue of this test's own, written under `home`."""
+    home.mkdir(parents=True)
+    path = home / "executor.yaml"
+    document = yaml.safe_load(EXECUTOR_YAML.read_text())
+    document["execution"]["config"]["config_source"]["task_default_queue"] = queue
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def point_at(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment: `env`, no other location override, the default executor
+    unless `env` names one."""
+    for key in (*LOCATION_OVERRIDES, "MASKFIND_EXECUTOR", "MASKFIND_EXECUTOR_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)

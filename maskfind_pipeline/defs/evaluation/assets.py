@@ -39,7 +39,7 @@ class EvaluationConfig(run_config_for(EvaluationOptions)):
     group_name="evaluation",
     owners=OWNERS,
     code_version=asset_code_version(1),
-    deps=["mask_model", "dataset_version"],
+    deps=["mask_model", "dataset_version", "test_scores"],
     kinds={"parquet"},
 )
 def compat_evaluation(
@@ -51,7 +51,8 @@ def compat_evaluation(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Every model (last N, champion, challenger) on every dataset version's test split, per
-    image type and source; only missing cells are computed."""
+    image type and source; only missing cells are computed, as aggregates of the per-sample
+    scores (`test_scores` scored them in chunks; what is still unscored is scored here)."""
     from maskfind_pipeline.data.version_store import CorruptVersion, VersionStore
     from maskfind_pipeline.evaluation.cells import Cell, CellStore
     from maskfind_pipeline.evaluation.report import heatmap_png, matrix_rows, type_heatmap_png
