@@ -23,7 +23,7 @@ Scenarios: `photos:<new set>` trains on the two other sets of ../shared/data/rea
 factory types at 128² and brings the tenth (`laser3d-wafer-tray-s4`, the demo's X).
 
     python -m bench.grading [--scenarios photos:car,photos:horse,photos:boat,synthetic]
-                            [--train-epochs 30] [--fold-epochs 15] [--cnn-minutes N]
+                            [--train-epochs 30] [--fold-epochs 15] [--cnn-epochs 12]
                             [--size 256] [--real ../shared/data/real] [--out DIR]
 """
 
@@ -165,7 +165,7 @@ def run_scenario(
     }
     run("nightly", nightly)
     reviewer_settings = ReviewerSettings(
-        train=ReviewerTrainConfig(max_minutes=args.cnn_minutes),
+        train=ReviewerTrainConfig(epochs=args.cnn_epochs, max_minutes=args.cnn_minutes),
         fold_train=FINE_TUNING.model_copy(
             update={"epochs": args.fold_epochs, "max_minutes": args.fold_minutes}
         ),
@@ -337,6 +337,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--train-epochs", type=int, default=30, help="the champion's epochs")
     parser.add_argument("--fold-minutes", type=float, default=None)
     parser.add_argument("--fold-epochs", type=int, default=15, help="each fold model's epochs")
+    parser.add_argument("--cnn-epochs", type=int, default=12, help="each CNN reviewer's epochs")
     parser.add_argument("--cnn-minutes", type=float, default=None)
     parser.add_argument("--synthetic-count", type=int, default=60)
     parser.add_argument("--synthetic-size", type=int, default=128)

@@ -45,8 +45,8 @@ REVIEWER = {
     },
     "train": {"epochs": 2, "batch_size": 16, "allow_scratch": True},
     "folds": 2,
-    "fold_train": {"epochs": 2, "batch_size": 8},
-    "max_images": 40,
+    "fold_train": {"epochs": 1, "batch_size": 8},
+    "max_images": 30,
 }
 
 
