@@ -71,11 +71,12 @@ def update_matrix(
     manifests of versions new since the last run are read).
     """
     matrix = _matrix(options, registry, versions, cells)
-    champion, challenger, members, plan = (
+    champion, challenger, members, plan, cards = (
         matrix.champion,
         matrix.challenger,
         matrix.members,
         matrix.plan,
+        matrix.cards,
     )
     if on_plan:
         on_plan(plan)
@@ -124,6 +125,8 @@ class _Matrix:
     challenger: RegisteredModel | None
     members: TestMembers
     plan: MatrixPlan
+    cards: list[dict]
+    """The dataset versions' cards (ids, manifests' addresses)."""
 
 
 def _matrix(
@@ -143,7 +146,7 @@ def _matrix(
         pinned=pinned,
         last_n=options.last_n,
     )
-    return _Matrix(champion, challenger, members, plan)
+    return _Matrix(champion, challenger, members, plan, cards)
 
 
 def plan_scoring(
