@@ -220,7 +220,7 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
     the embedded tracking store; Ctrl-C (or SIGTERM) stops both, and it exits after them."""
     settings = _prepare_home()
     dagster_cmd, mlflow_cmd = ui_commands(settings, host=host, port=port, mlflow_port=mlflow_port)
-    # MLflow's job runners (huey consumers, one per CPU) serve GenAI jobs the pipeline never submits.
+    # MLflow's job runners (huey consumers) serve GenAI jobs the pipeline never submits.
     mlflow_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_ui = (
         subprocess.Popen(mlflow_cmd, cwd=PROJECT_ROOT, env=mlflow_env) if mlflow_cmd else None
