@@ -37,8 +37,14 @@ from maskfind_pipeline.ml.fitting import (
     cpu_state,
     lr_factor,
 )
+from maskfind_pipeline.ml.precision import settle
 from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation, evaluate_reviewer, safe_auc
-from maskfind_pipeline.ml.reviewer import build_reviewer, grade_probabilities, reviewer_inputs
+from maskfind_pipeline.ml.reviewer import (
+    IN_CHANNELS,
+    build_reviewer,
+    grade_probabilities,
+    reviewer_inputs,
+)
 from maskfind_pipeline.ml.reviewer_config import (
     GRADES,
     GradeRule,
@@ -141,6 +147,10 @@ def train_reviewer(
         lambda weights: build_reviewer(spec, pretrained=weights),
         pretrained=spec.encoder_weights is not None,
         allow_scratch=config.allow_scratch,
+    )
+    size = spec.input_size
+    settings = settle(
+        settings, model, (IN_CHANNELS, size, size), batch_size=config.batch_size, training=True
     )
     run = _Run(settings.prepare(model), spec, config, settings, train, val)
     run.fit(on_epoch, progress_bar)

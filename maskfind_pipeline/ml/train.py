@@ -52,6 +52,7 @@ from maskfind_pipeline.ml.inference import (
 from maskfind_pipeline.ml.losses import LossFn, make_loss
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate, iou_per_image, pixel_counts
 from maskfind_pipeline.ml.model import build_model
+from maskfind_pipeline.ml.precision import settle
 from maskfind_pipeline.ml.threshold import ThresholdChoice, tune_threshold
 from maskfind_pipeline.ml.tta import stride
 
@@ -193,6 +194,7 @@ def train(
     )
     _prepare(train_config, loaders, settings)
     model, pretrained = _initial_model(model_config, train_config, initial_state)
+    settings = _settle(settings, model, model_config, train_config)
     model = settings.prepare(model)
     run = _Run(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
@@ -229,6 +231,9 @@ def train_replica(
         model, pretrained = _initial_model(model_config, train_config, initial_state)
     else:
         model, pretrained = build_model(model_config, pretrained=False), False
+    # Rank 0 times the precision; every rank trains in the same one.
+    settled = _settle(settings, model, model_config, train_config) if ranks.is_main else settings
+    settings = ranks.agree_object(settled)
     torch.manual_seed(train_config.seed + ranks.rank)
     run = _Run(
         settings.prepare(model), model_config, train_config, settings, image_types, sources, ranks
@@ -249,6 +254,16 @@ def _prepare(
     seed_everything(train_config.seed)
     if settings.device.type == "cpu":
         tune_cpu_allocator()
+
+
+def _settle(
+    settings: DeviceSettings, model: nn.Module, model_config: ModelSpec, train_config: TrainConfig
+) -> DeviceSettings:
+    """`settings` with the precision timed on `model` where the CPU claims bfloat16."""
+    size = model_config.input_size
+    return settle(
+        settings, model, (3, size, size), batch_size=train_config.batch_size, training=True
+    )
 
 
 def _initial_model(
