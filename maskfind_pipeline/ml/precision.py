@@ -55,6 +55,7 @@ PROBE_BATCH = 2
 speed, is what the probe needs."""
 PROBE_ROUNDS = 2
 """Timed steps per candidate (after one warm-up step each), in interleaved rounds."""
+CACHE_NOTE = "probed on one thread, in CPU time"
 
 Candidate = tuple[str, bool]
 """(precision, channels_last): precision is `float32` or `bfloat16`."""
@@ -203,7 +204,7 @@ def time_candidates(
     """Seconds per step of each of `candidates` (keyed `<precision>/<format>`): the best of `rounds`
     timed steps, one per candidate per round after a warm-up step each, so a neighbour's
     burst of load on shared cores slows every candidate alike."""
-    with _forked_random():
+    with _forked_random(), _one_thread():
         probes = {
             f"{p}/{_fmt(cl)}": _Probe(model, input_shape, batch, training, p, cl)
             for p, cl in candidates
@@ -267,10 +268,24 @@ def _forked_random() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Probe on one thread: with several, a thread waiting for a descheduled sibling spins and
+    counts as CPU time, which under a neighbour's load swamps the step's own (a ResNet-18 U-Net
+    probe at a load average of 15 measured 3 CPU-seconds a step either way and chose wrong)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def machine_identity() -> dict[str, str]:
     """What makes this machine's timing differ from another's."""
     return {
         "format": CACHE_FORMAT,
+        "probe": CACHE_NOTE,
         "cpu": _cpu_model(),
         "cpu_flags": hashlib.sha256(" ".join(sorted(_cpu_flags())).encode()).hexdigest()[:16],
         "threads": str(torch.get_num_threads()),
