@@ -31,14 +31,22 @@ per sample in the loader, or whole batches on the training device), without the 
 Modes alternate, `--repeats` rounds of each, so a noisy neighbour hits all alike; the best and
 the median of each mode are reported with every value, as ratios to the first mode's.
 
+`--precision float32,bfloat16,auto` compares the shipped loop's precisions instead, without
+the naive loop: float32 (channels_last), bfloat16 autocast (channels_last) and `auto`, what
+training picks (`ml.precision`: timed on the model where the CPU claims bfloat16, cached);
+whole shipped runs of 1 + `--epochs` epochs each (the first not counted), alternating,
+`--repeats` rounds. Printed: images/s of each and auto / max(float32, bfloat16) (goal >= 0.9).
+
     python -m bench.train [--samples 104] [--size 256] [--batch-size 8] [--epochs 2]
                           [--encoder resnet34] [--workers 0] [--no-augment] [--device cpu]
                           [--where auto | --where sample,batch [--repeats 3] [--data-only]]
+                          [--precision float32,bfloat16,auto [--repeats 3]]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -98,6 +106,11 @@ def main() -> None:
             f"{config.encoder_name} U-Net from scratch, {torch.get_num_threads()} threads, "
             f"{args.workers} workers"
         )
+        if args.precision:
+            compare_precisions(
+                args.precision.split(","), config, train_config, manifest, decoded, args
+            )
+            return
         if len(modes) > 1:
             compare_modes(modes, config, train_config, manifest, decoded, settings, args)
             return
@@ -171,8 +184,8 @@ def interleaved(
             print(f"  naive epoch:     {rates['naive'][-1]:6.2f} images/s")
         rates["matmul"].append(bf16_matmul_gflops(device))
 
-    print(f"shipped settings: {settings.describe()}")
-    _train(config, train_config, manifest, decoded, settings, on_epoch=between)
+    result = _train(config, train_config, manifest, decoded, settings, on_epoch=between)
+    print(f"shipped settings: {result.device}")
     return rates
 
 
@@ -196,6 +209,59 @@ def compare_modes(
     matmul = max(rates.pop("matmul"))
     gflop_per_image = 3 * forward_flops(config, args.size) / 1e9
     _report_modes("training (shipped loop)", rates, gflop_per_image, matmul)
+
+
+def precision_settings(name: str, device: str | None) -> DeviceSettings:
+    """The shipped loop's settings in precision `name`: `float32`, `bfloat16` (autocast, the
+    CPU's rule for depthwise convolutions) or `auto` (`select_device`, timed where it must)."""
+    settings = select_device(device)
+    if name == "auto":
+        return settings
+    dtype = torch.bfloat16 if name == "bfloat16" else None
+    note = (("precision_source", "forced by the bench"),)
+    return dataclasses.replace(
+        settings,
+        autocast_dtype=dtype,
+        grad_scaler=False,
+        channels_last=True,
+        needs_measurement=False,
+        precision_note=note,
+    )
+
+
+def compare_precisions(
+    names: list[str],
+    config: ModelConfig,
+    train_config: TrainConfig,
+    manifest: pa.Table,
+    decoded: DecodedArrays,
+    args: argparse.Namespace,
+) -> dict[str, list[float]]:
+    """Shipped runs per precision, alternating (`--repeats` rounds); the best epoch of each
+    counts (module docstring)."""
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    chosen: dict[str, str] = {}
+    for _ in range(args.repeats):
+        for name in names:
+            settings = precision_settings(name, args.device)
+
+            def timed(report: EpochReport, name: str = name) -> None:
+                if report.epoch > 1:
+                    rates[name].append(report.images_per_second)
+                    print(f"  {name:8}: {report.images_per_second:8.2f} images/s", flush=True)
+
+            result = _train(config, train_config, manifest, decoded, settings, on_epoch=timed)
+            chosen[name] = result.device["precision"] + (
+                "" if result.device["channels_last"] == "true" else " (contiguous)"
+            )
+    print(f"\nbest of each (all: {', '.join(f'{k}={_fmt(v)}' for k, v in rates.items())})")
+    for name in names:
+        print(f"{name:8}  {max(rates[name]):8.2f} images/s  (trained in {chosen[name]})")
+    if {"float32", "bfloat16", "auto"} <= set(names):
+        best = max(max(rates["float32"]), max(rates["bfloat16"]))
+        ratio = max(rates["auto"]) / best
+        print(f"auto / max(float32, bfloat16): {ratio:5.2f}  (goal >= 0.9)")
+    return rates
 
 
 def data_path_rates(
@@ -365,7 +431,14 @@ def _parse() -> argparse.Namespace:
         default="auto",
         help="AugmentConfig.where of the shipped loop; several (sample,batch) compare them",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of a --where comparison")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of a --where or --precision comparison"
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="compare the shipped loop's precisions, e.g. float32,bfloat16,auto",
+    )
     parser.add_argument("--data-only", action="store_true", help="compare the data path only")
     return parser.parse_args()
 

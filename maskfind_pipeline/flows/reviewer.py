@@ -591,7 +591,8 @@ def _record(
         config=settings.spec,
         weights=cnn_weights,
         dataset_version=vid,
-        params=settings.flat() | {"dataset_version": vid},
+        params=settings.flat()
+        | {"dataset_version": vid, **({"device": cnns[0].device} if cnns else {})},
         history=history,
         metrics=metrics,
         plots=dict(plots),

@@ -4,10 +4,14 @@ The rule for mixed precision:
 
 - CUDA: autocast to bfloat16 where the GPU supports it (Ampere and newer), else float16 with a
   `GradScaler`; channels_last and pinned host memory.
-- CPU: autocast to bfloat16 only where the CPU has native bfloat16 dot products (AVX512-BF16 or
-  AMX, as oneDNN reports them). There, convolutions run several times faster than in float32
-  (about 3x for a ResNet-34 U-Net on 2 Zen 5 cores); without them bfloat16 is emulated and slower
-  than float32, so float32 is used. channels_last is always on: oneDNN's convolutions prefer it.
+- CPU: float32 where oneDNN reports no bfloat16 at all. Where it reports bfloat16, the choice
+  awaits a measurement (`DeviceSettings.needs_measurement`): oneDNN says "supported" on every
+  AVX-512 CPU, also where it only emulates bfloat16 (no AVX512-BF16 or AMX), and emulated it is
+  two to three times slower than float32. `ml.precision.settle` then times a few steps of the
+  actual model in float32 and bfloat16, with and without channels_last, and keeps the fastest
+  (cached per machine and model shape). With native bfloat16, convolutions run several times
+  faster than in float32 (about 3x for a ResNet-34 U-Net on 2 Zen 5 cores). Until settled, the
+  settings say bfloat16 and channels_last (the old rule).
 
 Losses are computed in float32 outside the autocast region either way. On such a CPU, depthwise
 convolutions (EfficientNet's) still compute in float32: oneDNN's bfloat16 depthwise backward is
@@ -27,7 +31,7 @@ import ctypes.util
 import functools
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,6 +48,9 @@ class DeviceSettings:
         grad_scaler: whether float16 training needs a `torch.amp.GradScaler`.
         channels_last: whether model and inputs use the channels_last memory format.
         pin_memory: whether loaders should pin host batches (fast copies to a GPU).
+        needs_measurement: the precision and memory format are to be timed on the model
+            (`ml.precision.settle`): a CPU that claims bfloat16.
+        precision_note: how the precision was decided (`describe` adds it), once settled.
     """
 
     device: torch.device
@@ -51,6 +58,8 @@ class DeviceSettings:
     grad_scaler: bool
     channels_last: bool
     pin_memory: bool
+    needs_measurement: bool = False
+    precision_note: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -78,6 +87,7 @@ class DeviceSettings:
             "precision": precision.removeprefix("torch."),
             "channels_last": str(self.channels_last).lower(),
             "threads": str(torch.get_num_threads()),
+            **dict(self.precision_note),
         }
 
 
@@ -93,8 +103,10 @@ def select_device(device: str | None = None, *, mixed_precision: bool = True) ->
         bf16 = torch.cuda.is_bf16_supported()
         dtype = (torch.bfloat16 if bf16 else torch.float16) if mixed_precision else None
         return DeviceSettings(chosen, dtype, dtype is torch.float16, True, True)
-    dtype = torch.bfloat16 if mixed_precision and cpu_has_native_bf16() else None
-    return DeviceSettings(chosen, dtype, False, True, False)
+    if mixed_precision and cpu_has_native_bf16():
+        return DeviceSettings(chosen, torch.bfloat16, False, True, False, needs_measurement=True)
+    note = (("precision_source", "float32 requested" if not mixed_precision else "no bf16"),)
+    return DeviceSettings(chosen, None, False, True, False, precision_note=note)
 
 
 def depthwise_in_float32(model: nn.Module) -> int:
@@ -127,7 +139,8 @@ def _float32_class(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 dot products natively (AVX512-BF16 or AMX)."""
+    """Whether oneDNN reports bfloat16 support on this CPU: native (AVX512-BF16 or AMX) or
+    emulated (AVX-512 alone); only a timing tells the two apart (`ml.precision`)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -43,6 +43,10 @@ def to_image_size(probabilities: torch.Tensor, height: int, width: int) -> np.nd
     return restored[0, 0].cpu().numpy().astype(np.float32, copy=False)
 
 
+INFERENCE_BATCH = 32
+"""The batch size the precision probe assumes for inference (production's)."""
+
+
 def _exact_cpu() -> DeviceSettings:
     return select_device("cpu", mixed_precision=False)
 
@@ -80,8 +84,18 @@ class Predictor:
 
     def to(self, device: str | None = None, *, mixed_precision: bool = True) -> Predictor:
         """This predictor on `device` (None: CUDA when available) with `ml.device`'s precision
-        rules; `mixed_precision=False` keeps float32. The model moves in place."""
-        settings = select_device(device, mixed_precision=mixed_precision)
+        rules; `mixed_precision=False` keeps float32. The model moves in place. On a CPU that
+        claims bfloat16 the precision is timed on this model (`ml.precision`, cached)."""
+        from maskfind_pipeline.ml.precision import settle
+
+        size = self.config.input_size
+        settings = settle(
+            select_device(device, mixed_precision=mixed_precision),
+            self.model,
+            (3, size, size),
+            batch_size=INFERENCE_BATCH,
+            training=False,
+        )
         return replace(self, model=settings.prepare(self.model), settings=settings)
 
     @torch.no_grad()

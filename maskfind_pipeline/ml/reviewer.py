@@ -245,8 +245,18 @@ class Reviewer:
         return cls(model.eval(), spec, version)
 
     def to(self, device: str | None = None, *, mixed_precision: bool = True) -> Reviewer:
-        """This reviewer on `device` with `ml.device`'s precision rules (the model moves)."""
-        settings = select_device(device, mixed_precision=mixed_precision)
+        """This reviewer on `device` with `ml.device`'s precision rules (the model moves); on a
+        CPU that claims bfloat16 the precision is timed on this network (`ml.precision`)."""
+        from maskfind_pipeline.ml.precision import settle
+
+        size = self.spec.input_size
+        settings = settle(
+            select_device(device, mixed_precision=mixed_precision),
+            self.model,
+            (IN_CHANNELS, size, size),
+            batch_size=64,
+            training=False,
+        )
         return replace(self, model=settings.prepare(self.model), settings=settings)
 
     @torch.inference_mode()

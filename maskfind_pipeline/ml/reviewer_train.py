@@ -10,7 +10,6 @@ calls. The best epoch is the one with the highest validation ROC AUC of grade 3 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from scipy import special
 from torch import nn
-from tqdm.auto import tqdm
 
 from maskfind_pipeline.ml import plots
 from maskfind_pipeline.ml.device import (
@@ -29,16 +27,15 @@ from maskfind_pipeline.ml.device import (
     select_device,
     tune_cpu_allocator,
 )
-from maskfind_pipeline.ml.fitting import (
-    Budget,
-    EarlyStopping,
-    Optimiser,
-    build_pretrained,
-    cpu_state,
-    lr_factor,
-)
+from maskfind_pipeline.ml.fit import Fit, place
+from maskfind_pipeline.ml.fitting import build_pretrained, cpu_state, lr_factor
 from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation, evaluate_reviewer, safe_auc
-from maskfind_pipeline.ml.reviewer import build_reviewer, grade_probabilities, reviewer_inputs
+from maskfind_pipeline.ml.reviewer import (
+    IN_CHANNELS,
+    build_reviewer,
+    grade_probabilities,
+    reviewer_inputs,
+)
 from maskfind_pipeline.ml.reviewer_config import (
     GRADES,
     GradeRule,
@@ -142,7 +139,11 @@ def train_reviewer(
         pretrained=spec.encoder_weights is not None,
         allow_scratch=config.allow_scratch,
     )
-    run = _Run(settings.prepare(model), spec, config, settings, train, val)
+    size = spec.input_size
+    settings, model = place(
+        settings, model, (IN_CHANNELS, size, size), batch_size=config.batch_size
+    )
+    run = _Run(model, spec, config, settings, train, val)
     run.fit(on_epoch, progress_bar)
     return run.finish(pretrained)
 
@@ -227,36 +228,45 @@ class _Run:
         self.val_grades = val.grades(spec.grades)
         self.weights = class_weights(train.grades(spec.grades), config.class_weighting)
         self.loss_weight = torch.tensor(self.weights, dtype=torch.float32, device=settings.device)
-        self.optimiser = Optimiser(
-            model.parameters(),
+        self.loop = Fit(
+            model,
+            settings,
+            parameters=model.parameters(),
             learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
-            settings=settings,
+            max_minutes=config.max_minutes,
+            patience=config.early_stopping_patience,
         )
+        self.optimiser = self.loop.optimiser
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.budget = Budget(config.max_minutes)
-        self.stopping = EarlyStopping(config.early_stopping_patience)
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, float, int, StateDict, np.ndarray] | None = None
 
     def fit(self, on_epoch: Callable[[ReviewerEpoch], None] | None, progress_bar: bool) -> None:
         steps = max(1, math.ceil(len(self.train) / self.config.batch_size))
         planned = steps * self.config.epochs
-        self.optimiser.schedule(
-            lambda step: lr_factor("onecycle", self.budget.progress(step, planned))
-        )
-        for epoch in range(1, self.config.epochs + 1):
-            start = time.perf_counter()
-            loss, seen, out_of_time = self._train_epoch(epoch, progress_bar)
-            report = self._validate(epoch, loss, seen, time.perf_counter() - start)
+        budget = self.loop.budget
+        self.optimiser.schedule(lambda step: lr_factor("onecycle", budget.progress(step, planned)))
+
+        def train_epoch(epoch: int) -> tuple[float, int, bool]:
+            return self.loop.epoch(
+                self._batches(),
+                self._step,
+                desc=f"reviewer epoch {epoch}/{self.config.epochs}",
+                progress_bar=progress_bar,
+            )
+
+        def end_epoch(epoch: int, loss: float, seen: int, seconds: float) -> bool:
+            report = self._validate(epoch, loss, seen, seconds)
             self.history.append(report.as_dict())
             if on_epoch is not None:
                 on_epoch(report)
-            if self.stopping.stop(improved=report.improved, out_of_time=out_of_time):
-                return
+            return report.improved
 
-    def _train_epoch(self, epoch: int, progress_bar: bool) -> tuple[float, int, bool]:
-        self.model.train()
+        self.loop.run(self.config.epochs, train_epoch, end_epoch)
+
+    def _batches(self) -> list[np.ndarray]:
+        """An epoch's batches of sample rows, shuffled."""
         order = torch.randperm(len(self.train), generator=self.generator).numpy()
         batches = [
             order[i : i + self.config.batch_size]
@@ -264,22 +274,9 @@ class _Run:
         ]
         if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm needs two samples
             batches.pop()
-        total = torch.zeros((), device=self.settings.device)
-        seen = 0
-        bar = tqdm(
-            batches,
-            desc=f"reviewer epoch {epoch}/{self.config.epochs}",
-            disable=not progress_bar,
-            leave=False,
-        )
-        for rows in bar:
-            total += self._step(rows) * len(rows)
-            seen += len(rows)
-            if self.budget.spent():
-                return float(total) / max(seen, 1), seen, True
-        return float(total) / max(seen, 1), seen, False
+        return batches
 
-    def _step(self, rows: np.ndarray) -> torch.Tensor:
+    def _step(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
         device = self.settings.device
         images = torch.from_numpy(self.train.sample_images(rows)).permute(0, 3, 1, 2)
         probs = torch.from_numpy(self.train.probabilities[rows])[:, None]
@@ -296,7 +293,7 @@ class _Run:
             weight=self.loss_weight,
             label_smoothing=self.config.label_smoothing,
         )
-        return self.optimiser.step(loss)
+        return self.loop.step(loss), len(rows)
 
     def _validate(self, epoch: int, loss: float, seen: int, seconds: float) -> ReviewerEpoch:
         probs = self._val_probabilities()
@@ -352,7 +349,7 @@ class _Run:
             spec=self.spec,
             history=self.history,
             best_epoch=best_epoch,
-            stop_reason=self.stopping.reason,
+            stop_reason=self.loop.stopping.reason,
             val_probabilities=probs,
             val_evaluation=evaluation,
             class_weights=self.weights.tolist(),

@@ -7,8 +7,7 @@ indices); the `image_types` and `sources` given to `train` are indexed by those 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from maskfind_pipeline.data.decoded import DecodedArrays
 from maskfind_pipeline.data.loader import MaskBatches, MaskDataset, make_loaders
@@ -32,16 +30,9 @@ from maskfind_pipeline.ml.device import (
     select_device,
     tune_cpu_allocator,
 )
-from maskfind_pipeline.ml.distributed import AgreedBudget, Ranks
-from maskfind_pipeline.ml.fitting import (
-    Budget,
-    EarlyStopping,
-    Optimiser,
-    WeightAverage,
-    build_pretrained,
-    cpu_state,
-    lr_factor,
-)
+from maskfind_pipeline.ml.distributed import Ranks
+from maskfind_pipeline.ml.fit import Fit, place
+from maskfind_pipeline.ml.fitting import build_pretrained, cpu_state, lr_factor
 from maskfind_pipeline.ml.inference import (
     Batch,
     Loader,
@@ -193,7 +184,7 @@ def train(
     )
     _prepare(train_config, loaders, settings)
     model, pretrained = _initial_model(model_config, train_config, initial_state)
-    model = settings.prepare(model)
+    settings, model = _train_on(settings, model, model_config, train_config)
     run = _Run(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
     return run.finish(loaders["val"], pretrained)
@@ -229,10 +220,9 @@ def train_replica(
         model, pretrained = _initial_model(model_config, train_config, initial_state)
     else:
         model, pretrained = build_model(model_config, pretrained=False), False
+    settings, model = _train_on(settings, model, model_config, train_config, ranks)
     torch.manual_seed(train_config.seed + ranks.rank)
-    run = _Run(
-        settings.prepare(model), model_config, train_config, settings, image_types, sources, ranks
-    )
+    run = _Run(model, model_config, train_config, settings, image_types, sources, ranks)
     run.fit(loaders["train"], loaders["val"], on_epoch, None, False)
     if not ranks.is_main:
         return run.replica_model(), None
@@ -249,6 +239,18 @@ def _prepare(
     seed_everything(train_config.seed)
     if settings.device.type == "cpu":
         tune_cpu_allocator()
+
+
+def _train_on(
+    settings: DeviceSettings,
+    model: nn.Module,
+    model_config: ModelSpec,
+    train_config: TrainConfig,
+    ranks: Ranks | None = None,
+) -> tuple[DeviceSettings, nn.Module]:
+    """`fit.place`: the precision timed on `model` where the CPU claims bfloat16."""
+    size = model_config.input_size
+    return place(settings, model, (3, size, size), batch_size=train_config.batch_size, ranks=ranks)
 
 
 def _initial_model(
@@ -283,32 +285,26 @@ class _Run:
         self.model, self.config, self.tc = model, model_config, train_config
         self.settings = settings
         self.ranks = ranks or Ranks()
-        self.net = self.ranks.wrap(model, settings)
         self.image_types = np.asarray(image_types, dtype=object)
         self.sources = np.asarray(sources, dtype=object)
         self.recipe = _Recipe(model, model_config, train_config)
-        self.optimiser = Optimiser(
-            self.recipe.parameter_groups(),
+        self.loop = Fit(
+            model,
+            settings,
+            parameters=self.recipe.parameter_groups(),
             learning_rate=train_config.learning_rate,
             weight_decay=train_config.weight_decay,
-            settings=settings,
+            max_minutes=train_config.max_minutes,
+            patience=train_config.early_stopping_patience,
+            ema_decay=train_config.ema_decay,
+            ranks=self.ranks,
         )
-        self.ema = (
-            WeightAverage(model, train_config.ema_decay)
-            if train_config.ema_decay is not None
-            else None
-        )
-        self.budget = (
-            AgreedBudget(train_config.max_minutes, self.ranks)
-            if self.ranks.distributed
-            else Budget(train_config.max_minutes)
-        )
-        self.stopping = EarlyStopping(train_config.early_stopping_patience)
+        self.optimiser = self.loop.optimiser
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, int, StateDict, Predictions] | None = None
         self.kept: StateDict | None = None  # on ranks other than 0: rank 0's best weights
         self.augment: BatchAugment | None = None
-        self.steps, self.done = 0, 0.0
+        self.done = 0.0
         self.progress: Callable[[], float] = lambda: 0.0
 
     def fit(
@@ -321,27 +317,36 @@ class _Run:
     ) -> None:
         steps = len(train_loader)
         planned = steps * self.tc.epochs
-        self.progress = lambda: self.budget.progress(self.steps, planned)
+        loop = self.loop
+        self.progress = lambda: loop.budget.progress(loop.steps, planned)
         # The schedule reads the progress of the step just taken (one clock reading per step).
         self.optimiser.schedule(self.recipe.lr_factors(lambda _: self.done))
         sampler = getattr(train_loader, "sampler", None)
         self.augment = _device_augmentation(train_loader, self.tc.seed + self.ranks.rank)
-        for epoch in range(1, self.tc.epochs + 1):
+        every = max(1, steps // 10)
+
+        def train_epoch(epoch: int) -> tuple[float, int, bool]:
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
-            start = time.perf_counter()
-            bar = tqdm(
+
+            def after_batch(number: int) -> None:
+                if progress is not None and (number % every == 0 or number == steps):
+                    progress(f"train epoch {epoch}/{self.tc.epochs}", number, steps)
+
+            return loop.epoch(
                 train_loader,
+                self._step,
                 desc=f"epoch {epoch}/{self.tc.epochs}",
                 total=steps,
-                disable=not progress_bar,
-                leave=False,
+                progress_bar=progress_bar,
+                after_batch=after_batch,
+                empty="the train loader yielded no batches",
             )
-            loss, images, out_of_time = self._train_epoch(bar, epoch, steps, progress)
-            seconds = time.perf_counter() - start
-            improved = self._end_epoch(epoch, val_loader, loss, images, seconds, on_epoch)
-            if self.stopping.stop(improved=improved, out_of_time=out_of_time):
-                return
+
+        def end_epoch(epoch: int, loss: float, images: int, seconds: float) -> bool:
+            return self._end_epoch(epoch, val_loader, loss, images, seconds, on_epoch)
+
+        loop.run(self.tc.epochs, train_epoch, end_epoch)
 
     def _end_epoch(
         self,
@@ -365,32 +370,7 @@ class _Run:
             on_epoch(report)
         return bool(self.ranks.agree(report.improved))
 
-    def _train_epoch(
-        self, batches: Iterable[Batch], epoch: int, steps: int, progress: Progress | None
-    ) -> tuple[float, int, bool]:
-        self.model.train()
-        # The loss sum stays on the device: reading it every step would stall a GPU's queue.
-        total = torch.zeros((), device=self.settings.device)
-        images, every = 0, max(1, steps // 10)
-        for step, batch in enumerate(batches, start=1):
-            total += self._step(batch) * len(batch["image"])
-            images += len(batch["image"])
-            if progress is not None and (step % every == 0 or step == steps):
-                progress(f"train epoch {epoch}/{self.tc.epochs}", step, steps)
-            if self.budget.spent():
-                return (*self._totals(total, images), True)
-        if images == 0:
-            raise ValueError("the train loader yielded no batches")
-        return (*self._totals(total, images), False)
-
-    def _totals(self, total: torch.Tensor, images: int) -> tuple[float, int]:
-        """The mean loss and the images of an epoch, over all ranks."""
-        if self.ranks.distributed:
-            summed, counted = self.ranks.sum([float(total), images])
-            return summed / max(counted, 1), int(counted)
-        return float(total) / max(images, 1), images
-
-    def _step(self, batch: Batch) -> torch.Tensor:
+    def _step(self, batch: Batch) -> tuple[torch.Tensor, int]:
         device = self.settings.device
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
@@ -399,12 +379,9 @@ class _Run:
         self.done = self.progress()
         images, masks = self.recipe.resize(images, masks, self.done)
         weights = self._weights(batch).to(device, non_blocking=True)
-        logits = forward(self.net, self.config, images, self.settings)
-        loss = self.optimiser.step(self.recipe.loss(self.done)(logits.float(), masks, weights))
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.steps += 1
-        return loss
+        logits = forward(self.loop.net, self.config, images, self.settings)
+        loss = self.recipe.loss(self.done)(logits.float(), masks, weights)
+        return self.loop.step(loss), len(batch["image"])
 
     def _weights(self, batch: Batch) -> torch.Tensor:
         if self.tc.failure_weight is None:
@@ -439,7 +416,7 @@ class _Run:
     @property
     def evaluated(self) -> nn.Module:
         """What is validated and kept: the weights' moving average where configured."""
-        return self.model if self.ema is None else self.ema.module
+        return self.loop.evaluated
 
     def replica_model(self) -> nn.Module:
         """A rank's best-epoch model, like `finish`'s, on ranks other than 0."""
@@ -468,7 +445,7 @@ class _Run:
             threshold=choice,
             plots=self._plots(val_loader, predictions, choice, types),
             best_epoch=best_epoch,
-            stop_reason=self.stopping.reason,
+            stop_reason=self.loop.stopping.reason,
             pretrained=pretrained,
             device=self.settings.describe(),
         )

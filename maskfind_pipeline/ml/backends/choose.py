@@ -1,17 +1,29 @@
-"""Choose the backend by measurement: the fastest candidate on this machine, this model, now."""
+"""Choose the backend by measurement: the fastest candidate on this machine, for this model.
+
+`configured_backend` with `auto` measures once per machine, model version and library versions:
+the choice is kept in `<cache_dir>/backends/choice-<key>.json` (the key: the CPU model and flags,
+threads, `ONEDNN_MAX_CPU_ISA`, the version's weights and config, the candidates, the batch size
+and the versions of torch, onnx, onnxscript, onnxruntime and openvino), so a production day
+after the first opens the chosen backend alone instead of exporting and timing every candidate.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from maskfind_pipeline.ml.backends.base import InferenceBackend
+from maskfind_pipeline.ml.backends.cache import cache_key
 from maskfind_pipeline.ml.backends.config import DEFAULT_CANDIDATES, BackendConfig, BackendName
 from maskfind_pipeline.ml.backends.exports import ModelExports
 from maskfind_pipeline.ml.backends.runtimes import open_backend
@@ -29,11 +41,13 @@ class NoBackendAvailable(RuntimeError):
 
 class BackendChoice(NamedTuple):
     """The chosen backend, the images/s measured for each candidate (empty where a backend was
-    named, not measured) and why each skipped candidate was skipped."""
+    named, not measured), why each skipped candidate was skipped, and whether the measurement
+    is an earlier run's (`configured_backend`'s cache)."""
 
     backend: InferenceBackend
     rates: dict[str, float]
     skipped: dict[str, str]
+    cached: bool = False
 
 
 def measure_rates(
@@ -112,19 +126,91 @@ def configured_backend(
     *,
     batch_size: int = 32,
     weights: bytes | None = None,
+    clock: Clock = time.perf_counter,
+    opener: Opener = open_backend,
 ) -> BackendChoice:
-    """The backend `config` names, or with `auto` the fastest of its candidates (measured)."""
+    """The backend `config` names, or with `auto` the fastest of its candidates: measured once
+    per machine, model version and library versions, then read from the cache (module
+    docstring). A cached choice that no longer opens is measured again."""
+    exports = ModelExports(predictor, cache_dir, weights)
     if config.backend != "auto":
-        backend = open_backend(config.backend, ModelExports(predictor, cache_dir, weights))
-        return BackendChoice(backend, {}, {})
-    return choose_backend(
+        return BackendChoice(opener(config.backend, exports), {}, {})
+    inputs = choice_inputs(exports, config.candidates, batch_size)
+    path = exports.root / f"choice-{cache_key(inputs)}.json"
+    cached = _read_choice(path, inputs)
+    if cached is not None:
+        try:
+            backend = opener(cached["backend"], exports)
+            return BackendChoice(backend, cached["rates"], cached["skipped"], cached=True)
+        except Exception as exc:  # e.g. a runtime uninstalled since: measure again
+            _log.warning("cached backend %s does not open (%s): measuring", cached["backend"], exc)
+    choice = choose_backend(
         predictor,
         cache_dir,
         candidates=config.candidates,
         batch_size=batch_size,
         batches=config.measure_batches,
-        weights=weights,
+        weights=exports.weights,
+        clock=clock,
+        opener=opener,
     )
+    _write_choice(path, inputs, choice)
+    return choice
+
+
+def choice_inputs(
+    exports: ModelExports, candidates: Sequence[str], batch_size: int
+) -> dict[str, str]:
+    """What the `auto` choice depends on: machine, model version, candidates, batch size and
+    library versions."""
+    from maskfind_pipeline.ml.precision import machine_identity
+
+    return {
+        **machine_identity(),
+        **exports.onnx_inputs,
+        **{f"version.{p}": _version(p) for p in ("onnxruntime", "openvino")},
+        "candidates": ",".join(candidates),
+        "batch_size": str(batch_size),
+    }
+
+
+def _read_choice(path: Path, inputs: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+        if data["inputs"] != inputs:
+            return None
+        return {
+            "backend": str(data["backend"]),
+            "rates": {str(k): float(v) for k, v in data["rates"].items()},
+            "skipped": {str(k): str(v) for k, v in data["skipped"].items()},
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_choice(path: Path, inputs: dict[str, str], choice: BackendChoice) -> None:
+    """Keep the choice (written atomically; a failure only logs)."""
+    data = {
+        "inputs": inputs,
+        "backend": choice.backend.name,
+        "rates": choice.rates,
+        "skipped": choice.skipped,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".choice-", dir=path.parent)
+        with os.fdopen(fd, "w") as file:
+            json.dump(data, file, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError as exc:
+        _log.warning("could not cache the backend choice in %s: %s", path, exc)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def synthetic_batch(batch_size: int, size: int, seed: int = 0) -> torch.Tensor:

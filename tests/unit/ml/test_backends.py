@@ -582,6 +582,52 @@ def test_auto_measures_the_real_candidates(predictor: Predictor, cache_dir: Path
     assert choice.rates[choice.backend.name] == max(choice.rates.values())
 
 
+def test_the_auto_choice_is_measured_once_per_machine_and_version(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    opener = fake_opener(clock, torch=0.5, onnxruntime=0.25)
+    first = configured_backend(
+        BackendConfig(), predictor, tmp_path, batch_size=4, clock=clock, opener=opener
+    )
+    assert (first.backend.name, first.cached) == ("onnxruntime", False)
+    assert len(clock.runs) == 8  # a warm-up and three timed batches each
+    [stored] = (tmp_path / "backends").glob("choice-*.json")
+    assert json.loads(stored.read_text())["backend"] == "onnxruntime"
+
+    again = configured_backend(
+        BackendConfig(), predictor, tmp_path, batch_size=4, clock=clock, opener=opener
+    )
+    assert (again.backend.name, again.cached, again.rates) == ("onnxruntime", True, first.rates)
+    assert len(clock.runs) == 8, "a cached choice runs no timing"
+
+    # another batch size (or machine, version, library) is measured again
+    other = configured_backend(
+        BackendConfig(), predictor, tmp_path, batch_size=8, clock=clock, opener=opener
+    )
+    assert not other.cached and len(list((tmp_path / "backends").glob("choice-*.json"))) == 2
+
+
+def test_a_cached_backend_that_no_longer_opens_is_measured_again(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    configured_backend(
+        BackendConfig(),
+        predictor,
+        tmp_path,
+        batch_size=4,
+        clock=clock,
+        opener=fake_opener(clock, torch=0.5, onnxruntime=0.25),
+    )
+    gone = fake_opener(clock, torch=0.5)  # onnxruntime uninstalled since
+    choice = configured_backend(
+        BackendConfig(), predictor, tmp_path, batch_size=4, clock=clock, opener=gone
+    )
+    assert (choice.backend.name, choice.cached) == ("torch", False)
+    assert "onnxruntime" in choice.skipped
+
+
 def test_a_named_backend_is_opened_without_measuring(predictor: Predictor, tmp_path: Path) -> None:
     config = BackendConfig(backend="torch_fp32")
     choice = configured_backend(config, predictor, tmp_path)

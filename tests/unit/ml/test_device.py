@@ -103,21 +103,25 @@ def test_cpu_settings_follow_the_bf16_rule(
     _onednn_reports(monkeypatch, native_bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     settings = select_device(None, mixed_precision=mixed_precision)
+    claimed = autocast_dtype is torch.bfloat16
     assert settings == DeviceSettings(
         device=torch.device("cpu"),
         autocast_dtype=autocast_dtype,
         grad_scaler=False,
         channels_last=True,
         pin_memory=False,
+        needs_measurement=claimed,  # oneDNN's claim alone does not decide (ml.precision)
     )
     assert settings.memory_format is torch.channels_last
-    precision = "bfloat16" if autocast_dtype is torch.bfloat16 else "float32"
-    assert settings.describe() | {"threads": "-"} == {
+    precision = "bfloat16" if claimed else "float32"
+    described = settings.describe() | {"threads": "-"}
+    assert {k: described[k] for k in ("device", "precision", "channels_last", "threads")} == {
         "device": "cpu",
         "precision": precision,
         "channels_last": "true",
         "threads": "-",
     }
+    assert ("precision_source" in described) == (not claimed)
     linear = nn.Linear(4, 2)
     with settings.autocast():
         out = linear(torch.randn(3, 4))

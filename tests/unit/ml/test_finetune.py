@@ -14,6 +14,7 @@ from torchvision import tv_tensors
 
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.loader import build_augmentation
+from maskfind_pipeline.ml import fit as fit_module
 from maskfind_pipeline.ml import train as train_module
 from maskfind_pipeline.ml.batch_augment import BatchAugment, draw
 from maskfind_pipeline.ml.device import select_device
@@ -268,7 +269,7 @@ def test_the_moving_average_is_validated_kept_and_nearer_the_start(
             live.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             super().update(model)
 
-    monkeypatch.setattr(train_module, "WeightAverage", Recorded)
+    monkeypatch.setattr(fit_module, "WeightAverage", Recorded)  # the one fit loop's
     averaged = fit(data, initial, ema_decay=0.3)
     assert len(averages) == 1 and len(live) == 4, "one update per step"
     # The moving average does not change what is trained.
