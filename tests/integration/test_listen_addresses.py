@@ -57,9 +57,9 @@ def test_make_ui_runs_maskfind_ui_with_its_default_host() -> None:
     """`make ui` adds no `--host` (nor any other argument) to `maskfind ui`, whose default host
     the test above serves with, nor to the Label Studio server it starts beside it."""
     dry_run = subprocess.run(
-        ["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    launched = re.findall(r"\.venv/bin/maskfind ([^;&]*)", dry_run)
+    launched = re.findall(r"\.venv/bin/maskfind ([^;&\n]*)", dry_run)
     assert {args.strip() for args in launched} == {"ui", "review label-studio"}, dry_run
 
 
