@@ -15,7 +15,6 @@ from tests.support.labeling import label_studio_server
 from tests.support.mlflow_server import MlflowServer, mlflow_server
 from tests.support.s3server import S3Server, s3_server
 
-
 # Training and inference choose float32 or bf16 by timing the model (`ml.precision`); the suite
 # trains dozens of tiny models of different shapes, so it fixes the precision instead (set before
 # any test starts a server or worker, which inherit it). tests/unit/ml/test_precision.py times.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_versions
@@ -18,6 +19,11 @@ from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training
+
+# Slow (about 22 s: two ranks each importing torch and training): distributed training is opt-in
+# (`distributed.nproc`, default 1) and does not pay on a 2-core CPU (docs/performance.md); the
+# one-process `mask_model` path is tested in make test, this one in make test-slow.
+pytestmark = pytest.mark.slow
 
 
 def test_mask_model_trains_in_two_processes_and_streams_epochs_through_pipes(

@@ -37,27 +37,16 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ROOT / "workspace.yaml"
 
 
-def test_maskfind_ui_listens_only_on_loopback(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = {"MASKFIND_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-    _create_instance(home / "dagster")  # before the webserver and the daemon race to
-    port, mlflow_port = free_port(), free_port()
-    command = [_tool("maskfind"), "ui", "--port", str(port), "--mlflow-port", str(mlflow_port)]
-    log_path = tmp_path / "maskfind-ui.log"
-    with _interrupted_at_exit(command, env, log_path) as process:
-        _wait_for(f"http://127.0.0.1:{port}/server_info", process, log_path)
-        _wait_for(f"http://127.0.0.1:{mlflow_port}/health", process, log_path)
-        found = group_listeners(process.pid)
-
-    assert {port, mlflow_port} <= {s.port for s in found}, _show(found)
-    assert [s for s in found if not s.on_loopback] == [], _show(found)
-
-
 def test_make_ui_runs_maskfind_ui_with_its_default_host() -> None:
     """`make ui` adds no `--host` (nor any other argument) to `maskfind ui`, whose default host
-    the test above serves with, nor to the Label Studio server it starts beside it."""
+    test_ui_shutdown.py serves with (and finds on loopback only), nor to the Label Studio
+    server it starts beside it."""
     dry_run = subprocess.run(
-        ["make", "--no-print-directory", "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "ui"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     launched = re.findall(r"\.venv/bin/maskfind ([^;&\n]*)", dry_run)
     assert {args.strip() for args in launched} == {"ui", "review label-studio"}, dry_run

@@ -25,7 +25,10 @@ from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.daemon import LOCATION_OVERRIDES
 from tests.support.webserver import ChromiumPage, chromium_page, dagster_dev
 
+# Slow (about 26 s): the queue and the daemon are tested in make test by test_run_queue.py, the
+# UI in Chromium by test_ui.py; this one clicks a run through both (make test-slow).
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed"),
     pytest.mark.timeout(240),

@@ -1,5 +1,8 @@
-"""`maskfind ui` stopped by SIGTERM (a service manager, `kill`) stops what it started: `dagster
-dev` with its webserver, daemon and code servers, and the MLflow UI, and exits only after them."""
+"""`maskfind ui` (what `make ui` runs) serves on loopback only (RELIABILITY.md, "Servers and
+secrets": every listening socket of its process group, read from /proc, is on 127.0.0.1 or ::1),
+and stopped by SIGTERM (a service manager, `kill`) stops what it started: `dagster dev` with its
+webserver, daemon and code servers, and the MLflow UI, and exits only after them. One server
+for both checks: it takes 15-20 s to come up here."""
 
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ import pytest
 
 from tests.support.daemon import stop_process_group, subprocess_env
 from tests.support.processes import free_port
+from tests.support.sockets import group_listeners
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sigterm_stops_dagster_dev_its_children_and_the_mlflow_ui(tmp_path: Path) -> None:
+def test_maskfind_ui_serves_on_loopback_only_and_sigterm_stops_all_it_started(
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "home"
     (home / "dagster").mkdir(parents=True)
     shutil.copy(ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
@@ -46,6 +52,11 @@ def test_sigterm_stops_dagster_dev_its_children_and_the_mlflow_ui(tmp_path: Path
     try:
         _wait_for(f"http://127.0.0.1:{port}/server_info", process, log_path)
         _wait_for(f"http://127.0.0.1:{mlflow_port}/health", process, log_path)
+        found = group_listeners(process.pid)
+        shown = "listening: " + "; ".join(map(str, found))
+        assert {port, mlflow_port} <= {s.port for s in found}, shown
+        assert [s for s in found if not s.on_loopback] == [], shown
+
         started = descendants(process.pid)
         commands = " ".join(_command(pid) for pid in started)
         assert "dagster_webserver" in commands and "dagster._daemon" in commands, commands
