@@ -28,11 +28,11 @@ def child(cache: Path, encoder: str, size: int, demo: bool) -> dict[str, object]
 
     from maskfind_pipeline.ml.backends.choose import configured_backend
     from maskfind_pipeline.ml.backends.config import BackendConfig
-    from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
-    from maskfind_pipeline.ml.model import build_model
-    from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-    from maskfind_pipeline.ml.reviewer import Reviewer, build_reviewer
-    from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
+    from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
+    from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer
+    from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
+    from maskfind_pipeline.ml.segmentation.model import build_model
+    from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
 
     torch.manual_seed(0)
     if demo:

@@ -15,12 +15,12 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.distributed import state_digest
-from maskfind_pipeline.ml.reviewer_config import ReviewerTrainConfig
-from maskfind_pipeline.ml.reviewer_train import train_reviewer
-from maskfind_pipeline.ml.train import make_train_loaders, train
+from maskfind_pipeline.ml.reviewer.config import ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer.train import train_reviewer
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, TrainConfig
+from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.manifests import manifest_of
 from tests.unit.ml.test_reviewer import TINY as RTINY

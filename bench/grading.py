@@ -51,13 +51,13 @@ from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
-from maskfind_pipeline.ml.config import FINE_TUNING, demo_model_spec
-from maskfind_pipeline.ml.grading import mask_signals
-from maskfind_pipeline.ml.grading_report import evaluate_scorer
 from maskfind_pipeline.ml.metrics import quantize_probabilities
-from maskfind_pipeline.ml.predict import model_input
-from maskfind_pipeline.ml.review_metrics import safe_auc
-from maskfind_pipeline.ml.reviewer_config import ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer.config import ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer.grading import mask_signals
+from maskfind_pipeline.ml.reviewer.metrics import safe_auc
+from maskfind_pipeline.ml.reviewer.report import evaluate_scorer
+from maskfind_pipeline.ml.segmentation.config import FINE_TUNING, demo_model_spec
+from maskfind_pipeline.ml.segmentation.predict import model_input
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore

@@ -4,7 +4,7 @@ Synthetic: `--per-type` labeled samples of each of the 10 default image types at
 ingested, versioned (content-hash splits 70/15/15) and decoded. For each type, a mask model (the
 demo's offline-pretrained EfficientNet-Lite0 U-Net, `--minutes` of training) is trained on the
 train split of the 9 others (their val split picks its epoch): 10 trainings. Its novelty model
-is fitted on the features (`ml.features`) of those 9 types' train split, calibrated on their
+is fitted on the features (`ml.novelty.features`) of those 9 types' train split, calibrated on their
 val split, and judged on their test split (seen, negatives) against every image of the held-out
 type (unseen, positives): AUROC, false-alarm rate at the threshold on the seen test images,
 detection rate on the unseen images, and whether `day_alarms` on a day made of both names the
@@ -47,12 +47,12 @@ from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import MaskDataset
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig, demo_model_spec
-from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.novelty import NoveltyConfig, NoveltyModel, day_alarms
-from maskfind_pipeline.ml.novelty_features import features_of
-from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.train import train
+from maskfind_pipeline.ml.novelty.fit_features import features_of
+from maskfind_pipeline.ml.novelty.model import NoveltyConfig, NoveltyModel, day_alarms
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, TrainConfig, demo_model_spec
+from maskfind_pipeline.ml.segmentation.model import build_model
+from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.ml.segmentation.train import train
 from maskfind_pipeline.storage import LocalObjectStore
 
 REAL_SETS = {"horse": "weizmann_horse", "boat": "sysu_shapes_boat"}

@@ -3,7 +3,7 @@
 One model with random weights (ResNet-34 U-Net by default, `--encoder NAME`, or `--demo`: the
 demo's EfficientNet-Lite0 U-Net) predicts the same uint8 batches through each backend's
 `predict`, what production runs; each returns float32 probabilities and image features
-(`ml.features`) on the CPU from one forward pass, so a row times preprocessing, the forward
+(`ml.novelty.features`) on the CPU from one forward pass, so a row times preprocessing, the forward
 pass, the sigmoid and the features:
 
 - torch_fp32: the exact float32 predictor, the reference of every ratio and agreement;
@@ -49,10 +49,10 @@ from maskfind_pipeline.ml.backends.choose import choose_backend, synthetic_batch
 from maskfind_pipeline.ml.backends.config import BackendName
 from maskfind_pipeline.ml.backends.exports import ModelExports
 from maskfind_pipeline.ml.backends.runtimes import OpenVinoBackend, TorchBackend, open_backend
-from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
 from maskfind_pipeline.ml.device import cpu_has_native_bf16
-from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.segmentation.model import build_model
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
 
 BACKENDS: tuple[BackendName, ...] = ("torch_fp32", "torch", "onnxruntime", "openvino")
 

@@ -53,13 +53,13 @@ from maskfind_pipeline.flows.production import ProductionModels, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
-from maskfind_pipeline.ml.grader import Grader
-from maskfind_pipeline.ml.grading import REVIEWER, SIGNALS, fit_grade_model
-from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.predict import Predictor, model_input, weights_to_bytes
-from maskfind_pipeline.ml.reviewer import Reviewer, build_reviewer
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.grader import Grader
+from maskfind_pipeline.ml.reviewer.grading import REVIEWER, SIGNALS, fit_grade_model
+from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.segmentation.model import build_model
+from maskfind_pipeline.ml.segmentation.predict import Predictor, model_input, weights_to_bytes
 from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 
 DAY = dt.date(2026, 11, 30)

@@ -182,7 +182,7 @@ def run_day(root: Path) -> dict[str, object]:
     from maskfind_pipeline.flows.production import ProductionModels, predict_day
     from maskfind_pipeline.flows.settings import ProductionOptions
     from maskfind_pipeline.ml.backends.runtimes import TorchBackend
-    from maskfind_pipeline.ml.predict import Predictor
+    from maskfind_pipeline.ml.segmentation.predict import Predictor
     from maskfind_pipeline.storage import LocalObjectStore
     from tests.support.fswrites import record_reads, record_writes
     from tests.support.models import TINY, tiny_weights

@@ -26,9 +26,9 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
-from maskfind_pipeline.ml.config import TrainConfig, demo_model_spec
-from maskfind_pipeline.ml.inference import evaluate_loader
-from maskfind_pipeline.ml.train import make_train_loaders, train
+from maskfind_pipeline.ml.segmentation.config import TrainConfig, demo_model_spec
+from maskfind_pipeline.ml.segmentation.inference import evaluate_loader
+from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 
 

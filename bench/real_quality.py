@@ -39,16 +39,16 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.ingest import ingest
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.versions import VersionConfig, build_snapshot
-from maskfind_pipeline.ml.config import (
+from maskfind_pipeline.ml.segmentation.config import (
     FINE_TUNING,
     ModelConfig,
     ModelSpec,
     TrainConfig,
     demo_model_spec,
 )
-from maskfind_pipeline.ml.inference import evaluate_loader, predict_probabilities
-from maskfind_pipeline.ml.threshold import tune_threshold
-from maskfind_pipeline.ml.train import make_train_loaders, train
+from maskfind_pipeline.ml.segmentation.inference import evaluate_loader, predict_probabilities
+from maskfind_pipeline.ml.segmentation.threshold import tune_threshold
+from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 
 SETS = {"horse": "weizmann_horse", "boat": "sysu_shapes_boat"}
@@ -65,7 +65,8 @@ class Recipe:
 
 BUDGET = {"epochs": 200, "batch_size": 32, "learning_rate": 3e-3, "early_stopping_patience": 0}
 FINETUNE = FINE_TUNING.model_dump(exclude={"max_minutes"}, exclude_defaults=True)
-"""The nightly job's default recipe (`ml.config.FINE_TUNING`), as overrides of TrainConfig()."""
+"""The nightly job's default recipe (`ml.segmentation.config.FINE_TUNING`), as overrides of
+TrainConfig()."""
 
 
 def _without(recipe: Mapping[str, Any], *keys: str) -> dict[str, Any]:

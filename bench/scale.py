@@ -104,7 +104,7 @@ from maskfind_pipeline.flows import datasets as datasets_flow
 from maskfind_pipeline.flows.history import compact_day
 from maskfind_pipeline.flows.ingest import ingest_catalog
 from maskfind_pipeline.flows.settings import ProductionOptions
-from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
 from maskfind_pipeline.storage import LocalObjectStore, ObjectInfo, ObjectNotFound, ObjectStore
 
 START = dt.date(2027, 1, 1)

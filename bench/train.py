@@ -3,9 +3,9 @@
 Both loops train the same architecture (a ResNet-34 U-Net from scratch by default) on the same
 synthetic train split at the same size and batch size, in the same run:
 
-- shipped: `maskfind_pipeline.ml.train.train` over `make_train_loaders` (decoded memory-mapped
-  cache, default augmentation), with the device rules of `ml.device` (channels_last, bf16
-  autocast where the CPU has native bf16, fused AdamW, glibc allocator tuning). Whole epochs
+- shipped: `maskfind_pipeline.ml.segmentation.train.train` over `make_train_loaders` (decoded
+  memory-mapped cache, default augmentation), with the device rules of `ml.device` (channels_last,
+  bf16 autocast where the CPU has native bf16, fused AdamW, glibc allocator tuning). Whole epochs
   are timed, data loading included, validation not; the first epoch is not counted.
 - naive: float32, NCHW, each pair read from the store and decoded with PIL at every step,
   `num_workers=0`, plain AdamW; one warm-up batch, then timed epochs.
@@ -13,8 +13,8 @@ synthetic train split at the same size and batch size, in the same run:
 The naive epochs and the matmul timings run between the shipped epochs (from `on_epoch`), so
 a noisy neighbour on a shared machine hits all three alike; the best of each is reported, all
 values are printed. Achieved GFLOP/s counts a training step as 3x the forward FLOPs
-(`ml.model.forward_flops`) and is compared with a bf16 `torch.matmul` on the same device
-(2048² on CPU, 8192² on a GPU).
+(`ml.segmentation.model.forward_flops`) and is compared with a bf16 `torch.matmul` on the same
+device (2048² on CPU, 8192² on a GPU).
 
 On a GPU (`--device cuda`, the default where one is visible) both loops run there: the naive
 one in float32 NCHW, the shipped one with bf16 autocast and channels_last, augmenting whole
@@ -62,12 +62,12 @@ from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.loader import MaskBatches
-from maskfind_pipeline.ml.batch_augment import BatchAugment
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
-from maskfind_pipeline.ml.losses import make_loss
-from maskfind_pipeline.ml.model import build_model, forward_flops, preprocess
-from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
+from maskfind_pipeline.ml.segmentation.batch_augment import BatchAugment
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, TrainConfig
+from maskfind_pipeline.ml.segmentation.losses import make_loss
+from maskfind_pipeline.ml.segmentation.model import build_model, forward_flops, preprocess
+from maskfind_pipeline.ml.segmentation.train import EpochReport, make_train_loaders, train
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.manifests import manifest_of
 from tests.support.naive import NaiveDataset

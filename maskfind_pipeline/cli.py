@@ -434,7 +434,7 @@ def weights_fetch(encoder: str | None, weights_name: str, checksums: tuple[str, 
     against the SHA-256 prefix in its name. Others: the Hugging Face files into HF_HUB_CACHE
     (HF_ENDPOINT selects a mirror), checked against pinned SHA-256 checksums; files with none are
     refused. Run it on a machine with internet, then copy the cache to machines without one."""
-    from maskfind_pipeline.ml import weights_fetch as fetch
+    from maskfind_pipeline.ml.weights import fetch as fetch
 
     name = encoder or fetch.DEFAULT_ENCODER
     try:

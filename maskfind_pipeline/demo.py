@@ -42,8 +42,8 @@ from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import FINE_TUNING, demo_model_spec
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.ml.segmentation.config import FINE_TUNING, demo_model_spec
 from maskfind_pipeline.storage.base import ObjectStore
 
 if TYPE_CHECKING:

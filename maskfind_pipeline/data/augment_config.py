@@ -1,8 +1,8 @@
 """Training augmentation settings (torch-free, so run config classes can reuse them).
 
 Two implementations draw the same transforms: `data.loader.build_augmentation`, a torchvision v2
-transform applied to each sample in the loader, and `ml.batch_augment.BatchAugment`, applied to
-whole batches on the training device by the training loop. `where` picks one.
+transform applied to each sample in the loader, and `ml.segmentation.batch_augment.BatchAugment`,
+applied to whole batches on the training device by the training loop. `where` picks one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ class AugmentConfig(CoreConfig):
     """Whether to augment at all."""
     where: Literal["auto", "sample", "batch"] = "auto"
     """`sample`: per sample in the loader's workers (torchvision v2); `batch`: whole batches on
-    the training device after the copy (`ml.batch_augment`); `auto`: batch on a GPU, per sample
-    on the CPU."""
+    the training device after the copy (`ml.segmentation.batch_augment`); `auto`: batch on a GPU,
+    per sample on the CPU."""
     flip_p: float = 0.5
     """Probability of a horizontal flip, and of a vertical one unless `vflip_p` is set."""
     vflip_p: float | None = None

@@ -130,7 +130,7 @@ class MaskDataset(Dataset[Sample]):
 class MaskBatches(MaskDataset):
     """A `MaskDataset` that a DataLoader reads a batch at a time (`MaskDataset.batch`), with
     `augment` left to the training loop, which applies it to each batch on the training device
-    (`ml.batch_augment.BatchAugment`). Its DataLoader needs `collate_fn=collated`.
+    (`ml.segmentation.batch_augment.BatchAugment`). Its DataLoader needs `collate_fn=collated`.
 
     Args:
         decoded: the decoded dataset version.

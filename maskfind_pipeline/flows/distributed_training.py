@@ -25,7 +25,7 @@ from maskfind_pipeline.flows.training import (
 )
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.distributed import Ranks, check_identical
-from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train_replica
+from maskfind_pipeline.ml.segmentation.train import EpochReport, make_train_loaders, train_replica
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.storage.base import ObjectStore
 

@@ -29,13 +29,14 @@ from maskfind_pipeline.evaluation.scores import (
     unscored,
 )
 from maskfind_pipeline.flows.settings import EvaluationOptions
-from maskfind_pipeline.ml.inference import predict_probabilities
 from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.inference import predict_probabilities
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.registry.datasets import DatasetRef, version_datasets
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegisteredModel
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
+from maskfind_pipeline.registry.records import RegisteredModel
 from maskfind_pipeline.storage.base import ObjectStore
 
 

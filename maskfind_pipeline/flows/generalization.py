@@ -2,10 +2,10 @@
 
 `plan_study` reads which image types the dataset version holds and plans the trainings
 (`evaluation.generalization.plan_steps`); `run_study_step` does one of them: the version's rows
-of the seen types (splits kept) train a model with `ml.train.train`, and `ml.inference`
-evaluates it on the test split of every type. Nothing is registered: study models are thrown
-away. torch is imported inside the functions that train and test, so the settings load with
-the definitions.
+of the seen types (splits kept) train a model with `ml.segmentation.train.train`, and
+`ml.segmentation.inference` evaluates it on the test split of every type. Nothing is registered:
+study models are thrown away. torch is imported inside the functions that train and test, so the
+settings load with the definitions.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from maskfind_pipeline.evaluation.generalization import (
     restrict,
     study_order,
 )
-from maskfind_pipeline.ml.config import ModelSpec, TrainConfig, demo_model_spec
+from maskfind_pipeline.ml.segmentation.config import ModelSpec, TrainConfig, demo_model_spec
 from maskfind_pipeline.storage.base import ObjectStore
 from maskfind_pipeline.synthetic import DEFAULT_TYPES
 
 if TYPE_CHECKING:
-    from maskfind_pipeline.ml.predict import Predictor
-    from maskfind_pipeline.ml.train import EpochReport
+    from maskfind_pipeline.ml.segmentation.predict import Predictor
+    from maskfind_pipeline.ml.segmentation.train import EpochReport
 
 
 class StudySettings(CoreConfig):
@@ -115,8 +115,8 @@ def run_study_step(
 ) -> StepOutcome:
     """Train on the task's seen types (train and val splits), test on every type's test split."""
     from maskfind_pipeline.ml.device import select_device
-    from maskfind_pipeline.ml.predict import Predictor
-    from maskfind_pipeline.ml.train import make_train_loaders, train
+    from maskfind_pipeline.ml.segmentation.predict import Predictor
+    from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
 
     settings = task.settings
     studied = restrict(
@@ -166,9 +166,10 @@ def _train_config(settings: StudySettings, seen: pa.Table) -> TrainConfig:
 def _test_scores(
     predictor: Predictor, manifest: pa.Table, decoded: DecodedArrays
 ) -> dict[str, TypeScore]:
-    """The predictor's test mIoU on each image type of the manifest (`ml.inference`)."""
+    """The predictor's test mIoU on each image type of the manifest
+    (`ml.segmentation.inference`)."""
     from maskfind_pipeline.data.loader import make_loaders
-    from maskfind_pipeline.ml.inference import evaluate_loader
+    from maskfind_pipeline.ml.segmentation.inference import evaluate_loader
 
     loaders = make_loaders(manifest, decoded, batch_size=32, augment=None, seed=0)
     if "test" not in loaders:

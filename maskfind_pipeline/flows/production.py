@@ -46,17 +46,17 @@ from maskfind_pipeline.data.tags import InvalidTags, SampleTags, parse_tags
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.base import Prediction
 from maskfind_pipeline.ml.backends.choose import configured_backend
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.grading import grades_of
-from maskfind_pipeline.ml.novelty import (
+from maskfind_pipeline.ml.novelty.fit_features import encoder_features, feature_predictor
+from maskfind_pipeline.ml.novelty.model import (
     DayAlarm,
     NoveltyConfig,
     NoveltyModel,
     day_alarms,
     from_files,
 )
-from maskfind_pipeline.ml.novelty_features import encoder_features, feature_predictor
-from maskfind_pipeline.ml.predict import Predictor, model_input, to_image_size
+from maskfind_pipeline.ml.reviewer.grading import grades_of
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.predict import Predictor, model_input, to_image_size
 from maskfind_pipeline.registry.loading import load_grader
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHAMPION
@@ -75,14 +75,14 @@ Pending = tuple[Row, "Future[None] | None"]
 
 
 class Grader(Protocol):
-    """The grader as production uses it (`ml.grader.Grader`)."""
+    """The grader as production uses it (`ml.reviewer.grader.Grader`)."""
 
     @property
     def version(self) -> str: ...
 
     @property
     def scorer(self) -> str:
-        """The scorer the grades come from (`ml.grading.SCORERS`)."""
+        """The scorer the grades come from (`ml.reviewer.grading.SCORERS`)."""
         ...
 
     def grade_batch(
@@ -233,7 +233,7 @@ def predict_production_day(
 
 
 def novelty_alarms(rows: Iterable[Row], config: NoveltyConfig) -> list[DayAlarm]:
-    """`ml.novelty.day_alarms` over a day's log rows that have a novelty flag."""
+    """`ml.novelty.model.day_alarms` over a day's log rows that have a novelty flag."""
     scored = [r for r in rows if r["status"] == OK and r.get("novel") is not None]
     types = [str(r.get("image_type") or "(unknown)") for r in scored]
     return day_alarms(types, np.array([bool(r["novel"]) for r in scored], dtype=bool), config)
@@ -538,7 +538,8 @@ def _written(row: Row, write: Future[None] | None) -> Row:
 
 
 def _grade_fields(grade: np.ndarray | None) -> dict[str, Any]:
-    """The grade (`ml.grading.grades_of`) and the grade probabilities of one image's row."""
+    """The grade (`ml.reviewer.grading.grades_of`) and the grade probabilities of one image's
+    row."""
     if grade is None:
         return {"grade": None, "p_grade1": None, "p_grade2": None, "p_grade3": None}
     return {

@@ -31,9 +31,9 @@ from maskfind_pipeline.data.review import (
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import AuditSettings
 from maskfind_pipeline.flows.training import latest_version
-from maskfind_pipeline.ml.inference import predict_probabilities
-from maskfind_pipeline.ml.label_audit import audit
-from maskfind_pipeline.ml.predict import Predictor, to_image_size
+from maskfind_pipeline.ml.segmentation.inference import predict_probabilities
+from maskfind_pipeline.ml.segmentation.label_audit import audit
+from maskfind_pipeline.ml.segmentation.predict import Predictor, to_image_size
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION

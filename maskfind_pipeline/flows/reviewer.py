@@ -10,15 +10,15 @@ The masks it learns from and is judged on are real ones, of images no mask model
   mask of the model version that failed on it, re-predicted: the loop's real failures;
 - `degraded`: true masks degraded to a target IoU (the CNN reviewer's training only).
 
-Image types are dealt into folds (`ml.grading.type_folds`); every type is held out once.
+Image types are dealt into folds (`ml.reviewer.grading.type_folds`); every type is held out once.
 Per fold, the CNN reviewer trains on the other folds' masks and scores this fold's, and every
-scorer (`ml.grading.SCORERS`: the free signals alone, together, the CNN, everything) is fitted
-and calibrated on the other folds' real masks: so every score below is out of fold, on types
-the scorer never saw. They are compared on the same masks (`champion` and `fold` together:
-known types and new ones, as a production day brings them), and the grade production writes
-comes from the winner, refitted on all folds. A CNN that does not beat the best free signal is
-not what grades, and the outcome says why. The version becomes `champion` when its winner's
-grade-3 AUC is not below the champion grader's on the same masks.
+scorer (`ml.reviewer.grading.SCORERS`: the free signals alone, together, the CNN, everything) is
+fitted and calibrated on the other folds' real masks: so every score below is out of fold, on types
+the scorer never saw. They are compared on the same masks (`champion` and `fold` together: known
+types and new ones, as a production day brings them), and the grade production writes comes from the
+winner, refitted on all folds. A CNN that does not beat the best free signal is not what grades, and
+the outcome says why. The version becomes `champion` when its winner's grade-3 AUC is not below the
+champion grader's on the same masks.
 """
 
 from __future__ import annotations
@@ -39,9 +39,15 @@ from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.settings import ReviewerSettings
 from maskfind_pipeline.flows.training import latest_version
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE, reviewer_logit
-from maskfind_pipeline.ml.grading import (
+from maskfind_pipeline.ml.novelty.fit_features import feature_predictor, features_of
+from maskfind_pipeline.ml.novelty.model import NoveltyModel, from_files
+from maskfind_pipeline.ml.reviewer.data import (
+    ReviewSamples,
+    degraded_masks,
+    predicted_masks,
+)
+from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE, reviewer_logit
+from maskfind_pipeline.ml.reviewer.grading import (
     REVIEWER,
     GradeModel,
     cross_fitted,
@@ -49,34 +55,24 @@ from maskfind_pipeline.ml.grading import (
     type_folds,
     uses_reviewer,
 )
-from maskfind_pipeline.ml.grading_report import (
+from maskfind_pipeline.ml.reviewer.metrics import risk_coverage_png, roc_png
+from maskfind_pipeline.ml.reviewer.model import grade_probabilities
+from maskfind_pipeline.ml.reviewer.report import (
     ScorerEvaluation,
     calibration_png,
     choose_scorer,
     evaluate_scorer,
 )
-from maskfind_pipeline.ml.novelty import NoveltyModel, from_files
-from maskfind_pipeline.ml.novelty_features import feature_predictor, features_of
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
-from maskfind_pipeline.ml.review_metrics import risk_coverage_png, roc_png
-from maskfind_pipeline.ml.reviewer import grade_probabilities
-from maskfind_pipeline.ml.reviewer_data import (
-    ReviewSamples,
-    degraded_masks,
-    predicted_masks,
-)
-from maskfind_pipeline.ml.reviewer_train import ReviewerEpoch, ReviewerResult, train_reviewer
-from maskfind_pipeline.ml.train import make_train_loaders, train
+from maskfind_pipeline.ml.reviewer.train import ReviewerEpoch, ReviewerResult, train_reviewer
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
+from maskfind_pipeline.ml.weights.pretrained import PretrainedWeightsUnavailable
 from maskfind_pipeline.registry.datasets import whole_version
 from maskfind_pipeline.registry.loading import load_grader
-from maskfind_pipeline.registry.mlflow_registry import (
-    ModelRegistry,
-    RegisteredModel,
-    RegistryError,
-    TrainingRecord,
-)
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
+from maskfind_pipeline.registry.records import RegisteredModel, RegistryError, TrainingRecord
 from maskfind_pipeline.storage.base import ObjectStore
 
 Log = Callable[[str], None]
@@ -503,7 +499,7 @@ def _final_cnn(
             return weights_to_bytes(result.model)
     if cnns:
         return weights_to_bytes(cnns[0].model)
-    from maskfind_pipeline.ml.reviewer import build_reviewer
+    from maskfind_pipeline.ml.reviewer.model import build_reviewer
 
     return weights_to_bytes(build_reviewer(settings.spec, pretrained=False))
 

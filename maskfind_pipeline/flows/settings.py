@@ -12,12 +12,17 @@ from pydantic import Field
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.ml.backends.config import BackendConfig
-from maskfind_pipeline.ml.config import FINE_TUNING, AuditConfig, ModelSpec, TrainConfig
-from maskfind_pipeline.ml.novelty import NoveltyConfig
-from maskfind_pipeline.ml.reviewer_config import (
+from maskfind_pipeline.ml.novelty.model import NoveltyConfig
+from maskfind_pipeline.ml.reviewer.config import (
     ReviewerSpec,
     ReviewerTrainConfig,
     ScorerName,
+)
+from maskfind_pipeline.ml.segmentation.config import (
+    FINE_TUNING,
+    AuditConfig,
+    ModelSpec,
+    TrainConfig,
 )
 
 
@@ -54,7 +59,7 @@ class TrainingSettings(CoreConfig):
     (left-right flip by default: README, "Quality on real photographs")."""
     train: TrainConfig = FINE_TUNING
     """Hyper-parameters, augmentation, early stopping, threshold policy, device: by default
-    the fine-tuning recipe chosen on real photographs (`ml.config.FINE_TUNING`)."""
+    the fine-tuning recipe chosen on real photographs (`ml.segmentation.config.FINE_TUNING`)."""
     novelty: NoveltyConfig = NoveltyConfig()
     """The new-image-type score fitted on the trained model's features, stored beside it."""
     warm_start: bool = False
@@ -148,7 +153,7 @@ class ReviewerSettings(CoreConfig):
     recipe on a shorter budget, so its masks of the types it never saw fail as a champion's
     would on a new type."""
     scorers: tuple[ScorerName, ...] = get_args(ScorerName)
-    """The scorers the grader is chosen from (`ml.grading.SCORERS`); without `reviewer` and
+    """The scorers the grader is chosen from (`ml.reviewer.grading.SCORERS`); without `reviewer` and
     `combined` no CNN is trained."""
     max_images: int | None = 1200
     """Images predicted by each mask model at most (a content-hash sample), to bound time."""

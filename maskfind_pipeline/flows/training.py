@@ -14,20 +14,22 @@ from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded, fit_to_
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import counts
 from maskfind_pipeline.flows.settings import TrainingSettings
-from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.novelty import NoveltyModel, to_files
-from maskfind_pipeline.ml.novelty_features import fit_novelty
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.train import EpochReport, TrainResult, make_train_loaders, train
+from maskfind_pipeline.ml.novelty.fit_features import fit_novelty
+from maskfind_pipeline.ml.novelty.model import NoveltyModel, to_files
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.train import (
+    EpochReport,
+    TrainResult,
+    make_train_loaders,
+    train,
+)
 from maskfind_pipeline.registry.attempts import resume
 from maskfind_pipeline.registry.datasets import DatasetRef, version_datasets
-from maskfind_pipeline.registry.mlflow_registry import (
-    ModelRegistry,
-    RegisteredModel,
-    TrainingRecord,
-)
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION
+from maskfind_pipeline.registry.records import RegisteredModel, TrainingRecord
 from maskfind_pipeline.storage.base import ObjectStore
 
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 from maskfind_pipeline.data.images import InvalidImage, decode_image
 from maskfind_pipeline.data.production import encode_mask
-from maskfind_pipeline.ml.grader import Grader
-from maskfind_pipeline.ml.grading import grades_of
-from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.reviewer_config import GRADES
+from maskfind_pipeline.ml.reviewer.config import GRADES
+from maskfind_pipeline.ml.reviewer.grader import Grader
+from maskfind_pipeline.ml.reviewer.grading import grades_of
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T = TypeVar("T")

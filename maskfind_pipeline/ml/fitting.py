@@ -1,8 +1,8 @@
 """What every training loop here shares: optimiser and mixed-precision steps, the schedule over
 a time budget, early stopping, and the fallback to random weights.
 
-`ml.train` (the mask model) and `ml.reviewer_train` (the reviewer) differ in their data and
-their validation score; the mechanics of fitting live here once.
+`ml.segmentation.train` (the mask model) and `ml.reviewer.train` (the reviewer) differ in their data
+and their validation score; the mechanics of fitting live here once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from maskfind_pipeline.ml.device import DeviceSettings
-from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
+from maskfind_pipeline.ml.weights.pretrained import PretrainedWeightsUnavailable
 
 
 class Optimiser:

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from maskfind_pipeline.ml.metrics import predicted_masks
-from maskfind_pipeline.ml.threshold import ThresholdChoice
+from maskfind_pipeline.ml.segmentation.threshold import ThresholdChoice
 
 _GT_COLOUR = np.array([0, 255, 60], dtype=np.float32)
 _PRED_COLOUR = np.array([255, 0, 200], dtype=np.float32)

@@ -1,7 +1,7 @@
 """Retrying a training whose process was killed: settle what the earlier attempts left first.
 
 Every attempt at one training tags its MLflow run, LoggedModel and version with the same
-`training_key` (`mlflow_registry.TRAINING_KEY_TAG`). A killed attempt leaves, depending on when it
+`training_key` (`records.TRAINING_KEY_TAG`). A killed attempt leaves, depending on when it
 died: a RUNNING run without a model (while training: `ModelRegistry.training_run`); a RUNNING run
 whose LoggedModel is PENDING with part of its files (while uploading); a RUNNING run with a
 complete version that may lack its alias (after registering). `resume`, called by the retry before
@@ -21,12 +21,12 @@ from collections.abc import Sequence
 
 from mlflow.entities import LoggedModelStatus, Run, RunTag, ViewType
 
-from maskfind_pipeline.registry.mlflow_registry import (
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import (
     ATTEMPT_NOTE_TAG,
     ATTEMPT_TAG,
     FAILED,
     TRAINING_KEY_TAG,
-    ModelRegistry,
     RegisteredModel,
     RegistryError,
 )

@@ -3,13 +3,14 @@ to predict or grade."""
 
 from __future__ import annotations
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE, Grader
-from maskfind_pipeline.ml.grading import GradeModel
-from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.reviewer import Reviewer
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE, Grader
+from maskfind_pipeline.ml.reviewer.grading import GradeModel
+from maskfind_pipeline.ml.reviewer.model import Reviewer
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import RegistryError
 
 
 def load_model(registry: ModelRegistry, ref: str | int) -> Predictor:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import RegistryError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -16,8 +16,8 @@ Both take and return one row per image, images as PNG or JPEG file bytes in bina
 - reviewer: input `image`, `probabilities` (that PNG, the image's size) and `threshold` (the mask
   model's), optionally the mask model's `flip_disagreement` and `novelty` of the image (unknown
   when left out); output `grade` (1, 2 or 3) and `p_grade1`, `p_grade2`, `p_grade3`, from the
-  version's grade model (`ml.grader`). Production grades at the mask model's input size: send
-  image and map at that size for its numbers.
+  version's grade model (`ml.reviewer.grader`). Production grades at the mask model's input size:
+  send image and map at that size for its numbers.
 
 The per-row work is `ml.encoded`'s, so a served mask equals `load_model(...).predict_mask`'s.
 """
@@ -39,14 +39,14 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from maskfind_pipeline.core_config import CoreConfig
-from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.encoded import each_row, grade_outputs, mask_outputs, png
-from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE, Grader
-from maskfind_pipeline.ml.grading import GradeModel
-from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.reviewer import Reviewer
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
-from maskfind_pipeline.registry.mlflow_registry import CONFIG_FILE, WEIGHTS_FILE
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE, Grader
+from maskfind_pipeline.ml.reviewer.grading import GradeModel
+from maskfind_pipeline.ml.reviewer.model import Reviewer
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.registry.records import CONFIG_FILE, WEIGHTS_FILE
 
 WEIGHTS = "weights"
 CONFIG = "config"

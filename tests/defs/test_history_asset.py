@@ -13,8 +13,8 @@ from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.history.sensors import history_alert_sensor
 from maskfind_pipeline.defs.resources import MlflowResource, build_resources
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
-from maskfind_pipeline.registry.mlflow_registry import TrainingRecord
 from maskfind_pipeline.registry.promotion import promote
+from maskfind_pipeline.registry.records import TrainingRecord
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY

@@ -15,7 +15,7 @@ from maskfind_pipeline.data.review import LABEL_SUSPECT, read_queue
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
-from maskfind_pipeline.ml.config import demo_model_spec
+from maskfind_pipeline.ml.segmentation.config import demo_model_spec
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training

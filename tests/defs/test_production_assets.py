@@ -20,11 +20,11 @@ from maskfind_pipeline.data.production import PredictionLog
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import build_resources
-from maskfind_pipeline.ml.config import demo_model_spec
 from maskfind_pipeline.ml.metrics import quantize_probabilities
-from maskfind_pipeline.ml.novelty import from_files
-from maskfind_pipeline.ml.reviewer import binary_mask
-from maskfind_pipeline.ml.reviewer_config import GradeRule
+from maskfind_pipeline.ml.novelty.model import from_files
+from maskfind_pipeline.ml.reviewer.config import GradeRule
+from maskfind_pipeline.ml.reviewer.model import binary_mask
+from maskfind_pipeline.ml.segmentation.config import demo_model_spec
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.model import build_model
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
 
 HERE = Path(__file__).parent
 CONFIG = ModelConfig(

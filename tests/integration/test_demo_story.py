@@ -21,8 +21,8 @@ from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.demo import DemoSettings, run_story
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.flows.settings import ReviewerSettings
-from maskfind_pipeline.ml.config import FINE_TUNING
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.ml.segmentation.config import FINE_TUNING
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 

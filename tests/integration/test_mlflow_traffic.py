@@ -9,7 +9,8 @@ import pytest
 
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.registry.datasets import version_datasets
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, TrainingRecord
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import TrainingRecord
 from tests.support.mlflow_requests import counted_requests
 from tests.support.mlflow_server import MlflowServer
 from tests.support.models import tiny_record
@@ -26,7 +27,7 @@ EPOCH_KEYS = (
     "seconds",
     "images_per_second",
 )
-"""The keys of one `ml.train.EpochReport.as_dict()`: what a training logs per epoch."""
+"""The keys of one `ml.segmentation.train.EpochReport.as_dict()`: what a training logs per epoch."""
 
 
 def training_like(epochs: int, image_types: int, seed: int = 1) -> TrainingRecord:

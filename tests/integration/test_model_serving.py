@@ -21,7 +21,7 @@ import pytest
 from mlflow.artifacts import download_artifacts
 from PIL import Image
 
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from tests.support.mlflow_server import MlflowServer

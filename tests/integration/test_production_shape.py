@@ -33,8 +33,9 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.monitoring.sensors import run_failure_sensor
 from maskfind_pipeline.defs.resources import MlflowResource
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHAMPION, promote
+from maskfind_pipeline.registry.records import RegistryError
 from maskfind_pipeline.storage import open_store
 from tests.conftest import new_bucket
 from tests.support.celery_workers import broker_with_password, celery_workers

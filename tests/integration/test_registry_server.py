@@ -7,10 +7,11 @@ import uuid
 import pytest
 import torch
 
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHAMPION, promote, rollback
+from maskfind_pipeline.registry.records import RegistryError
 from tests.support.mlflow_server import MlflowServer
 from tests.support.models import TINY, tiny_record
 

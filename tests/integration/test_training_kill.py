@@ -22,15 +22,15 @@ from maskfind_pipeline.defs.datasets.assets import dataset_version
 from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.registry.attempts import resume
-from maskfind_pipeline.registry.mlflow_registry import (
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
+from maskfind_pipeline.registry.records import (
     ATTEMPT_NOTE_TAG,
     ATTEMPT_TAG,
     PYFUNC_FILES,
     TRAINING_KEY_TAG,
     WEIGHTS_FILE,
-    ModelRegistry,
 )
-from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_weights

@@ -21,15 +21,15 @@ import pytest
 from mlflow.entities import LoggedModelStatus, ViewType
 from mlflow.exceptions import MlflowException
 
-from maskfind_pipeline.registry.mlflow_registry import (
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.promotion import CHAMPION, promote
+from maskfind_pipeline.registry.records import (
     CONFIG_FILE,
     PYFUNC_FILES,
     WEIGHTS_FILE,
-    ModelRegistry,
     RegistryError,
     TrainingRecord,
 )
-from maskfind_pipeline.registry.promotion import CHAMPION, promote
 from tests.support.mlflow_server import MlflowServer
 from tests.support.models import TINY, tiny_record
 from tests.support.netproxy import FaultProxy

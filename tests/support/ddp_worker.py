@@ -23,7 +23,7 @@ from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.distributed_training import train_and_register_replica
 from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.ml.distributed import process_group
-from maskfind_pipeline.ml.train import EpochReport
+from maskfind_pipeline.ml.segmentation.train import EpochReport
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore

@@ -6,8 +6,8 @@ from typing import Any
 
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.flows.settings import TrainingSettings
-from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, TrainConfig
-from maskfind_pipeline.registry.mlflow_registry import TrainingRecord
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec, TrainConfig
+from maskfind_pipeline.registry.records import TrainingRecord
 
 TINY_SPEC = ModelSpec(
     encoder_name="resnet18",
@@ -50,8 +50,8 @@ TINY = ModelConfig(
 def tiny_weights(seed: int = 0) -> bytes:
     import torch
 
-    from maskfind_pipeline.ml.model import build_model
-    from maskfind_pipeline.ml.predict import weights_to_bytes
+    from maskfind_pipeline.ml.segmentation.model import build_model
+    from maskfind_pipeline.ml.segmentation.predict import weights_to_bytes
 
     torch.manual_seed(seed)
     return weights_to_bytes(build_model(TINY, pretrained=False))

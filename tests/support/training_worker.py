@@ -26,12 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 
-from maskfind_pipeline.registry.mlflow_registry import (
-    PYFUNC_FILES,
-    TRAINING_KEY_TAG,
-    WEIGHTS_FILE,
-    ModelRegistry,
-)
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import PYFUNC_FILES, TRAINING_KEY_TAG, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -79,7 +75,7 @@ def materialize_mask_model(home: Path, run_id: str) -> dg.ExecuteInProcessResult
 
 def die_at(point: str) -> None:
     """Make this process SIGKILL itself at `point` (see the module docstring)."""
-    from maskfind_pipeline.ml.train import EpochReport
+    from maskfind_pipeline.ml.segmentation.train import EpochReport
 
     upload, create = MlflowClient.log_model_artifacts, MlflowClient.create_model_version
 

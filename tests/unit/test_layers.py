@@ -78,3 +78,64 @@ def test_the_table_knows_every_part_of_the_package() -> None:
     parts = {_part(p) for p in _modules()}
     assert parts <= set(ALLOWED), parts - set(ALLOWED)
     assert "testing" not in parts
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (`from a.b import c` counts as a.b.c when c is
+    a module, else a.b)."""
+    modules = {_module(p) for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        found = set()
+        for name in _imports(path):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            found.add(name)
+        graph[_module(path)] = found & modules - {_module(path), "maskfind_pipeline"}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while (member := stack.pop()) != node:
+                group.append(member)
+            if group:
+                found.append(sorted([node, *group]))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_two_modules_import_each_other() -> None:
+    """Not even through others, nor lazily: a loop means two modules that are one idea (the
+    registry's run logging and its pyfunc models were)."""
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_loop() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

@@ -11,7 +11,7 @@ from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.flows.settings import ProductionOptions
-from maskfind_pipeline.ml.novelty import DayAlarm
+from maskfind_pipeline.ml.novelty.model import DayAlarm
 
 
 class ProductionConfig(run_config_for(ProductionOptions)):

@@ -43,7 +43,7 @@ def mask_model(
     registered is kept rather than trained again, its dead runs are marked failed."""
     from maskfind_pipeline.data.version_store import VersionStore
     from maskfind_pipeline.flows.training import resume_training, train_and_register
-    from maskfind_pipeline.registry.mlflow_registry import TRAINING_KEY_TAG
+    from maskfind_pipeline.registry.records import TRAINING_KEY_TAG
 
     settings = core_of(config, TrainingSettings)
     key = f"{context.run.root_run_id or context.run.run_id}/{context.asset_key.to_user_string()}"

@@ -24,7 +24,7 @@ from maskfind_pipeline.flows.settings import TrainingSettings
 
 if TYPE_CHECKING:
     from maskfind_pipeline.ml.distributed import Ranks
-    from maskfind_pipeline.ml.train import EpochReport
+    from maskfind_pipeline.ml.segmentation.train import EpochReport
 
 JOB_ENV = "MASKFIND_TRAINING_JOB"
 MODULE = "maskfind_pipeline.defs.training.distributed"

@@ -12,7 +12,7 @@ from maskfind_pipeline.defs.metadata_images import png_metadata
 
 if TYPE_CHECKING:
     from maskfind_pipeline.flows.training import TrainingOutcome
-    from maskfind_pipeline.registry.mlflow_registry import RegisteredModel
+    from maskfind_pipeline.registry.records import RegisteredModel
 
 
 def training_metadata(outcome: TrainingOutcome, plots_root: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The backend interface and the one graph every backend runs: preprocessing, model (with the
-config's test-time augmentation), sigmoid, the image features (`ml.features`) of the plain
-pass, and the flip disagreement of the plain and the mirrored pass (`ml.tta`)."""
+config's test-time augmentation), sigmoid, the image features (`ml.novelty.features`) of the plain
+pass, and the flip disagreement of the plain and the mirrored pass (`ml.segmentation.tta`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.features import segment_with_features
-from maskfind_pipeline.ml.tta import averaged_logits, flip_disagreement, mirrored_logits
+from maskfind_pipeline.ml.novelty.features import segment_with_features
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.tta import (
+    averaged_logits,
+    flip_disagreement,
+    mirrored_logits,
+)
 
 
 class Prediction(NamedTuple):
@@ -20,10 +24,10 @@ class Prediction(NamedTuple):
 
     Attributes:
         probabilities: Sigmoid probabilities (B,1,S,S).
-        features: `ml.features.pooled_features` (B,D): the encoder's two deepest stages,
+        features: `ml.novelty.features.pooled_features` (B,D): the encoder's two deepest stages,
             spatially averaged (D = the sum of their channels).
-        flip_disagreement: `ml.tta.flip_disagreement` (B,) of the plain and the mirrored
-            pass at the model's threshold: a free signal of an untrustworthy mask.
+        flip_disagreement: `ml.segmentation.tta.flip_disagreement` (B,) of the plain and
+            the mirrored pass at the model's threshold: a free signal of an untrustworthy mask.
     """
 
     probabilities: torch.Tensor
@@ -54,13 +58,13 @@ class ProbabilityModel(nn.Module):
     same pass and the flip disagreement: uint8 images (B,3,S,S) in, (probabilities (B,1,S,S),
     features (B,D), flip disagreement (B,)) out.
 
-    The arithmetic is `ml.model.preprocess`'s (one multiply, one subtract, float32 constants),
-    the pass is `ml.features.segment_with_features` and the logits are averaged over the
-    config's test-time augmentation views (`ml.tta`), so in float32 it gives the Predictor's
-    probabilities and the features' one definition; exported, it makes every runtime take the
-    same uint8 input and give the same three outputs. The mirrored pass is the one `tta_flip`
-    averages in (so it costs nothing more with test-time flipping; one more pass without it).
-    The sigmoid, the features and the disagreement are computed in float32 whatever precision
+    The arithmetic is `ml.segmentation.model.preprocess`'s (one multiply, one subtract, float32
+    constants), the pass is `ml.novelty.features.segment_with_features` and the logits are averaged
+    over the config's test-time augmentation views (`ml.segmentation.tta`), so in float32 it gives
+    the Predictor's probabilities and the features' one definition; exported, it makes every runtime
+    take the same uint8 input and give the same three outputs. The mirrored pass is the one
+    `tta_flip` averages in (so it costs nothing more with test-time flipping; one more pass without
+    it). The sigmoid, the features and the disagreement are computed in float32 whatever precision
     the network runs in (e.g. under bf16 autocast).
     """
 

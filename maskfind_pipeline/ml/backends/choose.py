@@ -27,7 +27,7 @@ from maskfind_pipeline.ml.backends.cache import cache_key
 from maskfind_pipeline.ml.backends.config import DEFAULT_CANDIDATES, BackendConfig, BackendName
 from maskfind_pipeline.ml.backends.exports import ModelExports
 from maskfind_pipeline.ml.backends.runtimes import open_backend
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 
 _log = logging.getLogger(__name__)
 

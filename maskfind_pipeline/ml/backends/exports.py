@@ -7,9 +7,9 @@ so they are never loaded).
 
 Layout: `<cache_dir>/backends/onnx-<key>/model.onnx` and `.../openvino-<key>/model.xml` (+
 `model.bin`), each with a `manifest.json` (see `cache`). The ONNX key is the sha256 of the
-weights' sha256 (safetensors bytes, `ml.predict.weights_to_bytes`), the config's JSON and the
-versions of the libraries that write the file (torch, onnx, onnxscript); the OpenVINO key adds
-the ONNX key and OpenVINO's version, as its IR is converted from that ONNX file (about 1 s,
+weights' sha256 (safetensors bytes, `ml.segmentation.predict.weights_to_bytes`), the config's JSON
+and the versions of the libraries that write the file (torch, onnx, onnxscript); the OpenVINO key
+adds the ONNX key and OpenVINO's version, as its IR is converted from that ONNX file (about 1 s,
 against 3 s for converting from torch, which also loses the static spatial dimensions).
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from maskfind_pipeline.ml.backends.base import ProbabilityModel
 from maskfind_pipeline.ml.backends.cache import cache_key, cached_entry
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
 
 EXPORT_FORMAT = "3"
 """Bump when `ProbabilityModel` or the export arguments change: every key changes with it.

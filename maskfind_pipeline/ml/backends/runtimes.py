@@ -32,7 +32,7 @@ from maskfind_pipeline.ml.backends.base import (
 )
 from maskfind_pipeline.ml.backends.config import BackendName
 from maskfind_pipeline.ml.backends.exports import INPUT_NAME, OUTPUT_NAMES, ModelExports
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 
 if TYPE_CHECKING:
     from openvino import CompiledModel, ConstOutput

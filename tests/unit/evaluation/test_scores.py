@@ -15,8 +15,8 @@ from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.evaluation.scores import MissingScores, ScoreStore, cell_rows
 from maskfind_pipeline.flows.evaluation import SampleScorer
-from maskfind_pipeline.ml.inference import evaluate_loader
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.inference import evaluate_loader
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.manifests import manifest_of
 from tests.support.models import TINY, tiny_weights

@@ -31,14 +31,14 @@ from maskfind_pipeline.ml.backends.runtimes import (
     create_backend,
     open_backend,
 )
-from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.features import segment_with_features
-from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.reviewer import Reviewer, build_reviewer, grade_logits
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
-from maskfind_pipeline.ml.tta import flip_disagreement
+from maskfind_pipeline.ml.novelty.features import segment_with_features
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer, grade_logits
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.tta import flip_disagreement
 
 TINY = ModelConfig(
     encoder_name="resnet18",

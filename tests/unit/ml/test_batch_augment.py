@@ -18,8 +18,9 @@ from torchvision.transforms.v2 import functional as TF
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.decoded import DecodedArrays
 from maskfind_pipeline.data.loader import MaskBatches, MaskDataset, build_augmentation, make_loaders
-from maskfind_pipeline.ml import train as train_module
-from maskfind_pipeline.ml.batch_augment import (
+from maskfind_pipeline.ml.device import select_device
+from maskfind_pipeline.ml.segmentation import train as train_module
+from maskfind_pipeline.ml.segmentation.batch_augment import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
@@ -29,9 +30,8 @@ from maskfind_pipeline.ml.batch_augment import (
     apply,
     draw,
 )
-from maskfind_pipeline.ml.config import TrainConfig
-from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.train import make_train_loaders, train
+from maskfind_pipeline.ml.segmentation.config import TrainConfig
+from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
 from tests.support.models import TINY_SPEC
 
 OFF = AugmentConfig(

@@ -15,14 +15,14 @@ from torchvision import tv_tensors
 from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.loader import build_augmentation
 from maskfind_pipeline.ml import fit as fit_module
-from maskfind_pipeline.ml import train as train_module
-from maskfind_pipeline.ml.batch_augment import BatchAugment, draw
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.fitting import WeightAverage, lr_factor
-from maskfind_pipeline.ml.inference import Predictions
-from maskfind_pipeline.ml.losses import make_loss
-from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.train import TrainResult, _Recipe, _Run, train
+from maskfind_pipeline.ml.segmentation import train as train_module
+from maskfind_pipeline.ml.segmentation.batch_augment import BatchAugment, draw
+from maskfind_pipeline.ml.segmentation.inference import Predictions
+from maskfind_pipeline.ml.segmentation.losses import make_loss
+from maskfind_pipeline.ml.segmentation.model import build_model
+from maskfind_pipeline.ml.segmentation.train import TrainResult, _Recipe, _Run, train
 from tests.unit.ml import test_train as base
 from tests.unit.ml.test_train import FAST, SIZE, TINY, Data
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskfind_pipeline.ml.grader import Grader, reviewer_logit
-from maskfind_pipeline.ml.grading import (
+from maskfind_pipeline.ml.reviewer.grader import Grader, reviewer_logit
+from maskfind_pipeline.ml.reviewer.grading import (
     FLIP,
     NOVELTY,
     REVIEWER,
@@ -20,7 +20,7 @@ from maskfind_pipeline.ml.grading import (
     mask_signals,
     type_folds,
 )
-from maskfind_pipeline.ml.grading_report import choose_scorer, evaluate_scorer
+from maskfind_pipeline.ml.reviewer.report import choose_scorer, evaluate_scorer
 
 
 def _signals(count: int, seed: int, *, informative: str = FLIP) -> tuple[dict, np.ndarray]:

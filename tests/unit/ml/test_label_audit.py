@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from maskfind_pipeline.ml.config import AuditConfig
-from maskfind_pipeline.ml.label_audit import audit
+from maskfind_pipeline.ml.segmentation.config import AuditConfig
+from maskfind_pipeline.ml.segmentation.label_audit import audit
 
 SQUARE = np.zeros((32, 32), bool)
 SQUARE[8:24, 8:24] = True

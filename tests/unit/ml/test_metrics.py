@@ -22,7 +22,7 @@ from maskfind_pipeline.ml.plots import (
     select_gallery,
     training_curves_png,
 )
-from maskfind_pipeline.ml.threshold import threshold_curve, tune_threshold
+from maskfind_pipeline.ml.segmentation.threshold import threshold_curve, tune_threshold
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

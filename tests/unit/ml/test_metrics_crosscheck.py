@@ -20,7 +20,7 @@ from maskfind_pipeline.ml.metrics import (
     pixel_counts,
     quantize_probabilities,
 )
-from maskfind_pipeline.ml.threshold import threshold_curve
+from maskfind_pipeline.ml.segmentation.threshold import threshold_curve
 
 SEEDS = range(6)
 THRESHOLDS = (0.0, 0.05, 0.37, 0.5, 0.57, 0.9, 1.0, 1.2)

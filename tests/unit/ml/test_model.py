@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskfind_pipeline.ml.config import ModelConfig, demo_model_spec
-from maskfind_pipeline.ml.model import (
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
+from maskfind_pipeline.ml.segmentation.model import (
     build_model,
     count_parameters,
     forward_flops,
     preprocess,
 )
-from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR
+from maskfind_pipeline.ml.weights.pretrained import WEIGHTS_ENV_VAR
 
 SCRATCH = ModelConfig(encoder_name="resnet34", encoder_weights=None)
 

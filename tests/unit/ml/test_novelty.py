@@ -10,18 +10,18 @@ import torch
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.features import segment_with_features
-from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.novelty import (
+from maskfind_pipeline.ml.novelty.features import segment_with_features
+from maskfind_pipeline.ml.novelty.fit_features import features_of, fit_novelty
+from maskfind_pipeline.ml.novelty.model import (
     NoveltyConfig,
     NoveltyModel,
     day_alarms,
     from_files,
     to_files,
 )
-from maskfind_pipeline.ml.novelty_features import features_of, fit_novelty
-from maskfind_pipeline.ml.predict import Predictor, model_input
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
+from maskfind_pipeline.ml.segmentation.predict import Predictor, model_input
 
 DIM = 24
 SIGMA = 0.3

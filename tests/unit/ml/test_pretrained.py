@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage import data
 
-from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, demo_model_spec
-from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.pretrained import (
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec, demo_model_spec
+from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
+from maskfind_pipeline.ml.weights.pretrained import (
     LITE_PACKAGES,
     TORCH_HUB_URLS,
     WEIGHTS_ENV_VAR,

@@ -9,26 +9,26 @@ from safetensors.torch import save_file
 from segmentation_models_pytorch.encoders import get_encoder
 from sklearn.metrics import roc_auc_score
 
-from maskfind_pipeline.ml.config import ModelSpec
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.predict import weights_to_bytes
-from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR, load_encoder_weights
-from maskfind_pipeline.ml.reviewer import (
+from maskfind_pipeline.ml.reviewer.config import GradeRule, ReviewerSpec, ReviewerTrainConfig
+from maskfind_pipeline.ml.reviewer.data import ReviewSamples, mask_ious, mean_entropy
+from maskfind_pipeline.ml.reviewer.degrade import soft_map
+from maskfind_pipeline.ml.reviewer.model import (
     InvalidReviewerWeights,
     Reviewer,
     build_reviewer,
     grade_probabilities,
     reviewer_inputs,
 )
-from maskfind_pipeline.ml.reviewer_config import GradeRule, ReviewerSpec, ReviewerTrainConfig
-from maskfind_pipeline.ml.reviewer_data import ReviewSamples, mask_ious, mean_entropy
-from maskfind_pipeline.ml.reviewer_degrade import soft_map
-from maskfind_pipeline.ml.reviewer_train import (
+from maskfind_pipeline.ml.reviewer.train import (
     class_weights,
     evaluate_on,
     grade_targets,
     train_reviewer,
 )
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
+from maskfind_pipeline.ml.segmentation.predict import weights_to_bytes
+from maskfind_pipeline.ml.weights.pretrained import WEIGHTS_ENV_VAR, load_encoder_weights
 
 SIZE = 32
 TINY = ReviewerSpec(encoder_name="tu-resnet10t", encoder_weights=None, input_size=SIZE)

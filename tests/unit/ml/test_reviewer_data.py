@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from maskfind_pipeline import synthetic
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.reviewer import binary_mask
-from maskfind_pipeline.ml.reviewer_config import GradeRule
-from maskfind_pipeline.ml.reviewer_data import (
+from maskfind_pipeline.ml.reviewer.config import GradeRule
+from maskfind_pipeline.ml.reviewer.data import (
     build_review_samples,
     mask_ious,
     mean_entropy,
     split_by_type,
 )
-from maskfind_pipeline.ml.reviewer_degrade import DEGRADATIONS, degrade, iou, soft_map
+from maskfind_pipeline.ml.reviewer.degrade import DEGRADATIONS, degrade, iou, soft_map
+from maskfind_pipeline.ml.reviewer.model import binary_mask
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 
 SIZE = 32
 

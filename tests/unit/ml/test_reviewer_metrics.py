@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from maskfind_pipeline.ml.review_metrics import (
+from maskfind_pipeline.ml.reviewer.metrics import (
     evaluate_reviewer,
     optimal_aurc,
     risk_coverage,

@@ -18,15 +18,15 @@ from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.ml import fitting as fitting_module
-from maskfind_pipeline.ml import train as train_module
-from maskfind_pipeline.ml.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.inference import Predictions, predict_probabilities
-from maskfind_pipeline.ml.losses import make_loss
-from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.pretrained import WEIGHTS_ENV_VAR, PretrainedWeightsUnavailable
-from maskfind_pipeline.ml.train import EpochReport, make_train_loaders, train
+from maskfind_pipeline.ml.segmentation import train as train_module
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, TrainConfig
+from maskfind_pipeline.ml.segmentation.inference import Predictions, predict_probabilities
+from maskfind_pipeline.ml.segmentation.losses import make_loss
+from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.train import EpochReport, make_train_loaders, train
+from maskfind_pipeline.ml.weights.pretrained import WEIGHTS_ENV_VAR, PretrainedWeightsUnavailable
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.manifests import manifest_of
 

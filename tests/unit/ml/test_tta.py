@@ -15,14 +15,14 @@ from torch import nn
 
 from maskfind_pipeline.ml.backends.base import ProbabilityModel
 from maskfind_pipeline.ml.backends.runtimes import create_backend
-from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import select_device
-from maskfind_pipeline.ml.features import segment_with_features
-from maskfind_pipeline.ml.inference import predict_logits
-from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.reviewer_data import build_review_samples
-from maskfind_pipeline.ml.tta import averaged_logits, scaled_side, stride
+from maskfind_pipeline.ml.novelty.features import segment_with_features
+from maskfind_pipeline.ml.reviewer.data import build_review_samples
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec
+from maskfind_pipeline.ml.segmentation.inference import predict_logits
+from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
+from maskfind_pipeline.ml.segmentation.tta import averaged_logits, scaled_side, stride
 from tests.unit.ml.test_reviewer_data import SIZE as REVIEW_SIZE
 from tests.unit.ml.test_reviewer_data import squares
 

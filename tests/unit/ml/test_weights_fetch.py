@@ -17,9 +17,8 @@ from click.testing import CliRunner
 from huggingface_hub import hf_hub_download
 
 from maskfind_pipeline.cli import main
-from maskfind_pipeline.ml import pretrained
-from maskfind_pipeline.ml.pretrained import TORCH_HUB_URLS
-from maskfind_pipeline.ml.weights_fetch import (
+from maskfind_pipeline.ml.weights import pretrained
+from maskfind_pipeline.ml.weights.fetch import (
     PINNED_SHA256,
     ChecksumMismatch,
     NoPinnedChecksum,
@@ -27,6 +26,7 @@ from maskfind_pipeline.ml.weights_fetch import (
     fetch_torch_hub_weights,
     fetch_weights,
 )
+from maskfind_pipeline.ml.weights.pretrained import TORCH_HUB_URLS
 
 SMP_REPO = "smp-hub/resnet34.imagenet"
 SMP_REVISION = "7a57b34f723329ff020b3f8bc41771163c519d0c"

@@ -16,15 +16,15 @@ from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy
 from maskfind_pipeline.flows.promotion import gate_and_promote
 from maskfind_pipeline.registry.attempts import resume
-from maskfind_pipeline.registry.mlflow_registry import (
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
+from maskfind_pipeline.registry.records import (
     ATTEMPT_NOTE_TAG,
     ATTEMPT_TAG,
     TRAINING_KEY_TAG,
-    ModelRegistry,
     RegistryError,
     TrainingRecord,
 )
-from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY, tiny_record
 

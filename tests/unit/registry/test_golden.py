@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.predict import Predictor
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, TrainingRecord
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import TrainingRecord
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHAMPION, promote, rollback
+from maskfind_pipeline.registry.records import RegistryError
 from tests.support.models import tiny_record
 
 

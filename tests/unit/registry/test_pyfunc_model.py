@@ -28,18 +28,15 @@ from PIL import Image
 from maskfind_pipeline.data.images import InvalidImage
 from maskfind_pipeline.evaluation.cells import Cell
 from maskfind_pipeline.flows.evaluation import log_cell_run
-from maskfind_pipeline.ml.grader import GRADE_MODEL_FILE
-from maskfind_pipeline.ml.grading import SIGNALS, fit_grade_model, grades_of
-from maskfind_pipeline.ml.predict import Predictor, weights_to_bytes
-from maskfind_pipeline.ml.reviewer import build_reviewer
-from maskfind_pipeline.ml.reviewer_config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
+from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE
+from maskfind_pipeline.ml.reviewer.grading import SIGNALS, fit_grade_model, grades_of
+from maskfind_pipeline.ml.reviewer.model import build_reviewer
+from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.registry.loading import load_grader, load_model, load_reviewer
-from maskfind_pipeline.registry.mlflow_registry import (
-    ModelRegistry,
-    RegistryError,
-    TrainingRecord,
-)
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.pyfunc_models import AlteredWeights
+from maskfind_pipeline.registry.records import RegistryError, TrainingRecord
 from tests.support.models import TINY, tiny_record
 
 ROOT = Path(__file__).resolve().parents[3]

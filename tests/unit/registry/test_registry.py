@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from maskfind_pipeline.ml.predict import InvalidWeights, Predictor
+from maskfind_pipeline.ml.segmentation.predict import InvalidWeights, Predictor
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.registry.mlflow_registry import ModelRegistry, RegistryError
+from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
+from maskfind_pipeline.registry.records import RegistryError
 from tests.support.models import TINY, tiny_record
 
 

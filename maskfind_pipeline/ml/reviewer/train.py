@@ -1,10 +1,10 @@
 """Train the reviewer on graded masks, keep its best epoch, judge it on validation.
 
 No Dagster here: callers pass a callback for epoch reports. Samples are `ReviewSamples`
-(`ml.reviewer_data`); every batch goes through `reviewer_inputs`, the same function production
+(`ml.reviewer.data`); every batch goes through `reviewer_inputs`, the same function production
 calls. The best epoch is the one with the highest validation ROC AUC of grade 3 vs the rest
 (ties broken by the lower validation loss); early stopping and the time budget follow
-`ml.train`'s rules.
+`ml.segmentation.train`'s rules.
 """
 
 from __future__ import annotations
@@ -29,20 +29,20 @@ from maskfind_pipeline.ml.device import (
 )
 from maskfind_pipeline.ml.fit import Fit, place
 from maskfind_pipeline.ml.fitting import build_pretrained, cpu_state, lr_factor
-from maskfind_pipeline.ml.review_metrics import ReviewerEvaluation, evaluate_reviewer, safe_auc
-from maskfind_pipeline.ml.reviewer import (
-    IN_CHANNELS,
-    build_reviewer,
-    grade_probabilities,
-    reviewer_inputs,
-)
-from maskfind_pipeline.ml.reviewer_config import (
+from maskfind_pipeline.ml.reviewer.config import (
     GRADES,
     GradeRule,
     ReviewerSpec,
     ReviewerTrainConfig,
 )
-from maskfind_pipeline.ml.reviewer_data import ReviewSamples
+from maskfind_pipeline.ml.reviewer.data import ReviewSamples
+from maskfind_pipeline.ml.reviewer.metrics import ReviewerEvaluation, evaluate_reviewer, safe_auc
+from maskfind_pipeline.ml.reviewer.model import (
+    IN_CHANNELS,
+    build_reviewer,
+    grade_probabilities,
+    reviewer_inputs,
+)
 
 StateDict = dict[str, torch.Tensor]
 _EVAL_BATCH = 64

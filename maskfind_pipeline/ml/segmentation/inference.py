@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate
-from maskfind_pipeline.ml.model import preprocess
-from maskfind_pipeline.ml.tta import averaged_logits
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec
+from maskfind_pipeline.ml.segmentation.model import preprocess
+from maskfind_pipeline.ml.segmentation.tta import averaged_logits
 
 Batch = Mapping[str, Any]
 
@@ -49,7 +49,7 @@ def predict_logits(
     model: nn.Module, config: ModelSpec, images: torch.Tensor, settings: DeviceSettings
 ) -> torch.Tensor:
     """Float32 logits of a uint8 batch as predictions are made: `forward`, averaged over the
-    test-time augmentation `config` asks for (`ml.tta`; none by default)."""
+    test-time augmentation `config` asks for (`ml.segmentation.tta`; none by default)."""
     images = images.to(settings.device, non_blocking=True)
     inputs = preprocess(images.contiguous(memory_format=settings.memory_format), config)
     with settings.autocast():

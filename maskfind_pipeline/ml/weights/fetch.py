@@ -1,8 +1,9 @@
 """Fetch an encoder's pretrained weights into the Hugging Face cache, checksum-verified.
 
 The one place this project downloads weights, run by hand on a machine with internet
-(`maskfind weights fetch [ENCODER]`); training never downloads (`maskfind_pipeline.ml.pretrained`
-reads the cache with `local_files_only=True`). The files are the ones smp or timm would download
+(`maskfind weights fetch [ENCODER]`); training never downloads
+(`maskfind_pipeline.ml.weights.pretrained` reads the cache with `local_files_only=True`). The files
+are the ones smp or timm would download
 for the encoder (`hub_location`): `config.json` and `model.safetensors` for smp's own `smp-hub/...`
 repos, `model.safetensors` for timm (`tu-`) encoders, at the revision smp pins (timm names none,
 so `main`).
@@ -47,8 +48,8 @@ from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.file_download import repo_folder_name
 
-from maskfind_pipeline.ml.config import ModelSpec
-from maskfind_pipeline.ml.pretrained import (
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
+from maskfind_pipeline.ml.weights.pretrained import (
     HUB_FILENAME,
     TORCH_HUB_URLS,
     hash_prefix,
@@ -222,7 +223,7 @@ def fetch_encoder_weights(
         raise NoPinnedChecksum(
             f"no pinned checksum for {', '.join(unpinned)} of {repo_id} at revision {ref} "
             f"(encoder {encoder_name!r}), so nothing is downloaded: add the file's SHA-256 to "
-            "PINNED_SHA256 in maskfind_pipeline/ml/weights_fetch.py, or pass "
+            "PINNED_SHA256 in maskfind_pipeline/ml/weights/fetch.py, or pass "
             "--sha256 FILE=HEX to `maskfind weights fetch`"
         )
     expected = {name: table[(repo_id, ref, name)].lower() for name in filenames}

@@ -1,5 +1,5 @@
 """What production grades a predicted mask with: a registered reviewer version's grade model
-(`ml.grading.GradeModel`) and, only where its scorer reads it, the CNN reviewer.
+(`ml.reviewer.grading.GradeModel`) and, only where its scorer reads it, the CNN reviewer.
 
 A version registered before grade models existed has none: its CNN's own probabilities are
 the grades, as they were then.
@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from maskfind_pipeline.ml.grading import FLIP, NOVELTY, REVIEWER, GradeModel, mask_signals
 from maskfind_pipeline.ml.metrics import quantize_probabilities
-from maskfind_pipeline.ml.reviewer import Reviewer
+from maskfind_pipeline.ml.reviewer.grading import FLIP, NOVELTY, REVIEWER, GradeModel, mask_signals
+from maskfind_pipeline.ml.reviewer.model import Reviewer
 
 GRADE_MODEL_FILE = "grade_model.json"
 """The grade model's file beside the reviewer's weights in the registry."""
@@ -37,7 +37,7 @@ class Grader:
 
     @property
     def scorer(self) -> str:
-        """The scorer the grades come from (`ml.grading.SCORERS`)."""
+        """The scorer the grades come from (`ml.reviewer.grading.SCORERS`)."""
         return self.model.scorer if self.model is not None else REVIEWER
 
     def to(self, device: str | None = None) -> Grader:

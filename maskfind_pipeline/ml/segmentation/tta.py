@@ -4,8 +4,8 @@
 and the input resized to other scales (each side rounded to the encoder's stride, so every
 stage's feature map stays whole). Each view's logits are mapped back onto the input's pixels
 (mirrored back, resized back bilinearly) and the logits are averaged. One function serves every
-path that predicts: validation and evaluation (`ml.inference`), the `Predictor`, and the graph
-every backend runs (`backends.base.ProbabilityModel`, exported to ONNX with it).
+path that predicts: validation and evaluation (`ml.segmentation.inference`), the `Predictor`, and
+the graph every backend runs (`backends.base.ProbabilityModel`, exported to ONNX with it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from maskfind_pipeline.core_config import CoreConfig
-from maskfind_pipeline.ml.config import DEMO_ENCODER
+from maskfind_pipeline.ml.segmentation.config import DEMO_ENCODER
 
 GRADES = (1, 2, 3)
 
@@ -34,7 +34,7 @@ SCORERS: dict[str, tuple[str, ...]] = {
     "signals": SIGNALS,
     "combined": (*SIGNALS, REVIEWER),
 }
-"""Every scorer the grader is chosen from (`ml.grading`), by name: the signals it reads, in
+"""Every scorer the grader is chosen from (`ml.reviewer.grading`), by name: the signals it reads, in
 order of cost (the cheaper wins a tie)."""
 
 
@@ -75,7 +75,7 @@ class ReviewerSpec(CoreConfig):
     to 5 input channels (image RGB, probability, binary mask)."""
     encoder_weights: str | None = "imagenet"
     """Pretrained 3-channel encoder weights, read from a local source only (see
-    `ml.pretrained`); null trains from scratch."""
+    `ml.weights.pretrained`); null trains from scratch."""
     encoder_weights_path: str | None = None
     """A local weights file of the 3-channel encoder; default: the environment variable
     MASKFIND_ENCODER_WEIGHTS, then the Hugging Face cache, then bundled weights."""

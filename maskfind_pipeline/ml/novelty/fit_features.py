@@ -1,4 +1,4 @@
-"""Features of images for fitting and calibrating the novelty model (`ml.novelty`).
+"""Features of images for fitting and calibrating the novelty model (`ml.novelty.model`).
 
 Production gets the same features from the inference backends in the mask's forward pass; this
 computes them for training and validation images: the predictor's encoder only (the decoder
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from maskfind_pipeline.data.decoded import Pixels
-from maskfind_pipeline.ml.config import ModelConfig
-from maskfind_pipeline.ml.features import pooled_features
-from maskfind_pipeline.ml.model import build_model, preprocess
-from maskfind_pipeline.ml.novelty import NoveltyConfig, NoveltyModel
-from maskfind_pipeline.ml.predict import Predictor, model_input
-from maskfind_pipeline.ml.pretrained import PretrainedWeightsUnavailable
+from maskfind_pipeline.ml.novelty.features import pooled_features
+from maskfind_pipeline.ml.novelty.model import NoveltyConfig, NoveltyModel
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
+from maskfind_pipeline.ml.segmentation.predict import Predictor, model_input
+from maskfind_pipeline.ml.weights.pretrained import PretrainedWeightsUnavailable
 
 
 def fit_novelty(
@@ -89,11 +89,11 @@ def features_of(
     *,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`ml.features.pooled_features` (N, D) float32 of RGB uint8 images (N, H, W, 3), or of
+    """`ml.novelty.features.pooled_features` (N, D) float32 of RGB uint8 images (N, H, W, 3), or of
     `images[rows]` read a batch at a time (a memory map stays on disk).
 
     Images of another size than the model's are resized as inference resizes them
-    (`ml.predict.model_input`). The model is in eval mode while it runs.
+    (`ml.segmentation.predict.model_input`). The model is in eval mode while it runs.
 
     Raises:
         ValueError: images are not (N, H, W, 3) uint8 with N >= 1, or batch_size < 1.

@@ -22,8 +22,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from maskfind_pipeline.data.decoded import DecodedArrays
 from maskfind_pipeline.data.loader import MaskBatches, MaskDataset, make_loaders
 from maskfind_pipeline.ml import plots
-from maskfind_pipeline.ml.batch_augment import BatchAugment
-from maskfind_pipeline.ml.config import ModelConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.ml.device import (
     DeviceSettings,
     seed_everything,
@@ -33,18 +31,20 @@ from maskfind_pipeline.ml.device import (
 from maskfind_pipeline.ml.distributed import Ranks
 from maskfind_pipeline.ml.fit import Fit, place
 from maskfind_pipeline.ml.fitting import build_pretrained, cpu_state, lr_factor
-from maskfind_pipeline.ml.inference import (
+from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate, iou_per_image, pixel_counts
+from maskfind_pipeline.ml.segmentation.batch_augment import BatchAugment
+from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec, TrainConfig
+from maskfind_pipeline.ml.segmentation.inference import (
     Batch,
     Loader,
     Predictions,
     forward,
     predict_probabilities,
 )
-from maskfind_pipeline.ml.losses import LossFn, make_loss
-from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate, iou_per_image, pixel_counts
-from maskfind_pipeline.ml.model import build_model
-from maskfind_pipeline.ml.threshold import ThresholdChoice, tune_threshold
-from maskfind_pipeline.ml.tta import stride
+from maskfind_pipeline.ml.segmentation.losses import LossFn, make_loss
+from maskfind_pipeline.ml.segmentation.model import build_model
+from maskfind_pipeline.ml.segmentation.threshold import ThresholdChoice, tune_threshold
+from maskfind_pipeline.ml.segmentation.tta import stride
 
 Progress = Callable[[str, int, int], None]
 StateDict = dict[str, torch.Tensor]

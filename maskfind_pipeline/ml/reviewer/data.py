@@ -1,11 +1,11 @@
 """The reviewer's samples: real predictions of mask models and degraded true masks, graded by IoU.
 
-Real predictions come from running each mask model (`ml.predict.Predictor`) batched over a
-dataset's images at the model's input size; each is also run on the horizontally flipped images
-(flipped back) for the flip-disagreement baseline. Degraded samples are true masks degraded by
-`ml.reviewer_degrade` to a target IoU drawn evenly over the three grades' bands, with a soft
-probability map shaped like a network's (`soft_map`), so the reviewer cannot tell them apart by
-the map's texture and grades 2 and 3 are well represented.
+Real predictions come from running each mask model (`ml.segmentation.predict.Predictor`) batched
+over a dataset's images at the model's input size; each is also run on the horizontally flipped
+images (flipped back) for the flip-disagreement baseline. Degraded samples are true masks degraded
+by `ml.reviewer.degrade` to a target IoU drawn evenly over the three grades' bands, with a soft
+probability map shaped like a network's (`soft_map`), so the reviewer cannot tell them apart by the
+map's texture and grades 2 and 3 are well represented.
 
 Conventions: every mask under review is `binary_mask(probabilities, threshold)` of the stored
 (uint8-quantised) probabilities, exactly what `reviewer_inputs` rebuilds, and its IoU with the
@@ -21,13 +21,13 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from maskfind_pipeline.ml.grading import FLIP, NOVELTY, mask_signals
 from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts, quantize_probabilities
-from maskfind_pipeline.ml.predict import Predictor
-from maskfind_pipeline.ml.reviewer import binary_mask, dequantize
-from maskfind_pipeline.ml.reviewer_config import GRADES, GradeRule
-from maskfind_pipeline.ml.reviewer_degrade import DEGRADATIONS, degrade, soft_map
-from maskfind_pipeline.ml.tta import flip_disagreement, mirrored_logits
+from maskfind_pipeline.ml.reviewer.config import GRADES, GradeRule
+from maskfind_pipeline.ml.reviewer.degrade import DEGRADATIONS, degrade, soft_map
+from maskfind_pipeline.ml.reviewer.grading import FLIP, NOVELTY, mask_signals
+from maskfind_pipeline.ml.reviewer.model import binary_mask, dequantize
+from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.ml.segmentation.tta import flip_disagreement, mirrored_logits
 
 PREDICTION = "prediction"
 DEGRADED = "degraded"
@@ -57,10 +57,11 @@ class ReviewSamples:
         kinds: (N,) `prediction` or `degraded:<how>`.
         models: (N,) the name of the model that predicted each mask ("" for degraded ones).
         entropy: float64 (N,), mean binary entropy (bits) of the probability map.
-        flip_disagreement: float64 (N,), `ml.tta.flip_disagreement` of the plain and the
+        flip_disagreement: float64 (N,), `ml.segmentation.tta.flip_disagreement` of the plain and
+        the
             mirrored pass of the model that made the mask; NaN for degraded masks (no model).
         novelty: float64 (N,), the new-image-type score the mask's model gives the image
-            (`ml.novelty`); NaN where unknown (degraded masks, models without one).
+            (`ml.novelty.model`); NaN where unknown (degraded masks, models without one).
         origins: (N,) where the mask comes from: `champion`, `fold` (a mask model trained
             without some types), `failure` (the model version a relabeled production image
             failed with), `prediction` (any other model), `degraded`.
@@ -99,7 +100,7 @@ class ReviewSamples:
 
     @cached_property
     def signals(self) -> dict[str, np.ndarray]:
-        """Every signal `ml.grading` grades from, per sample (N,) (not the CNN's)."""
+        """Every signal `ml.reviewer.grading` grades from, per sample (N,) (not the CNN's)."""
         assert self.novelty is not None
         out = mask_signals(self.probabilities, self.thresholds)
         return out | {FLIP: self.flip_disagreement, NOVELTY: self.novelty}
@@ -288,7 +289,7 @@ def predicted_masks(
 ) -> dict[str, np.ndarray]:
     """One model's masks of `images[rows]` (all by default) as per-sample arrays for
     `ReviewSamples.joined`, graded against `truth`, with the flip disagreement of its plain
-    and mirrored pass (`ml.tta`, as every inference backend computes it).
+    and mirrored pass (`ml.segmentation.tta`, as every inference backend computes it).
 
     Args:
         predictor: the mask model; `images` must be at its input size.
@@ -406,5 +407,6 @@ def _masks(probabilities: np.ndarray, thresholds: float | np.ndarray) -> np.ndar
 
 
 def _quantized(logits: torch.Tensor) -> np.ndarray:
-    """uint8 round(sigmoid * 255) (N, S, S), as `ml.inference.predict_probabilities` stores."""
+    """uint8 round(sigmoid * 255) (N, S, S), as `ml.segmentation.inference.predict_probabilities`
+    stores."""
     return torch.sigmoid(logits.float()).mul_(255).round_().to(torch.uint8)[:, 0].cpu().numpy()

@@ -5,13 +5,13 @@ What is known about a predicted mask, one number each ("signals"; higher = more 
 the first three):
 
 - `flip_disagreement`: 1 - IoU of the masks of the plain and the mirrored forward pass
-  (`ml.tta.flip_disagreement`; every inference backend returns it);
+  (`ml.segmentation.tta.flip_disagreement`; every inference backend returns it);
 - `entropy`: mean binary entropy (bits per pixel) of the probability map;
-- `novelty`: the mask model's new-image-type score of the image (`ml.novelty`);
+- `novelty`: the mask model's new-image-type score of the image (`ml.novelty.model`);
 - `mask_fraction`, `uncertain_share` (pixels with 0.1 < p < 0.9), `boundary` (mask pixels
   with a background 4-neighbour per square root of the mask's area) and `components`
   (connected parts of the mask): the mask's size and shape;
-- `reviewer`: the logit of the CNN reviewer's P(grade 3) (`ml.reviewer`), where there is one.
+- `reviewer`: the logit of the CNN reviewer's P(grade 3) (`ml.reviewer.model`), where there is one.
 
 A **scorer** is a named subset of them (`SCORERS`): each free signal alone, all free signals
 together (`signals`), the CNN alone (`reviewer`) or everything (`combined`). A `GradeModel`
@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 
-from maskfind_pipeline.ml.reviewer_config import (
+from maskfind_pipeline.ml.reviewer.config import (
     ENTROPY,
     FLIP,
     FREE_SIGNALS,
@@ -72,7 +72,7 @@ def mask_signals(
     (N, S, S) and the thresholds that made their masks (one, or one per map): `entropy`,
     `mask_fraction`, `uncertain_share`, `boundary`, `components`.
 
-    The mask is `p >= threshold` in float32, as `ml.reviewer.binary_mask` takes it.
+    The mask is `p >= threshold` in float32, as `ml.reviewer.model.binary_mask` takes it.
     """
     maps = np.asarray(probabilities)
     if maps.dtype != np.uint8 or maps.ndim != 3:

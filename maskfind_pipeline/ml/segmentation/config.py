@@ -190,7 +190,7 @@ lower validation mIoU on boats. The nightly job's default (`TrainingSettings.tra
 
 
 class AuditConfig(CoreConfig):
-    """When a training label counts as suspect (`ml.label_audit`)."""
+    """When a training label counts as suspect (`ml.segmentation.label_audit`)."""
 
     max_iou: float = Field(default=0.5, ge=0.0, le=1.0)
     """The IoU of the model's confident decision with the label, on the pixels it is confident

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskfind_pipeline.ml.config import AuditConfig
+from maskfind_pipeline.ml.segmentation.config import AuditConfig
 
 
 @dataclass(frozen=True)

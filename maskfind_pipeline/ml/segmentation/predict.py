@@ -13,10 +13,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from maskfind_pipeline.data.decoded import resize_image
-from maskfind_pipeline.ml.config import ModelConfig
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
-from maskfind_pipeline.ml.inference import forward, predict_logits
-from maskfind_pipeline.ml.model import build_model
+from maskfind_pipeline.ml.segmentation.config import ModelConfig
+from maskfind_pipeline.ml.segmentation.inference import forward, predict_logits
+from maskfind_pipeline.ml.segmentation.model import build_model
 
 
 class InvalidWeights(ValueError):

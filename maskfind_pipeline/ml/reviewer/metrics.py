@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from maskfind_pipeline.ml.plots import _png
-from maskfind_pipeline.ml.reviewer_config import GRADES
+from maskfind_pipeline.ml.reviewer.config import GRADES
 
 REVIEWER = "reviewer"
 ENTROPY = "entropy"

@@ -8,10 +8,10 @@ bands the grades stand for.
 Architecture: an smp encoder (any smp or `tu-` timm encoder) whose first convolution takes 5
 channels, global average and max pooling of its deepest feature maps (`pooled_stages` of them),
 dropout and a linear head.
-Pretrained 3-channel weights are loaded offline through `ml.pretrained` and then adapted to 5
-channels as smp adapts them for `in_channels > 3` (`patch_first_conv`): input channel i takes
-the pretrained filter of RGB channel i mod 3, all scaled by 3/5, so the probability channel
-starts as a copy of red's filter and the mask channel as green's.
+Pretrained 3-channel weights are loaded offline through `ml.weights.pretrained` and then adapted to
+5 channels as smp adapts them for `in_channels > 3` (`patch_first_conv`): input channel i takes the
+pretrained filter of RGB channel i mod 3, all scaled by 3/5, so the probability channel starts as a
+copy of red's filter and the mask channel as green's.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from segmentation_models_pytorch.encoders import get_encoder
 from segmentation_models_pytorch.encoders._utils import patch_first_conv
 from torch import nn
 
-from maskfind_pipeline.ml.config import ModelSpec
 from maskfind_pipeline.ml.device import DeviceSettings, select_device
-from maskfind_pipeline.ml.pretrained import load_encoder_weights
-from maskfind_pipeline.ml.reviewer_config import GRADES, ReviewerSpec
+from maskfind_pipeline.ml.reviewer.config import GRADES, ReviewerSpec
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
+from maskfind_pipeline.ml.weights.pretrained import load_encoder_weights
 
 _log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def build_reviewer(spec: ReviewerSpec, *, pretrained: bool = True) -> ReviewerNe
     """The reviewer network of `spec`: 5 input channels, 3 logits.
 
     Nothing is downloaded: with `pretrained` and `spec.encoder_weights` set, the 3-channel
-    encoder weights come from a local source (`ml.pretrained.load_encoder_weights`) before the
-    first convolution is widened; otherwise all weights are random.
+    encoder weights come from a local source (`ml.weights.pretrained.load_encoder_weights`) before
+    the first convolution is widened; otherwise all weights are random.
 
     Raises:
         PretrainedWeightsUnavailable: pretrained weights were asked for but none exist locally.
@@ -84,7 +84,7 @@ def build_reviewer(spec: ReviewerSpec, *, pretrained: bool = True) -> ReviewerNe
 
 
 def _encoder_spec(spec: ReviewerSpec) -> ModelSpec:
-    """The fields `ml.pretrained` reads, as the mask model's spec type."""
+    """The fields `ml.weights.pretrained` reads, as the mask model's spec type."""
     return ModelSpec(
         encoder_name=spec.encoder_name,
         encoder_weights=spec.encoder_weights,
@@ -218,8 +218,8 @@ def grade_probabilities(
 class Reviewer:
     """A loaded reviewer: network, spec and device settings; grades batches of predictions.
 
-    Like `ml.predict.Predictor`, a loaded reviewer computes in float32 on the CPU; `to("cuda")`
-    moves it with the training device's rules.
+    Like `ml.segmentation.predict.Predictor`, a loaded reviewer computes in float32 on the CPU;
+    `to("cuda")` moves it with the training device's rules.
     """
 
     model: nn.Module

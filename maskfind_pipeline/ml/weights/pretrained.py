@@ -18,7 +18,7 @@
    (`tu-` encoders) uses its pretrained config's `hf_hub_id`, e.g. `timm/tf_efficientnet_lite0.in1k`
    (revision `main`), file `model.safetensors`. To pre-fill the cache on a machine with internet,
    run `maskfind weights fetch [ENCODER]` (the same files, checked against pinned SHA-256 sums
-   before they enter the cache: `maskfind_pipeline.ml.weights_fetch`), or `hf download
+   before they enter the cache: `maskfind_pipeline.ml.weights.fetch`), or `hf download
    smp-hub/resnet34.imagenet model.safetensors config.json --revision
    7a57b34f723329ff020b3f8bc41771163c519d0c` (or build `smp.Unet("resnet34")` once there), and
    copy the cache folder.
@@ -62,7 +62,7 @@ from safetensors.torch import load_file
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from segmentation_models_pytorch.encoders.timm_universal import TimmUniversalEncoder
 
-from maskfind_pipeline.ml.config import ModelSpec
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
 
 WEIGHTS_ENV_VAR = "MASKFIND_ENCODER_WEIGHTS"
 HUB_FILENAME = "model.safetensors"

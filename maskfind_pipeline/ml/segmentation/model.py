@@ -9,8 +9,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskfind_pipeline.ml.config import ModelSpec
-from maskfind_pipeline.ml.pretrained import load_encoder_weights
+from maskfind_pipeline.ml.segmentation.config import ModelSpec
+from maskfind_pipeline.ml.weights.pretrained import load_encoder_weights
 
 _log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def build_model(config: ModelSpec, *, pretrained: bool = True) -> torch.nn.Modul
 
     The encoder depth follows `len(config.decoder_channels)`. Nothing is downloaded: with
     `pretrained` and `config.encoder_weights` set, encoder weights come from a local source
-    (see `maskfind_pipeline.ml.pretrained`).
+    (see `maskfind_pipeline.ml.weights.pretrained`).
 
     Args:
         config: Architecture and encoder choice.

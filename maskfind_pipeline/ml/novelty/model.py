@@ -1,6 +1,6 @@
 """New image type alarm: a novelty score on the mask model's own image features.
 
-Fitted when the mask model trains, on the `ml.features` features (the encoder's two deepest
+Fitted when the mask model trains, on the `ml.novelty.features` features (the encoder's two deepest
 stages, spatially averaged) of its training images; stored beside its weights as safetensors
 (arrays) plus JSON (settings, threshold, image types); scored in production on the features the
 inference backends return with every mask, so scoring never runs a network and imports no torch.

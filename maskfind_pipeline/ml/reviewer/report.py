@@ -2,11 +2,11 @@
 calibration (expected vs observed share of grade 3, per image type), with plots.
 
 Every scorer is judged on the same masks with its out-of-fold, calibrated P(grade 3)
-(`ml.grading.cross_fitted`). Calibration: for each image type, the **expected** bad share is
-the mean P(grade 3) of its masks, the **observed** one the share of its masks that really are
-grade 3, and the **graded** one the share graded 3 (`ml.grading.grades_of`); the error is
-|expected - observed|. `ece` is the expected calibration error over ten equal-width bins of
-P(grade 3).
+(`ml.reviewer.grading.cross_fitted`). Calibration: for each image type, the **expected** bad share
+is the mean P(grade 3) of its masks, the **observed** one the share of its masks that really are
+grade 3, and the **graded** one the share graded 3 (`ml.reviewer.grading.grades_of`); the error is
+|expected - observed|. `ece` is the expected calibration error over ten equal-width bins of P(grade
+3).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from maskfind_pipeline.ml.grading import FREE_SIGNALS, grades_of, uses_reviewer
 from maskfind_pipeline.ml.plots import _png
-from maskfind_pipeline.ml.review_metrics import ScoreEvaluation, score_evaluation
+from maskfind_pipeline.ml.reviewer.grading import FREE_SIGNALS, grades_of, uses_reviewer
+from maskfind_pipeline.ml.reviewer.metrics import ScoreEvaluation, score_evaluation
 
 _BINS = 10
 

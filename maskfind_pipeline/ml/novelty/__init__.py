@@ -1,0 +1,1 @@
+"""New image types: the mask model's image features and the novelty score fitted on them."""
