@@ -1,6 +1,6 @@
 """A production day's time to its first image: cold (nothing cached) and warm (cached).
 
-What `flows.production.predict_on_day` does before its first image, each in a fresh process
+What `flows.production.predict_production_day` does before its first image, each in a fresh process
 over one cache folder: the mask model's inference backend (`configured_backend`, `auto`:
 exports and timing of every candidate on the first day, the cached choice afterwards), the
 reviewer on the CPU (`Reviewer.to()`: its precision timed on the first day, cached after),

@@ -4,7 +4,7 @@ A day of `--images` generated images (`--size`², the ten default types) is pred
 from the same local store, with the same model and reviewer (random weights: speed does not
 depend on them), each run writing masks and log rows to a store of its own:
 
-- shipped: `flows.production.predict_day` with the inference backend production would choose
+- shipped: `serving.day.predict_day` with the inference backend production would choose
   here (`--backend auto`: measured; or a name), images fetched and decoded by a thread pool
   ahead of the model, champion and reviewer on the same batch, masks written back by the pool,
   log rows committed in parts;
@@ -49,7 +49,6 @@ from maskfind_pipeline.data.production import (
     mask_key_for,
 )
 from maskfind_pipeline.data.tags import parse_tags
-from maskfind_pipeline.flows.production import ProductionModels, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.backends.config import BackendConfig
@@ -60,6 +59,7 @@ from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer
 from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
 from maskfind_pipeline.ml.segmentation.model import build_model
 from maskfind_pipeline.ml.segmentation.predict import Predictor, model_input, weights_to_bytes
+from maskfind_pipeline.serving.day import ProductionModels, predict_day
 from maskfind_pipeline.storage import LocalObjectStore, ObjectStore
 
 DAY = dt.date(2026, 11, 30)

@@ -1,5 +1,5 @@
 """A production day nobody curated: images near the pixel limit with bad ones of every kind mixed
-in, predicted by the shipped `flows.production.predict_day` in one run.
+in, predicted by the shipped `serving.day.predict_day` in one run.
 
 The day (a local data store in a temporary folder) holds `--images` images: `--bad` of them bad,
 an equal share of each kind below, the rest good JPEGs of `--pixels` pixels (a few distinct
@@ -179,10 +179,10 @@ def measure(root: Path) -> dict[str, object]:
 def run_day(root: Path) -> dict[str, object]:
     """The child: predict the day under `root`, with every file read or written recorded."""
     from maskfind_pipeline.data.production import PredictionLog, list_day
-    from maskfind_pipeline.flows.production import ProductionModels, predict_day
     from maskfind_pipeline.flows.settings import ProductionOptions
     from maskfind_pipeline.ml.backends.runtimes import TorchBackend
     from maskfind_pipeline.ml.segmentation.predict import Predictor
+    from maskfind_pipeline.serving.day import ProductionModels, predict_day
     from maskfind_pipeline.storage import LocalObjectStore
     from tests.support.fswrites import record_reads, record_writes
     from tests.support.models import TINY, tiny_weights

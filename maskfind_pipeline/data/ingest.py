@@ -26,6 +26,7 @@ from maskfind_pipeline.data.catalog import (
     rows_to_table,
 )
 from maskfind_pipeline.data.images import DEFAULT_MAX_PIXELS, InvalidImage, decode_pair
+from maskfind_pipeline.data.iterate import batches
 from maskfind_pipeline.data.pairing import Candidate, Pairs, Refusal, pair_listing
 from maskfind_pipeline.data.tags import InvalidTags, SampleTags, parse_tags
 from maskfind_pipeline.storage.base import (
@@ -113,7 +114,7 @@ def ingest(
     fresh_refusals = [r for r in refusals if _refusal_identity(r) not in listed_before]
     check = _Checker(store, cache, opts.max_pixels, run_id)
     with ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="ingest") as pool:
-        for number, batch in enumerate(_batches(todo, opts.batch_size)):
+        for number, batch in enumerate(batches(todo, opts.batch_size)):
             checked = list(pool.map(check, batch))
             found = [c.refusal for c in checked if c.refusal is not None]
             rows, batch_refusals = _resolve(
@@ -343,11 +344,6 @@ def _quarantined(tables: CatalogTables, refusals: Sequence[Refusal]) -> set[tupl
 
 def _refusal_identity(r: Refusal) -> tuple[str, str, str, str]:
     return (r.key, r.etag, r.mask_etag, r.reason)
-
-
-def _batches(items: list[Candidate], size: int) -> Iterator[list[Candidate]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def summarize(report: IngestReport) -> dict[str, Counter[str]]:

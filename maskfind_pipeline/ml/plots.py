@@ -118,7 +118,7 @@ def gallery_png(
 
 
 class GradedExample(Protocol):
-    """A production prediction at the model's size (e.g. `flows.production.Example`)."""
+    """A production prediction at the model's size (e.g. `serving.day.Example`)."""
 
     @property
     def image_type(self) -> str: ...

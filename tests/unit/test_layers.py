@@ -28,9 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     "synthetic": GROUND | {"data"},  # the contact sheet grid (data.contact_sheet)
     "ml": GROUND | {"data"},
     "registry": GROUND | {"ml"},  # it stores models; it does not load datasets
+    "serving": GROUND | {"data", "ml"},  # the production day's engine: no registry, no flows
     "evaluation": GROUND | {"data"},  # cells, the gate and planning are pure
     "labeling": GROUND | {"data"},  # Label Studio and CVAT: the queue out, answers back
-    "flows": GROUND | {"data", "synthetic", "ml", "registry", "evaluation", "labeling"},
+    "flows": GROUND | {"data", "synthetic", "ml", "registry", "evaluation", "labeling", "serving"},
     "defs": GROUND | {"alerts", "data", "ml", "registry", "evaluation", "flows", "labeling"},
     "definitions": {"defs"},
     "demo": GROUND | {"data", "synthetic", "ml", "evaluation", "flows", "labeling"},

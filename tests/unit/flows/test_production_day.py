@@ -20,12 +20,13 @@ from maskfind_pipeline.data.production import (
     list_day,
     mask_key_for,
 )
-from maskfind_pipeline.flows.production import ProductionModels, novelty_alarms, predict_day
+from maskfind_pipeline.flows.production import novelty_alarms
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.novelty.fit_features import features_of
 from maskfind_pipeline.ml.novelty.model import NoveltyConfig, NoveltyModel
 from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.serving.day import ProductionModels, predict_day
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.conftest import s3_store
 from tests.support.models import TINY, tiny_weights

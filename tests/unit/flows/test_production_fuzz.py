@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from maskfind_pipeline.data.production import PredictionLog, identity, list_day
-from maskfind_pipeline.flows.production import ProductionModels, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.serving.day import ProductionModels, predict_day
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.fswrites import record_reads, record_writes
 from tests.support.models import TINY, tiny_weights

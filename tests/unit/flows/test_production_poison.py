@@ -16,10 +16,10 @@ from PIL import Image
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.production import PredictionLog, list_day
-from maskfind_pipeline.flows.production import ProductionModels, predict_day
 from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.segmentation.predict import Predictor
+from maskfind_pipeline.serving.day import ProductionModels, predict_day
 from maskfind_pipeline.storage import LocalObjectStore
 from maskfind_pipeline.storage.keys import MAX_SEGMENT_BYTES
 from maskfind_pipeline.storage.s3 import StoreUnavailable

@@ -289,7 +289,7 @@ EXACT = select_device("cpu", mixed_precision=False)
 
 
 class Grader(Protocol):
-    """The reviewer as production uses it (`flows.production.Grader`)."""
+    """The reviewer as production uses it (`serving.day.Grader`)."""
 
     def grade_batch(
         self, images: torch.Tensor, probabilities: torch.Tensor, threshold: float
