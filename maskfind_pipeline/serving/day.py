@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import threading
 import time
@@ -232,6 +233,7 @@ class _Run:
             "run_id": run_id,
         }
         self.count = 0
+        self._sequence = itertools.count()
         self._worst: dict[str, list[tuple[float, int, Example]]] = {}
         self.decoding = _Budget(options.max_decoding_pixels)
         self.unwritten = _Budget(options.max_unwritten_mask_pixels)
@@ -386,14 +388,20 @@ class _Run:
             probabilities[0].numpy(),
             item.info.key,
         )
-        entry = (p_grade3, self.count * 1000 + len(worst), example)
+        # The sequence number breaks ties of P(grade 3) (a calibrated grader gives many images
+        # the same value) before the tuple comparison reaches the examples' arrays.
+        entry = (p_grade3, next(self._sequence), example)
         if len(worst) < self.options.gallery_per_type:
             heapq.heappush(worst, entry)
         else:
             heapq.heappushpop(worst, entry)
 
     def worst(self) -> list[Example]:
-        return [e for t in sorted(self._worst) for _, _, e in sorted(self._worst[t], reverse=True)]
+        return [
+            e
+            for t in sorted(self._worst)
+            for _, _, e in sorted(self._worst[t], key=lambda w: w[:2], reverse=True)
+        ]
 
 
 class _Committer:

@@ -202,3 +202,30 @@ def test_every_row_gets_a_novelty_score_and_the_unseen_type_raises_the_alarm(
     assert [a.image_type for a in novelty_alarms(rows, config)] == [TYPES[1].name], flagged
     without = [r for r in rows if r["image_type"] == known]
     assert novelty_alarms(without, config) == []
+
+
+class _SameGrades:
+    """A grader that gives every mask the same grade probabilities, as a calibrated grade
+    model does for masks whose signals are alike."""
+
+    version = "1"
+    scorer = "entropy"
+
+    def grade_batch(self, images, probabilities, threshold, **_):
+        return np.tile([0.2, 0.3, 0.5], (len(images), 1))
+
+
+def test_equal_grades_of_one_type_in_one_batch_keep_the_day_going(
+    stores: tuple[LocalObjectStore, LocalObjectStore], predictor: Predictor
+) -> None:
+    """The gallery of the worst-graded masks kept them in a heap ordered by P(grade 3): equal
+    values fell through to comparing the images' arrays, and the whole day failed."""
+    data, work = stores
+    models = dataclasses.replace(exact(predictor), grader=_SameGrades())
+    options = OPTIONS.model_copy(update={"batch_size": 12, "gallery_per_type": 2})
+    outcome = predict_day(
+        DAY.isoformat(), models, data_store=data, work_store=work, options=options, run_id="r1"
+    )
+    ok = [r for r in outcome.rows if r["status"] == "ok"]
+    assert len(ok) == 12 and {r["p_grade3"] for r in ok} == {0.5}
+    assert sorted(e.image_type for e in outcome.worst) == sorted([t.name for t in TYPES] * 2)
