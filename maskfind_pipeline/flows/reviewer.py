@@ -11,14 +11,16 @@ The masks it learns from and is judged on are real ones, of images no mask model
 - `degraded`: true masks degraded to a target IoU (the CNN reviewer's training only).
 
 Image types are dealt into folds (`ml.reviewer.grading.type_folds`); every type is held out once.
-Per fold, the CNN reviewer trains on the other folds' masks and scores this fold's, and every
-scorer (`ml.reviewer.grading.SCORERS`: the free signals alone, together, the CNN, everything) is
-fitted and calibrated on the other folds' real masks: so every score below is out of fold, on types
-the scorer never saw. They are compared on the same masks (`champion` and `fold` together: known
-types and new ones, as a production day brings them), and the grade production writes comes from the
-winner, refitted on all folds. A CNN that does not beat the best free signal is not what grades, and
-the outcome says why. The version becomes `champion` when its winner's grade-3 AUC is not below the
-champion grader's on the same masks.
+Per fold, the CNN reviewer trains on the other folds' masks (fold models' and degraded ones
+included) and scores this fold's, and every scorer (`ml.reviewer.grading.SCORERS`: the free
+signals alone, together, the CNN, everything) is fitted and calibrated on the other folds'
+**champion** masks (`champion` and `failure`: what production grades), so every score is out of
+fold, on types the scorer never saw. They are compared on those masks, and the grade production
+writes comes from the winner, refitted and calibrated on all of them. Where the champion's masks
+are not graded both ways often enough, the fold models' masks join them (`WITH_FOLD_MODELS`). The
+fold models' masks are reported apart. A CNN that does not beat the best free signal is not what
+grades, and the outcome says why. The version becomes `champion` when its winner's grade-3 AUC
+is not below the champion grader's on the same masks.
 """
 
 from __future__ import annotations
@@ -77,10 +79,18 @@ from maskfind_pipeline.storage.base import ObjectStore
 
 Log = Callable[[str], None]
 PRODUCTION_LIKE = "production_like"
-"""The masks the grader is chosen on: the champion's of known types and the fold models' of
-types they never saw."""
+"""The masks the grader is fitted, chosen and calibrated on: what production grades, the
+champion's masks (of known types' val and test images, and of relabeled production failures)."""
+WITH_FOLD_MODELS = "with_fold_models"
+"""The fallback when the champion's masks are not graded both ways (too few grade 3 or too few
+better): the fold models' masks of types they never saw join them. Measured on photographs
+(docs/grading.md), choosing on those too picked scorers that separate new types rather than bad
+masks: a fold model trained on one type fails on every other, the champion does not."""
+MIN_PER_SIDE = 10
+"""Grade-3 masks, and masks better than grade 3, the champion's must hold to decide alone."""
 SUBSETS = {
-    PRODUCTION_LIKE: ("champion", "fold"),
+    PRODUCTION_LIKE: ("champion", "failure"),
+    WITH_FOLD_MODELS: ("champion", "fold", "failure"),
     "champion_known_types": ("champion",),
     "fold_models_new_types": ("fold",),
     "production_failures": ("failure",),
@@ -122,14 +132,17 @@ class ReviewerOutcome:
     promoted: bool
     plots: dict[str, bytes] = field(default_factory=dict)
 
+    deciding: str = PRODUCTION_LIKE
+    """The subset (`SUBSETS`) the grader was fitted, chosen and calibrated on."""
+
     @property
     def auc_grade3(self) -> float:
-        """The winner's out-of-fold grade-3 AUC on production-like masks."""
-        return self.evaluations[PRODUCTION_LIKE][self.scorer].ranking.auc_grade3
+        """The winner's out-of-fold grade-3 AUC on the masks it was chosen on."""
+        return self.winner.ranking.auc_grade3
 
     @property
     def winner(self) -> ScorerEvaluation:
-        return self.evaluations[PRODUCTION_LIKE][self.scorer]
+        return self.evaluations[self.deciding][self.scorer]
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per subset and scorer (a comparison table)."""
@@ -189,19 +202,25 @@ def train_and_register_reviewer(
     sample_folds = np.asarray([folds[str(t)] for t in samples.sample_types], dtype=np.int64)
     rule = settings.spec.grades
     grades = samples.grades(rule)
-    real = ~samples.of_origin("degraded")
+    deciding = _deciding(samples, grades)
+    if deciding != PRODUCTION_LIKE:
+        log(
+            f"the champion's masks hold fewer than {MIN_PER_SIDE} of grade 3 or of better: "
+            "the fold models' masks of new types join them for the choice"
+        )
+    fit_on = samples.of_origin(*SUBSETS[deciding])
     log(f"{len(samples)} graded masks: {samples.counts(rule)}")
     cnns, oof_logit = _cross_fit_cnn(settings, samples, sample_folds, on_epoch, log)
     signals = {**samples.signals, REVIEWER: oof_logit}
     out_of_fold = {
-        scorer: cross_fitted(signals, grades, sample_folds, real, scorer)
+        scorer: cross_fitted(signals, grades, sample_folds, fit_on, scorer)
         for scorer in settings.scorers
     }
     evaluations = _evaluate(samples, grades, {k: v[1] for k, v in out_of_fold.items()})
-    production = evaluations[PRODUCTION_LIKE]
+    production = evaluations[deciding]
     choice = choose_scorer(production, settings.scorers)
     if choice is None:
-        counts = samples.take(samples.of_origin(*SUBSETS[PRODUCTION_LIKE])).counts(rule)
+        counts = samples.take(fit_on).counts(rule)
         raise ValueError(
             f"no scorer can be judged: the production-like masks are all of one grade ({counts}); "
             "nothing was registered (train the mask models longer, or grade more images)"
@@ -209,12 +228,12 @@ def train_and_register_reviewer(
     scorer = choice.scorer
     if choice.reviewer_refused:
         log(choice.reviewer_refused)
-    model = fit_grade_model(_rows_of(signals, real), grades[real], scorer).calibrated(
-        out_of_fold[scorer][0][real, 2], grades[real] == 3
+    model = fit_grade_model(_rows_of(signals, fit_on), grades[fit_on], scorer).calibrated(
+        out_of_fold[scorer][0][fit_on, 2], grades[fit_on] == 3
     )
     cnn_weights = _final_cnn(settings, samples, cnns, uses_reviewer(scorer), on_epoch, log)
     outcome_plots = _plots(production, scorer)
-    champion_auc = _champion_auc(reviewers, samples, signals, grades)
+    champion_auc = _champion_auc(reviewers, samples, signals, grades, fit_on)
     record = _record(
         settings, vid, model, cnn_weights, evaluations, samples, folds, cnns, tags,
         champion, choice.reviewer_refused, outcome_plots,
@@ -225,7 +244,7 @@ def train_and_register_reviewer(
     ours = production[scorer].ranking.auc_grade3
     promoted = champion_auc is None or ours >= champion_auc
     if promoted:
-        evidence = [{"auc_grade3_production_like": ours, "champion_auc_grade3": champion_auc}]
+        evidence = [{f"auc_grade3_{deciding}": ours, "champion_auc_grade3": champion_auc}]
         reason = "first reviewer" if champion_auc is None else f"grade-3 AUC ({scorer})"
         promote(
             reviewers, registered.version, actor="reviewer_model", reason=reason, evidence=evidence
@@ -244,6 +263,7 @@ def train_and_register_reviewer(
         champion_auc=champion_auc,
         promoted=promoted,
         plots=outcome_plots,
+        deciding=deciding,
     )
 
 
@@ -520,17 +540,25 @@ def _evaluate(
     return out
 
 
+def _deciding(samples: ReviewSamples, grades: np.ndarray) -> str:
+    """`PRODUCTION_LIKE` where the champion's masks are graded both ways often enough, else
+    `WITH_FOLD_MODELS`."""
+    bad = grades[samples.of_origin(*SUBSETS[PRODUCTION_LIKE])] == 3
+    enough = min(int(bad.sum()), int((~bad).sum())) >= MIN_PER_SIDE
+    return PRODUCTION_LIKE if enough else WITH_FOLD_MODELS
+
+
 def _champion_auc(
     reviewers: ModelRegistry,
     samples: ReviewSamples,
     signals: Mapping[str, np.ndarray],
     grades: np.ndarray,
+    rows: np.ndarray,
 ) -> float | None:
-    """The champion grader's grade-3 AUC on the same production-like masks (None: none yet)."""
+    """The champion grader's grade-3 AUC on the same masks, `rows` (None: none yet)."""
     if reviewers.alias_or_none(CHAMPION) is None:
         return None
     grader = load_grader(reviewers, CHAMPION)
-    rows = samples.of_origin(*SUBSETS[PRODUCTION_LIKE])
     part = samples.take(rows)
     if grader.model is not None and not grader.model.uses_reviewer:
         probs = grader.model.probabilities(_rows_of(signals, rows))
