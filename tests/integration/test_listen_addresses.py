@@ -8,13 +8,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 import pytest
 
-from tests.support.daemon import dagster_daemon, stop_process_group, subprocess_env
+from tests.support.daemon import dagster_daemon, stop_process_group
 from tests.support.mlflow_server import mlflow_auth_server
 from tests.support.netproxy import FaultProxy
 from tests.support.processes import free_port
@@ -194,56 +191,6 @@ def _create_instance(dagster_home: Path) -> dict[str, str]:
     return {"DAGSTER_HOME": str(dagster_home), "MASKFIND_HOME": str(dagster_home.parent)}
 
 
-@contextmanager
-def _interrupted_at_exit(
-    command: list[str], env: dict[str, str], log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`command` in a process group of its own; at exit Ctrl-C for the group, as in a terminal
-    (`dagster dev` ignores SIGTERM), then SIGTERM/SIGKILL for whatever is left after 10 s (MLflow's
-    job runner and its consumers, started late on a busy machine, can miss the Ctrl-C)."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=subprocess_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _group_alive(process):
-            time.sleep(0.2)
-        stop_process_group(process, timeout_s=5)
-
-
-def _group_alive(process: subprocess.Popen[bytes]) -> bool:
-    process.poll()  # reap the leader, or its zombie keeps the group alive
-    try:
-        os.killpg(process.pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with opener.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer:\n{log_path.read_text(errors='replace')[-3000:]}")
-
-
 def _port(url: str) -> int:
     port = urlsplit(url).port
     assert port is not None, url
@@ -252,7 +199,3 @@ def _port(url: str) -> int:
 
 def _show(found: list[Listener]) -> str:
     return "listening: " + ("; ".join(map(str, found)) or "nothing")
-
-
-def _tool(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
