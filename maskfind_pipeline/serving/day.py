@@ -196,7 +196,7 @@ def predict_day(
     listing, done = list_day(data_store, day), log.done()
     todo = [info for info in listing.images if identity(info) not in done]
     outcome = DayOutcome(day, len(listing.images), len(listing.images) - len(todo))
-    run = _Run(day, models, data_store, options, run_id)
+    run = _DayWork(day, models, data_store, options, run_id)
     committer = _Committer(log, run_id, options.commit_every)
     unsupported = [(i, r) for i, r in listing.unsupported if identity(i) not in done]
     committer.add([(run.failed(info, reason), None) for info, reason in unsupported])
@@ -213,7 +213,7 @@ def predict_day(
     return outcome
 
 
-class _Run:
+class _DayWork:
     """The per-image work of one run: load, predict and grade a batch, build the rows."""
 
     def __init__(

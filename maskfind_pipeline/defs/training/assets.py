@@ -14,7 +14,7 @@ from maskfind_pipeline.flows.settings import TrainingSettings
 from maskfind_pipeline.version import code_version
 
 
-class TrainingConfig(run_config_for(TrainingSettings)):
+class MaskModelConfig(run_config_for(TrainingSettings)):
     """Dataset version, architecture and hyper-parameters (`flows.settings.TrainingSettings`);
     the defaults are the production model."""
 
@@ -30,7 +30,7 @@ class TrainingConfig(run_config_for(TrainingSettings)):
 )
 def mask_model(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    config: MaskModelConfig,
     data_store: ObjectStoreResource,
     work_store: ObjectStoreResource,
     cache: CacheResource,

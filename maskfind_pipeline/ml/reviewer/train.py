@@ -143,7 +143,7 @@ def train_reviewer(
     settings, model = place(
         settings, model, (IN_CHANNELS, size, size), batch_size=config.batch_size
     )
-    run = _Run(model, spec, config, settings, train, val)
+    run = _ReviewerFit(model, spec, config, settings, train, val)
     run.fit(on_epoch, progress_bar)
     return run.finish(pretrained)
 
@@ -209,7 +209,7 @@ def class_weights(grades: np.ndarray, weighting: str) -> np.ndarray:
     return weights
 
 
-class _Run:
+class _ReviewerFit:
     """The mutable state of one reviewer training run."""
 
     def __init__(

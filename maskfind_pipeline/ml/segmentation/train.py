@@ -185,7 +185,7 @@ def train(
     _prepare(train_config, loaders, settings)
     model, pretrained = _initial_model(model_config, train_config, initial_state)
     settings, model = _train_on(settings, model, model_config, train_config)
-    run = _Run(model, model_config, train_config, settings, image_types, sources)
+    run = _MaskModelFit(model, model_config, train_config, settings, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
     return run.finish(loaders["val"], pretrained)
 
@@ -222,7 +222,7 @@ def train_replica(
         model, pretrained = build_model(model_config, pretrained=False), False
     settings, model = _train_on(settings, model, model_config, train_config, ranks)
     torch.manual_seed(train_config.seed + ranks.rank)
-    run = _Run(model, model_config, train_config, settings, image_types, sources, ranks)
+    run = _MaskModelFit(model, model_config, train_config, settings, image_types, sources, ranks)
     run.fit(loaders["train"], loaders["val"], on_epoch, None, False)
     if not ranks.is_main:
         return run.replica_model(), None
@@ -269,7 +269,7 @@ def _initial_model(
     return model, False
 
 
-class _Run:
+class _MaskModelFit:
     """The mutable state of one training run (of one rank, with several processes)."""
 
     def __init__(

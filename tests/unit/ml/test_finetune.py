@@ -22,7 +22,7 @@ from maskfind_pipeline.ml.segmentation.batch_augment import BatchAugment, draw
 from maskfind_pipeline.ml.segmentation.inference import Predictions
 from maskfind_pipeline.ml.segmentation.losses import make_loss
 from maskfind_pipeline.ml.segmentation.model import build_model
-from maskfind_pipeline.ml.segmentation.train import TrainResult, _Recipe, _Run, train
+from maskfind_pipeline.ml.segmentation.train import TrainResult, _Recipe, _MaskModelFit, train
 from tests.unit.ml import test_train as base
 from tests.unit.ml.test_train import FAST, SIZE, TINY, Data
 
@@ -75,7 +75,7 @@ def distance(model: nn.Module, state: StateDict) -> float:
 def test_the_encoder_is_a_group_of_its_own_at_its_learning_rate_factor() -> None:
     config = FAST.model_copy(update={"learning_rate": 2e-3, "encoder_lr_factor": 0.1})
     model = build_model(TINY, pretrained=False)
-    run = _Run(model, TINY, config, select_device("cpu", mixed_precision=False), [], [])
+    run = _MaskModelFit(model, TINY, config, select_device("cpu", mixed_precision=False), [], [])
     groups = run.optimiser.optimizer.param_groups
     assert len(groups) == 2
     assert groups[0]["lr"] == pytest.approx(2e-3) and groups[1]["lr"] == pytest.approx(2e-4)
