@@ -22,7 +22,7 @@ from maskfind_pipeline.ml.segmentation.batch_augment import BatchAugment, draw
 from maskfind_pipeline.ml.segmentation.inference import Predictions
 from maskfind_pipeline.ml.segmentation.losses import make_loss
 from maskfind_pipeline.ml.segmentation.model import build_model
-from maskfind_pipeline.ml.segmentation.train import TrainResult, _Recipe, _MaskModelFit, train
+from maskfind_pipeline.ml.segmentation.train import TrainResult, _MaskModelFit, _Recipe, train
 from tests.unit.ml import test_train as base
 from tests.unit.ml.test_train import FAST, SIZE, TINY, Data
 
