@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from maskfind_pipeline.ml.plots import _png
-from maskfind_pipeline.ml.reviewer.grading import FREE_SIGNALS, grades_of, uses_reviewer
+from maskfind_pipeline.ml.reviewer.grading import FREE_SIGNALS, SCORERS, grades_of, uses_reviewer
 from maskfind_pipeline.ml.reviewer.metrics import ScoreEvaluation, score_evaluation
 
 _BINS = 10
@@ -124,7 +124,8 @@ class Choice:
     """The scorer production grades with, and what it was chosen over.
 
     Attributes:
-        scorer: the winner: the highest out-of-fold grade-3 AUC (the cheaper on a tie).
+        scorer: the winner: the simplest scorer within one standard error of the highest
+            out-of-fold grade-3 AUC.
         auc: its AUC.
         best_free: the best free signal alone (`FREE_SIGNALS`) and its AUC, if any was judged.
         reviewer_refused: why no scorer that reads the CNN reviewer grades (empty when the
@@ -140,12 +141,19 @@ class Choice:
 def choose_scorer(
     evaluations: Mapping[str, ScorerEvaluation], scorers: Sequence[str]
 ) -> Choice | None:
-    """The winner among `scorers` (in order of cost: earlier wins ties) on the same masks; a
-    CNN reviewer that does not beat it is refused with the numbers. None: nothing judged."""
+    """The simplest of `scorers` whose grade-3 AUC is within one standard error of the best
+    one's on the same masks (the one-standard-error rule: one free signal before several, free
+    signals before the CNN), so a scorer that only fits a small sample better does not win;
+    a CNN reviewer that does not beat it is refused with the numbers. None: nothing judged."""
     winner = best(evaluations, scorers)
     if winner is None:
         return None
-    name, auc = winner
+    top, top_auc = winner
+    margin = auc_standard_error(evaluations[top])
+    judged = [s for s in scorers if s in evaluations and not math.isnan(_auc(evaluations[s]))]
+    simplest = sorted(judged, key=lambda s: (uses_reviewer(s), len(SCORERS[s])))
+    name = next(s for s in simplest if _auc(evaluations[s]) >= top_auc - margin)
+    auc = _auc(evaluations[name])
     best_free = best(evaluations, [s for s in scorers if s in FREE_SIGNALS])
     cnn = best(evaluations, [s for s in scorers if uses_reviewer(s)])
     refused = ""
@@ -155,9 +163,27 @@ def choose_scorer(
             free = f"; the best free signal alone: {best_free[0]} ({best_free[1]:.3f})"
         refused = (
             f"the CNN reviewer ({cnn[0]}: grade-3 AUC {cnn[1]:.3f}, out of fold) does not beat "
-            f"{name} ({auc:.3f}){free}: production grades with {name}, calibrated"
+            f"{name} ({auc:.3f}) by more than one standard error ({margin:.3f}){free}: "
+            f"production grades with {name}, calibrated"
         )
     return Choice(name, auc, best_free, refused)
+
+
+def auc_standard_error(evaluation: ScorerEvaluation) -> float:
+    """The standard error of a grade-3 ROC AUC (Hanley & McNeil, 1982), from the AUC and the
+    numbers of grade-3 and better masks it was measured on; infinite with one class only."""
+    auc = _auc(evaluation)
+    bad = round(sum(t.observed * t.n for t in evaluation.by_type))
+    good = sum(t.n for t in evaluation.by_type) - bad
+    if bad == 0 or good == 0 or math.isnan(auc):
+        return math.inf
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = auc * (1 - auc) + (bad - 1) * (q1 - auc**2) + (good - 1) * (q2 - auc**2)
+    return math.sqrt(max(variance, 0.0) / (bad * good))
+
+
+def _auc(evaluation: ScorerEvaluation) -> float:
+    return evaluation.ranking.auc_grade3
 
 
 def calibration_png(evaluation: ScorerEvaluation, title: str = "") -> bytes:

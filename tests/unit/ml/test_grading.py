@@ -3,6 +3,8 @@ by image type, the choice of scorer and the reviewer refused when a free signal 
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from maskfind_pipeline.ml.reviewer.grading import (
     mask_signals,
     type_folds,
 )
-from maskfind_pipeline.ml.reviewer.report import choose_scorer, evaluate_scorer
+from maskfind_pipeline.ml.reviewer.report import auc_standard_error, choose_scorer, evaluate_scorer
 
 
 def _signals(count: int, seed: int, *, informative: str = FLIP) -> tuple[dict, np.ndarray]:
@@ -209,3 +211,50 @@ def test_the_grader_runs_the_cnn_only_when_its_scorer_reads_it() -> None:
     reads.grade_batch(images, probabilities, 0.5, flip_disagreement=flip)
     assert cnn.calls == 1
     np.testing.assert_allclose(reviewer_logit(np.array([0.5])), 0.0)
+
+
+def _scores(auc_like: float, grades: np.ndarray, seed: int) -> np.ndarray:
+    """(N, 3) probabilities whose P(grade 3) separates grade 3 by about `auc_like`."""
+    rng = np.random.default_rng(seed)
+    shift = np.sqrt(2) * NormalDist().inv_cdf(auc_like)  # binormal: AUC = Phi(shift / sqrt 2)
+    p3 = 1 / (1 + np.exp(-(rng.normal(size=len(grades)) + shift * (grades == 3))))
+    return np.column_stack([1 - p3, np.zeros_like(p3), p3])
+
+
+def test_the_auc_standard_error_is_hanley_and_mcneils_and_matches_a_bootstrap() -> None:
+    grades = np.array([3] * 50 + [1] * 50)
+    types = np.full(100, "t")
+    evaluation = evaluate_scorer("x", _scores(0.8, grades, 1), grades, types)
+    auc = evaluation.ranking.auc_grade3
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    expected = np.sqrt((auc * (1 - auc) + 49 * (q1 - auc**2) + 49 * (q2 - auc**2)) / 2500)
+    assert auc_standard_error(evaluation) == pytest.approx(expected)
+    rng = np.random.default_rng(0)
+    probs = _scores(0.8, grades, 1)
+    boot = []
+    for _ in range(300):
+        rows = rng.integers(0, 100, 100)
+        if len(set(grades[rows])) == 2:
+            boot.append(evaluate_scorer("x", probs[rows], grades[rows], types[rows]))
+    spread = np.std([b.ranking.auc_grade3 for b in boot])
+    assert auc_standard_error(evaluation) == pytest.approx(spread, rel=0.25)
+    one_class = evaluate_scorer("x", probs[:50], grades[:50], types[:50])
+    assert auc_standard_error(one_class) == np.inf
+
+
+def test_a_scorer_better_by_less_than_a_standard_error_loses_to_the_simpler_one() -> None:
+    """On few masks a CNN that fits them a little better is noise: the free signal grades."""
+    grades = np.array([3] * 20 + [1] * 80)
+    types = np.full(100, "t")
+    flip = evaluate_scorer(FLIP, _scores(0.80, grades, 2), grades, types)
+    cnn = evaluate_scorer(REVIEWER, _scores(0.84, grades, 3), grades, types)
+    margin = auc_standard_error(cnn)
+    assert 0 < cnn.ranking.auc_grade3 - flip.ranking.auc_grade3 < margin
+    choice = choose_scorer({FLIP: flip, REVIEWER: cnn}, [FLIP, REVIEWER])
+    assert choice is not None and choice.scorer == FLIP
+    assert "by more than one standard error" in choice.reviewer_refused
+
+    far = evaluate_scorer(REVIEWER, _scores(0.99, grades, 4), grades, types)
+    assert far.ranking.auc_grade3 - flip.ranking.auc_grade3 > auc_standard_error(far)
+    choice = choose_scorer({FLIP: flip, REVIEWER: far}, [FLIP, REVIEWER])
+    assert choice is not None and choice.scorer == REVIEWER and choice.reviewer_refused == ""
