@@ -50,6 +50,7 @@ from maskfind_pipeline.ml.reviewer.data import (
 )
 from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE, reviewer_logit
 from maskfind_pipeline.ml.reviewer.grading import (
+    FLIP,
     REVIEWER,
     GradeModel,
     cross_fitted,
@@ -218,7 +219,15 @@ def train_and_register_reviewer(
     }
     evaluations = _evaluate(samples, grades, {k: v[1] for k, v in out_of_fold.items()})
     production = evaluations[deciding]
-    choice = choose_scorer(production, settings.scorers)
+    choice = choose_scorer(production, _candidates(deciding, settings.scorers))
+    cnn_judged = any(uses_reviewer(s) for s in settings.scorers)
+    fallback = choice is not None and deciding != PRODUCTION_LIKE and cnn_judged
+    if fallback and choice is not None and not uses_reviewer(choice.scorer):
+        choice = dataclasses.replace(
+            choice,
+            reviewer_refused=f"too few of the champion's masks are grade 3, or better, to judge "
+            f"a fitted scorer on them: production grades with {choice.scorer}",
+        )
     if choice is None:
         counts = samples.take(fit_on).counts(rule)
         raise ValueError(
@@ -538,6 +547,17 @@ def _evaluate(
             for scorer, probs in probabilities.items()
         }
     return out
+
+
+def _candidates(deciding: str, scorers: Sequence[str]) -> tuple[str, ...]:
+    """The scorers the choice is made among: all of `scorers` on the champion's masks; only
+    flip disagreement (where it is one of them) when the fold models' masks had to join, as
+    every scorer fitted on those learns "new type" rather than "bad mask" (docs/grading.md:
+    on a production day of photographs and of the synthetic factory, flip disagreement alone
+    ranked the champion's masks at least as well as anything chosen that way)."""
+    if deciding == WITH_FOLD_MODELS and FLIP in scorers:
+        return (FLIP,)
+    return tuple(scorers)
 
 
 def _deciding(samples: ReviewSamples, grades: np.ndarray) -> str:

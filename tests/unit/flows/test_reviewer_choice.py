@@ -10,6 +10,7 @@ from maskfind_pipeline.flows.reviewer import (
     PRODUCTION_LIKE,
     SUBSETS,
     WITH_FOLD_MODELS,
+    _candidates,
     _deciding,
 )
 
@@ -46,3 +47,10 @@ def test_too_few_bad_or_good_champion_masks_bring_in_the_fold_models() -> None:
     assert _case([3] * (n - 1) + [2] * 100, [3] * 50) == WITH_FOLD_MODELS
     assert _case([3] * 100 + [1] * (n - 1), [1] * 50) == WITH_FOLD_MODELS
     assert set(SUBSETS[WITH_FOLD_MODELS]) == {"champion", "fold", "failure"}
+
+
+def test_with_the_fold_models_masks_only_flip_disagreement_is_a_candidate() -> None:
+    scorers = ("flip_disagreement", "entropy", "novelty", "reviewer", "signals", "combined")
+    assert _candidates(PRODUCTION_LIKE, scorers) == scorers
+    assert _candidates(WITH_FOLD_MODELS, scorers) == ("flip_disagreement",)
+    assert _candidates(WITH_FOLD_MODELS, ("entropy", "signals")) == ("entropy", "signals")
