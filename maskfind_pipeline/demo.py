@@ -104,6 +104,12 @@ class Night:
         entry = self.metadata.get(asset, {}).get(key)
         return None if entry is None else entry.value
 
+    @property
+    def refused(self) -> bool:
+        """The run failed at the gate's blocking check, and only there: the challenger was
+        not promoted and the champion stays (the pipeline doing its job, not a fault)."""
+        return not self.success and self.value("promotion", "promoted") is False
+
 
 @dataclass
 class Day:
@@ -135,7 +141,9 @@ class Story:
 
     @property
     def ok(self) -> bool:
-        runs = [n.success for n in self.nights] + [d.success for d in self.days]
+        # Night 2's gate may refuse model 2: the story goes on with the champion it kept.
+        runs = [n.success or (n.number > 1 and n.refused) for n in self.nights]
+        runs += [d.success for d in self.days]
         runs += self.reviewer_runs
         return all(runs) and self.history_success and self.labeling_success
 
@@ -195,11 +203,15 @@ def run_story(
             "failures/ with their tags); nothing else"
         )
 
-    if not _night(story, 2, run_job, _nightly_config(settings, warm_start=True), echo):
+    promoted = _night(story, 2, run_job, _nightly_config(settings, warm_start=True), echo)
+    if not promoted and not story.nights[-1].refused:
         return _done(story, started, echo)
     story.matrix = _matrix(work_store, story)
     _print_matrix(story, new.name, echo)
-    _reviewer(story, run_job, echo)
+    if promoted:  # a new champion: the grader follows it (`champion_changed_sensor`)
+        _reviewer(story, run_job, echo)
+    else:
+        echo("the champion stays model 1: production day 2 runs with it and its grader")
     _production_day(story, day2, types, data_store, work_store, instance, run_job, echo)
     _print_change(story, new.name, echo)
     _history(story, run_job, echo)

@@ -210,6 +210,10 @@ def train_and_register_reviewer(
             "the fold models' masks of new types join them for the choice"
         )
     fit_on = samples.of_origin(*SUBSETS[deciding])
+    cnn_judged = any(uses_reviewer(s) for s in settings.scorers)
+    if _candidates(deciding, settings.scorers) == (FLIP,):  # nothing fitted grades: no CNN
+        kept = tuple(s for s in settings.scorers if not uses_reviewer(s))
+        settings = settings.model_copy(update={"scorers": kept})
     log(f"{len(samples)} graded masks: {samples.counts(rule)}")
     cnns, oof_logit = _cross_fit_cnn(settings, samples, sample_folds, on_epoch, log)
     signals = {**samples.signals, REVIEWER: oof_logit}
@@ -220,13 +224,13 @@ def train_and_register_reviewer(
     evaluations = _evaluate(samples, grades, {k: v[1] for k, v in out_of_fold.items()})
     production = evaluations[deciding]
     choice = choose_scorer(production, _candidates(deciding, settings.scorers))
-    cnn_judged = any(uses_reviewer(s) for s in settings.scorers)
     fallback = choice is not None and deciding != PRODUCTION_LIKE and cnn_judged
     if fallback and choice is not None and not uses_reviewer(choice.scorer):
         choice = dataclasses.replace(
             choice,
             reviewer_refused=f"too few of the champion's masks are grade 3, or better, to judge "
-            f"a fitted scorer on them: production grades with {choice.scorer}",
+            f"a fitted scorer on them: production grades with {choice.scorer} (the CNN reviewer "
+            "was not trained)",
         )
     if choice is None:
         counts = samples.take(fit_on).counts(rule)
