@@ -154,6 +154,19 @@ def test_two_queued_training_runs_never_train_at_the_same_time(queue: RunQueue) 
     assert waited_in_worker or waited_in_queue, (second, log[-4000:])
 
 
+def test_the_projects_instance_runs_one_nightly_run_at_a_time(tmp_path: Path) -> None:
+    """The limit the slow test below watches at work, read from the project's dagster.yaml."""
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        limits = instance.get_concurrency_config().run_queue_config
+    assert limits is not None and limits.max_concurrent_runs > 1
+    nightly_limit = {"key": NIGHTLY[0], "value": NIGHTLY[1], "limit": 1}
+    assert nightly_limit in limits.tag_concurrency_limits
+
+
+# Slow (about 16 s): the tag-limit machinery is exercised in make test by the production-day
+# test below (a limit per partition value); this one watches the nightly limit hold two runs apart.
+@pytest.mark.slow
 def test_two_nightly_runs_submitted_together_run_one_after_the_other(queue: RunQueue) -> None:
     limits = queue.instance.get_concurrency_config().run_queue_config
     assert limits is not None and limits.max_concurrent_runs > 1  # room for both runs...
