@@ -35,7 +35,7 @@ def child(count: int, size: int) -> dict[str, float]:
     from maskfind_pipeline.data.versions import VersionConfig
     from maskfind_pipeline.flows.datasets import added_samples_sheet, publish_dataset_version
     from maskfind_pipeline.flows.ingest import ingest_catalog
-    from maskfind_pipeline.flows.settings import TrainingSettings
+    from maskfind_pipeline.flows.options import TrainingOptions
     from maskfind_pipeline.flows.training import load_version
     from maskfind_pipeline.storage import LocalObjectStore
 
@@ -44,7 +44,7 @@ def child(count: int, size: int) -> dict[str, float]:
         root = Path(tmp)
         data, work = LocalObjectStore(root / "data"), LocalObjectStore(root / "work")
         cache = ContentCache(root / "cache")
-        settings = TrainingSettings()
+        options = TrainingOptions()
         for night in (1, 2):
             synthetic.generate(
                 data, synthetic.DEFAULT_TYPES, count, size=size, start_index=(night - 1) * count
@@ -57,7 +57,7 @@ def child(count: int, size: int) -> dict[str, float]:
                 "decode for training",
                 load_version,
                 vid.version_id,
-                settings,
+                options,
                 VersionStore(work),
                 data,
                 cache,

@@ -3,9 +3,11 @@
 What `flows.production.predict_production_day` does before its first image, each in a fresh process
 over one cache folder: the mask model's inference backend (`configured_backend`, `auto`:
 exports and timing of every candidate on the first day, the cached choice afterwards), the
-reviewer on the CPU (`Reviewer.to()`: its precision timed on the first day, cached after),
-then one image predicted and graded. Model and reviewer have random weights (speed does not
-depend on them). The precision cache lives in the same folder (`MASKFIND_PRECISION_CACHE`).
+reviewer CNN on the CPU (`Grader.ready`: the fastest of torch, ONNX Runtime and OpenVINO,
+torch's precision included, timed on the first day, cached after; a grader whose grades read no
+CNN skips this), then one image predicted and graded. Model and reviewer have random weights
+(speed does not depend on them). The precision cache lives in the same folder
+(`MASKFIND_PRECISION_CACHE`).
 
     python -m bench.first_image [--runs 3] [--demo | --encoder resnet34] [--model-size 256]
 """
@@ -29,7 +31,8 @@ def child(cache: Path, encoder: str, size: int, demo: bool) -> dict[str, object]
     from maskfind_pipeline.ml.backends.choose import configured_backend
     from maskfind_pipeline.ml.backends.config import BackendConfig
     from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
-    from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer
+    from maskfind_pipeline.ml.reviewer.grader import Grader
+    from maskfind_pipeline.ml.reviewer.model import ReviewerModel, build_reviewer
     from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
     from maskfind_pipeline.ml.segmentation.model import build_model
     from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
@@ -51,10 +54,11 @@ def child(cache: Path, encoder: str, size: int, demo: bool) -> dict[str, object]
         BackendConfig(), predictor, cache / "backends", batch_size=32, weights=weights
     )
     chosen = time.perf_counter()
-    reviewer = Reviewer.from_weights(reviewer_spec, reviewer_weights, version="bench").to()
+    reviewer = ReviewerModel.from_weights(reviewer_spec, reviewer_weights, version="bench")
+    grader = Grader("bench", None, reviewer).ready(cache / "reviewer", batch_size=32)
     ready = time.perf_counter()
     prediction = choice.backend.predict(image)
-    reviewer.grade_batch(image, prediction.probabilities, 0.5)
+    grader.grade_batch(image, prediction.probabilities, 0.5)
     first = time.perf_counter()
     return {
         "seconds_to_first_image": first - start,
@@ -63,7 +67,8 @@ def child(cache: Path, encoder: str, size: int, demo: bool) -> dict[str, object]
         "first_image_seconds": first - ready,
         "backend": choice.backend.name,
         "backend_cached": getattr(choice, "cached", False),
-        "reviewer_precision": reviewer.settings.describe(),
+        "reviewer_runtime": grader.runtime,
+        "reviewer_rates": grader.runtime_rates,
     }
 
 
@@ -87,12 +92,18 @@ def main() -> None:
                 f"run {run + 1}, {kind}: {result['seconds_to_first_image']:.1f} s to the first "
                 f"image (backend {result['backend']} {result['backend_seconds']:.1f} s, "
                 f"cached: {result['backend_cached']}; reviewer "
-                f"{result['reviewer_seconds']:.1f} s, "
-                f"{result['reviewer_precision'].get('precision')} "
-                f"{result['reviewer_precision'].get('precision_source', '')}; first image "
+                f"{result['reviewer_seconds']:.1f} s, {result['reviewer_runtime']} "
+                f"{_rates(result['reviewer_rates'])}; first image "
                 f"{result['first_image_seconds']:.2f} s)",
                 flush=True,
             )
+
+
+def _rates(rates: dict[str, float]) -> str:
+    """The measured images/s, or "(cached)" where the choice was read back."""
+    if not rates:
+        return "(cached)"
+    return "(" + ", ".join(f"{name} {rate:.0f}/s" for name, rate in rates.items()) + ")"
 
 
 def _parse() -> argparse.Namespace:

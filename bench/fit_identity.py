@@ -60,11 +60,11 @@ with tempfile.TemporaryDirectory() as tmp:
             low_res_size=32,
             low_res_share=0.3,
         )
-        settings = select_device("cpu", mixed_precision=mp)
+        options = select_device("cpu", mixed_precision=mp)
         result = train(
             TINY,
             config,
-            make_train_loaders(manifest, decoded, config, settings),
+            make_train_loaders(manifest, decoded, config, options),
             image_types=manifest.column("image_type").to_pylist(),
             sources=manifest.column("source").to_pylist(),
             progress_bar=False,

@@ -50,7 +50,8 @@ from maskfind_pipeline.data.production import PredictionLog
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
-from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
+from maskfind_pipeline.flows.options import ProductionOptions, ReviewerOptions, TrainingOptions
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.metrics import quantize_probabilities
 from maskfind_pipeline.ml.reviewer.config import ReviewerTrainConfig
 from maskfind_pipeline.ml.reviewer.grading import mask_signals
@@ -59,7 +60,6 @@ from maskfind_pipeline.ml.reviewer.report import evaluate_scorer
 from maskfind_pipeline.ml.segmentation.config import FINE_TUNING, demo_model_spec
 from maskfind_pipeline.ml.segmentation.predict import model_input
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 
 SETS = {"horse": "weizmann_horse", "boat": "sysu_shapes_boat", "car": "sysu_shapes_car"}
@@ -127,15 +127,15 @@ def run_scenario(
     home: Path, known: Pairs, new: Pairs, size: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     os.environ["MASKFIND_HOME"] = str(home)
-    settings = Settings.from_env({"MASKFIND_HOME": str(home)})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(home)})
+    data = LocalObjectStore(locations.data_uri)
     for image_type, pairs in known.items():
         for stem, image, mask in pairs:
             ext = "png" if image[:4] == b"\x89PNG" else "jpg"
             data.put(f"labeled/{stem}.{ext}", image, tags={"image_type": image_type})
             data.put(f"labeled/{stem}.mask.png", mask)
     instance = dg.DagsterInstance.ephemeral()
-    resources = build_resources(settings)
+    resources = build_resources(locations)
     times: dict[str, float] = {}
 
     def run(name: str, config: dict[str, Any], partition: str | None = None) -> Any:
@@ -151,7 +151,7 @@ def run_scenario(
         print(f"  {name}: {times[name]:.0f} s", flush=True)
         return result
 
-    training = TrainingSettings(
+    training = TrainingOptions(
         model=demo_model_spec(size).model_copy(update={"tta_flip": True}),
         train=FINE_TUNING.model_copy(
             update={"epochs": args.train_epochs, "max_minutes": args.train_minutes}
@@ -164,7 +164,7 @@ def run_scenario(
         }
     }
     run("nightly", nightly)
-    reviewer_settings = ReviewerSettings(
+    reviewer_settings = ReviewerOptions(
         train=ReviewerTrainConfig(epochs=args.cnn_epochs, max_minutes=args.cnn_minutes),
         fold_train=FINE_TUNING.model_copy(
             update={"epochs": args.fold_epochs, "max_minutes": args.fold_minutes}
@@ -179,13 +179,13 @@ def run_scenario(
         for e in reviewer.get_asset_materialization_events()
         for k, v in e.materialization.metadata.items()
     }
-    truth = _production_day(data, settings, known, new)
+    truth = _production_day(data, locations, known, new)
     instance.add_dynamic_partitions("production_days", [DAY.isoformat()])
     options = ProductionOptions().model_dump(mode="json")
     run("production", {"ops": {"production_predictions": {"config": options}}}, DAY.isoformat())
     rows = [
         r
-        for r in PredictionLog(LocalObjectStore(settings.work_uri), DAY.isoformat())
+        for r in PredictionLog(LocalObjectStore(locations.work_uri), DAY.isoformat())
         .current()
         .to_pylist()
         if r["status"] == "ok"
@@ -195,11 +195,11 @@ def run_scenario(
 
 
 def _production_day(
-    data: LocalObjectStore, settings: Settings, known: Pairs, new: Pairs
+    data: LocalObjectStore, locations: Locations, known: Pairs, new: Pairs
 ) -> dict[str, bytes]:
     """Copy the known types' test split and every new-type image into the day; their true
     masks by image key."""
-    versions = VersionStore(LocalObjectStore(settings.work_uri))
+    versions = VersionStore(LocalObjectStore(locations.work_uri))
     card = versions.latest()
     assert card is not None
     manifest: pa.Table = versions.manifest(str(card["id"]))

@@ -49,13 +49,13 @@ from maskfind_pipeline.data.production import (
     mask_key_for,
 )
 from maskfind_pipeline.data.tags import parse_tags
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
 from maskfind_pipeline.ml.reviewer.grader import Grader
 from maskfind_pipeline.ml.reviewer.grading import REVIEWER, SIGNALS, fit_grade_model
-from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer
+from maskfind_pipeline.ml.reviewer.model import ReviewerModel, build_reviewer
 from maskfind_pipeline.ml.segmentation.config import ModelConfig, demo_model_spec
 from maskfind_pipeline.ml.segmentation.model import build_model
 from maskfind_pipeline.ml.segmentation.predict import Predictor, model_input, weights_to_bytes
@@ -73,7 +73,7 @@ def main() -> None:
     predictor = Predictor.from_weights(config, weights, version="bench")
     spec = ReviewerSpec(encoder_weights=None)
     reviewer_weights = weights_to_bytes(build_reviewer(spec, pretrained=False))
-    reviewer = Reviewer.from_weights(spec, reviewer_weights, version="bench")
+    reviewer = ReviewerModel.from_weights(spec, reviewer_weights, version="bench")
     with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
         root = Path(tmp)
         data = LocalObjectStore(root / "data")
@@ -115,7 +115,7 @@ def main() -> None:
         print(f"grading with {name}: {rates[name]:.1f} images/s, adds {added:.0%} to the day")
 
 
-def _graders(reviewer: Reviewer) -> dict[str, Grader | None]:
+def _graders(reviewer: ReviewerModel) -> dict[str, Grader | None]:
     """No grader; a grade model of the free signals; one that reads the CNN (their weights are
     fitted to random signals: grading costs the same whatever they are)."""
     rng = np.random.default_rng(0)
@@ -150,7 +150,7 @@ class _NaiveRows(list):
     seconds: float = 0.0
 
 
-def _naive(data: ObjectStore, out: LocalObjectStore, predictor: Predictor, reviewer: Reviewer):  # type: ignore[no-untyped-def]
+def _naive(data: ObjectStore, out: LocalObjectStore, predictor: Predictor, reviewer: ReviewerModel):  # type: ignore[no-untyped-def]
     day = DAY.isoformat()
     rows = _NaiveRows()
     start = time.perf_counter()

@@ -179,7 +179,7 @@ def measure(root: Path) -> dict[str, object]:
 def run_day(root: Path) -> dict[str, object]:
     """The child: predict the day under `root`, with every file read or written recorded."""
     from maskfind_pipeline.data.production import PredictionLog, list_day
-    from maskfind_pipeline.flows.settings import ProductionOptions
+    from maskfind_pipeline.flows.options import ProductionOptions
     from maskfind_pipeline.ml.backends.runtimes import TorchBackend
     from maskfind_pipeline.ml.segmentation.predict import Predictor
     from maskfind_pipeline.serving.day import ProductionModels, predict_day

@@ -103,7 +103,7 @@ from maskfind_pipeline.evaluation.planning import plan_cells
 from maskfind_pipeline.flows import datasets as datasets_flow
 from maskfind_pipeline.flows.history import compact_day
 from maskfind_pipeline.flows.ingest import ingest_catalog
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.segmentation.config import ModelSpec
 from maskfind_pipeline.storage import LocalObjectStore, ObjectInfo, ObjectNotFound, ObjectStore
 

@@ -62,7 +62,7 @@ from maskfind_pipeline.data.augment_config import AugmentConfig
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.loader import MaskBatches
-from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.device import Placement, select_device
 from maskfind_pipeline.ml.segmentation.batch_augment import BatchAugment
 from maskfind_pipeline.ml.segmentation.config import ModelConfig, TrainConfig
 from maskfind_pipeline.ml.segmentation.losses import make_loss
@@ -77,7 +77,7 @@ VAL_EVERY = 13
 
 def main() -> None:
     args = _parse()
-    settings = select_device(args.device)
+    placement = select_device(args.device)
     config = ModelConfig(encoder_name=args.encoder, encoder_weights=None, input_size=args.size)
     modes = args.where.split(",")
     train_config = TrainConfig(
@@ -85,7 +85,7 @@ def main() -> None:
         batch_size=args.batch_size,
         augment=AugmentConfig(enabled=not args.no_augment, where=modes[0]),
         num_workers=args.workers,
-        device=str(settings.device),
+        device=str(placement.device),
     )
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         store = LocalObjectStore(Path(tmp) / "store")
@@ -112,11 +112,11 @@ def main() -> None:
             )
             return
         if len(modes) > 1:
-            compare_modes(modes, config, train_config, manifest, decoded, settings, args)
+            compare_modes(modes, config, train_config, manifest, decoded, placement, args)
             return
-        naive = NaiveLoop(config, train_config, store, train_rows, args.size, settings.device)
-        rates = interleaved(config, train_config, manifest, decoded, naive, settings)
-    _report(rates, 3 * forward_flops(config, args.size) / 1e9, _matmul_side(settings.device))
+        naive = NaiveLoop(config, train_config, store, train_rows, args.size, placement.device)
+        rates = interleaved(config, train_config, manifest, decoded, naive, placement)
+    _report(rates, 3 * forward_flops(config, args.size) / 1e9, _matmul_side(placement.device))
 
 
 class NaiveLoop:
@@ -165,10 +165,10 @@ def interleaved(
     manifest: pa.Table,
     decoded: Any,
     naive: NaiveLoop,
-    settings: DeviceSettings,
+    placement: Placement,
 ) -> dict[str, list[float]]:
     """Shipped epochs with a naive epoch and a matmul timing between them (noise hits all)."""
-    device = settings.device
+    device = placement.device
     rates: dict[str, list[float]] = {
         "shipped": [],
         "naive": [],
@@ -184,7 +184,7 @@ def interleaved(
             print(f"  naive epoch:     {rates['naive'][-1]:6.2f} images/s")
         rates["matmul"].append(bf16_matmul_gflops(device))
 
-    result = _train(config, train_config, manifest, decoded, settings, on_epoch=between)
+    result = _train(config, train_config, manifest, decoded, placement, on_epoch=between)
     print(f"shipped settings: {result.device}")
     return rates
 
@@ -195,32 +195,32 @@ def compare_modes(
     train_config: TrainConfig,
     manifest: pa.Table,
     decoded: DecodedArrays,
-    settings: DeviceSettings,
+    placement: Placement,
     args: argparse.Namespace,
 ) -> None:
     """The data path alone, then training, per `AugmentConfig.where` mode (module docstring)."""
-    data = data_path_rates(modes, train_config, manifest, decoded, settings, args.repeats)
+    data = data_path_rates(modes, train_config, manifest, decoded, placement, args.repeats)
     _report_modes("data path alone (loader + copy + augmentation)", data)
     if args.data_only:
         return
     rates = modes_interleaved(
-        modes, config, train_config, manifest, decoded, settings, args.repeats
+        modes, config, train_config, manifest, decoded, placement, args.repeats
     )
     matmul = max(rates.pop("matmul"))
     gflop_per_image = 3 * forward_flops(config, args.size) / 1e9
     _report_modes("training (shipped loop)", rates, gflop_per_image, matmul)
 
 
-def precision_settings(name: str, device: str | None) -> DeviceSettings:
+def precision_settings(name: str, device: str | None) -> Placement:
     """The shipped loop's settings in precision `name`: `float32`, `bfloat16` (autocast, the
     CPU's rule for depthwise convolutions) or `auto` (`select_device`, timed where it must)."""
-    settings = select_device(device)
+    placement = select_device(device)
     if name == "auto":
-        return settings
+        return placement
     dtype = torch.bfloat16 if name == "bfloat16" else None
     note = (("precision_source", "forced by the bench"),)
     return dataclasses.replace(
-        settings,
+        placement,
         autocast_dtype=dtype,
         grad_scaler=False,
         channels_last=True,
@@ -243,14 +243,14 @@ def compare_precisions(
     chosen: dict[str, str] = {}
     for _ in range(args.repeats):
         for name in names:
-            settings = precision_settings(name, args.device)
+            placement = precision_settings(name, args.device)
 
             def timed(report: EpochReport, name: str = name) -> None:
                 if report.epoch > 1:
                     rates[name].append(report.images_per_second)
                     print(f"  {name:8}: {report.images_per_second:8.2f} images/s", flush=True)
 
-            result = _train(config, train_config, manifest, decoded, settings, on_epoch=timed)
+            result = _train(config, train_config, manifest, decoded, placement, on_epoch=timed)
             chosen[name] = result.device["precision"] + (
                 "" if result.device["channels_last"] == "true" else " (contiguous)"
             )
@@ -269,12 +269,12 @@ def data_path_rates(
     train_config: TrainConfig,
     manifest: pa.Table,
     decoded: DecodedArrays,
-    settings: DeviceSettings,
+    placement: Placement,
     repeats: int,
 ) -> dict[str, list[float]]:
     """Images/s of train-loader epochs copied to the device and augmented, no model; modes
     alternate (one warm-up epoch each first: worker start-up)."""
-    paths = {mode: DataPath(train_config, mode, manifest, decoded, settings) for mode in modes}
+    paths = {mode: DataPath(train_config, mode, manifest, decoded, placement) for mode in modes}
     for path in paths.values():
         path.epoch()
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -295,11 +295,11 @@ class DataPath:
         mode: str,
         manifest: pa.Table,
         decoded: DecodedArrays,
-        settings: DeviceSettings,
+        placement: Placement,
     ) -> None:
         config = _with_where(train_config, mode)
-        self.loader = make_train_loaders(manifest, decoded, config, settings)["train"]
-        self.device = settings.device
+        self.loader = make_train_loaders(manifest, decoded, config, placement)["train"]
+        self.device = placement.device
         dataset = self.loader.dataset
         augment = dataset.device_augment if isinstance(dataset, MaskBatches) else None
         self.augment = BatchAugment(augment, config.seed) if augment else None
@@ -323,12 +323,12 @@ def modes_interleaved(
     train_config: TrainConfig,
     manifest: pa.Table,
     decoded: DecodedArrays,
-    settings: DeviceSettings,
+    placement: Placement,
     repeats: int,
 ) -> dict[str, list[float]]:
     """Shipped runs per mode, alternating; a matmul timing after each run."""
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
-    rates["matmul"] = [bf16_matmul_gflops(settings.device)]
+    rates["matmul"] = [bf16_matmul_gflops(placement.device)]
     for _ in range(repeats):
         for mode in modes:
 
@@ -338,8 +338,8 @@ def modes_interleaved(
                     print(f"  training,  {mode:6}: {report.images_per_second:8.1f} images/s")
 
             mode_config = _with_where(train_config, mode)
-            _train(config, mode_config, manifest, decoded, settings, on_epoch=timed)
-            rates["matmul"].append(bf16_matmul_gflops(settings.device))
+            _train(config, mode_config, manifest, decoded, placement, on_epoch=timed)
+            rates["matmul"].append(bf16_matmul_gflops(placement.device))
     return rates
 
 
@@ -443,15 +443,15 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _train(config, train_config, manifest, decoded, settings, *, on_epoch):
+def _train(config, train_config, manifest, decoded, placement, *, on_epoch):
     """One shipped-loop training on the decoded version, reporting each epoch to `on_epoch`."""
     return train(
         config,
         train_config,
-        make_train_loaders(manifest, decoded, train_config, settings),
+        make_train_loaders(manifest, decoded, train_config, placement),
         image_types=manifest.column("image_type").to_pylist(),
         sources=manifest.column("source").to_pylist(),
-        settings=settings,
+        placement=placement,
         on_epoch=on_epoch,
         progress_bar=False,
     )

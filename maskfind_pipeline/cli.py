@@ -18,8 +18,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.registry.credentials import redact
-from maskfind_pipeline.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,8 +86,8 @@ def generate(
         synthetic.render_contact_sheet(image_types, per_type=2, seed=seed, size=size).save(sheet)
         click.echo(f"contact sheet of {len(image_types)} image types -> {sheet}")
         return
-    settings = Settings.from_env()
-    store = open_store(uri or settings.data_uri, endpoint_url=settings.s3_endpoint_url)
+    locations = Locations.from_env()
+    store = open_store(uri or locations.data_uri, endpoint_url=locations.s3_endpoint_url)
     start = time.perf_counter()
     with _progress_bar(len(image_types) * count, "generate") as tick:
         if failed_model:
@@ -151,36 +151,36 @@ def demo(count: int | None, size: int | None, fresh: bool, labeling: str) -> Non
     """
     import dagster as dg
 
-    from maskfind_pipeline.demo import DemoSettings, run_story
+    from maskfind_pipeline.demo import DemoOptions, run_story
     from maskfind_pipeline.storage import open_store
 
-    settings = Settings.from_env()
-    if fresh and settings.home.exists():
-        shutil.rmtree(settings.home)
-    settings = _prepare_home()
-    data = open_store(settings.data_uri)
+    locations = Locations.from_env()
+    if fresh and locations.home.exists():
+        shutil.rmtree(locations.home)
+    locations = _prepare_home()
+    data = open_store(locations.data_uri)
     if any(True for _ in data.list("")):
         raise click.UsageError(
-            f"{settings.home} already holds data; the demo starts from an empty factory: "
+            f"{locations.home} already holds data; the demo starts from an empty factory: "
             "pass --fresh to delete it, or set MASKFIND_HOME to a new folder"
         )
     overrides = {k: v for k, v in {"count": count, "size": size}.items() if v is not None}
-    with _labeling_tool(labeling, settings) as client:
+    with _labeling_tool(labeling, locations) as client:
         story = run_story(
-            DemoSettings.model_validate({**overrides, "labeling": labeling}),
+            DemoOptions.model_validate({**overrides, "labeling": labeling}),
             data_store=data,
-            work_store=open_store(settings.work_uri),
+            work_store=open_store(locations.work_uri),
             instance=dg.DagsterInstance.get(),
             run_job=_run_job,
             echo=click.echo,
             label_studio=client,
         )
-    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={settings.dagster_home})")
+    click.echo(f"Inspect it: make ui  (DAGSTER_HOME={locations.dagster_home})")
     sys.exit(0 if story.ok else 1)
 
 
 @contextmanager
-def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
+def _labeling_tool(labeling: str, locations: Locations) -> Iterator[Any]:
     """None for file drops; a Label Studio client for "label-studio": the configured server,
     else the embedded one, started for the demo under MASKFIND_HOME/label-studio."""
     if labeling != "label-studio":
@@ -195,7 +195,7 @@ def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
         return
     try:
         with label_studio(
-            settings.home / "label-studio", files_root=Path(settings.data_uri).parent
+            locations.home / "label-studio", files_root=Path(locations.data_uri).parent
         ) as server:
             click.echo(
                 f"Label Studio: {server.url} (embedded, started in "
@@ -218,8 +218,8 @@ def _labeling_tool(labeling: str, settings: Settings) -> Iterator[Any]:
 def ui(port: int, mlflow_port: int, host: str) -> None:
     """Serve the Dagster UI (dagster dev: webserver + daemon) and, beside it, the MLflow UI of
     the embedded tracking store; Ctrl-C (or SIGTERM) stops both, and it exits after them."""
-    settings = _prepare_home()
-    dagster_cmd, mlflow_cmd = ui_commands(settings, host=host, port=port, mlflow_port=mlflow_port)
+    locations = _prepare_home()
+    dagster_cmd, mlflow_cmd = ui_commands(locations, host=host, port=port, mlflow_port=mlflow_port)
     # MLflow's job runners (huey consumers) serve GenAI jobs the pipeline never submits.
     mlflow_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_ui = (
@@ -228,7 +228,7 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
     mlflow_url = (
         f"http://{host}:{mlflow_port}"
         if mlflow_cmd
-        else redact(settings.mlflow_tracking_uri or "?")
+        else redact(locations.mlflow_tracking_uri or "?")
     )
     click.echo(
         f"Dagster UI: http://{host}:{port}    MLflow UI: {mlflow_url}    (Ctrl-C stops both)"
@@ -309,16 +309,16 @@ def _alive(pid: int) -> bool:
 
 
 def ui_commands(
-    settings: Settings, *, host: str, port: int, mlflow_port: int
+    locations: Locations, *, host: str, port: int, mlflow_port: int
 ) -> tuple[list[str], list[str] | None]:
     """`dagster dev` for this project, and `mlflow ui` for the embedded SQLite tracking store
     (None when MLFLOW_TRACKING_URI names a server: it has its own UI), both bound to `host`."""
     bin_dir = Path(sys.executable).parent
     dagster = [str(bin_dir / "dagster"), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")]
     dagster += ["-h", host, "-p", str(port)]
-    if settings.mlflow_tracking_uri:
+    if locations.mlflow_tracking_uri:
         return dagster, None
-    mlflow = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", settings.tracking_uri]
+    mlflow = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", locations.tracking_uri]
     mlflow += ["--host", host, "--port", str(mlflow_port)]
     return dagster, mlflow
 
@@ -341,13 +341,13 @@ def review_import(path: str, annotator: str | None) -> None:
     from maskfind_pipeline.labeling.exports import ExportError
     from maskfind_pipeline.storage import open_store
 
-    settings = Settings.from_env()
-    stores = {"endpoint_url": settings.s3_endpoint_url}
+    locations = Locations.from_env()
+    stores = {"endpoint_url": locations.s3_endpoint_url}
     try:
         tool, report = import_export(
             path,
-            data_store=open_store(settings.data_uri, **stores),
-            work_store=open_store(settings.work_uri, **stores),
+            data_store=open_store(locations.data_uri, **stores),
+            work_store=open_store(locations.work_uri, **stores),
             run_id=f"import-{uuid.uuid4().hex[:8]}",
             annotator=annotator,
         )
@@ -372,10 +372,10 @@ def review_label_studio(port: int, host: str) -> None:
 
     from maskfind_pipeline.labeling.server import LabelStudioUnavailable, label_studio
 
-    settings = Settings.from_env()
-    data_dir = settings.home / "label-studio"
-    local = "://" not in settings.data_uri
-    files = Path(settings.data_uri).resolve().parent if local else settings.home
+    locations = Locations.from_env()
+    data_dir = locations.home / "label-studio"
+    local = "://" not in locations.data_uri
+    files = Path(locations.data_uri).resolve().parent if local else locations.home
     files.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -457,14 +457,14 @@ def _progress_bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
         yield tick
 
 
-def _prepare_home() -> Settings:
+def _prepare_home() -> Locations:
     """Create MASKFIND_HOME and a DAGSTER_HOME inside it holding the project's dagster.yaml."""
-    settings = Settings.from_env()
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", settings.dagster_home / "dagster.yaml")
-    os.environ["MASKFIND_HOME"] = str(settings.home)
-    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    return settings
+    locations = Locations.from_env()
+    locations.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", locations.dagster_home / "dagster.yaml")
+    os.environ["MASKFIND_HOME"] = str(locations.home)
+    os.environ.setdefault("DAGSTER_HOME", str(locations.dagster_home))
+    return locations
 
 
 def _run_job(

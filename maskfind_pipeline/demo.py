@@ -37,10 +37,10 @@ from PIL import Image
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.core_config import CoreConfig
 from maskfind_pipeline.data.production import PredictionLog
-from maskfind_pipeline.data.review import read_queue
+from maskfind_pipeline.data.review_queue import read_queue
 from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GatePolicy
-from maskfind_pipeline.flows.settings import ProductionOptions, ReviewerSettings, TrainingSettings
+from maskfind_pipeline.flows.options import ProductionOptions, ReviewerOptions, TrainingOptions
 from maskfind_pipeline.ml.backends.config import BackendConfig
 from maskfind_pipeline.ml.reviewer.config import ReviewerSpec, ReviewerTrainConfig
 from maskfind_pipeline.ml.segmentation.config import FINE_TUNING, demo_model_spec
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 Echo = Callable[[str], None]
 
 
-class DemoSettings(CoreConfig):
-    """The demo's sizes and budgets; the defaults take about 3.5 minutes on 2 idle cores."""
+class DemoOptions(CoreConfig):
+    """The demo's sizes and budgets; the defaults take about 4.5 minutes on 2 idle cores
+    (docs/demo-transcript.md)."""
 
     new_type: str = "laser3d-wafer-tray-s4"
     """Image type X: missing from the labeled data, arriving on production day 1."""
@@ -72,7 +73,7 @@ class DemoSettings(CoreConfig):
     """A cap on night 1's training time (about 1 minute here when the machine is idle)."""
     night2_minutes: float = 2.0
     """A cap on night 2's training time (about 40 s here when idle)."""
-    reviewer: ReviewerSettings = ReviewerSettings(
+    reviewer: ReviewerOptions = ReviewerOptions(
         spec=ReviewerSpec(input_size=64),
         train=ReviewerTrainConfig(epochs=6, max_minutes=1.0),
         folds=3,
@@ -127,7 +128,7 @@ class Day:
 class Story:
     """Everything the demo printed, as numbers."""
 
-    settings: DemoSettings
+    options: DemoOptions
     nights: list[Night] = field(default_factory=list)
     days: list[Day] = field(default_factory=list)
     reviewer_version: str | None = None
@@ -149,7 +150,7 @@ class Story:
 
 
 def run_story(
-    settings: DemoSettings,
+    options: DemoOptions,
     *,
     data_store: ObjectStore,
     work_store: ObjectStore,
@@ -164,18 +165,18 @@ def run_story(
     `label_studio` (the server the project's `label_studio` resource reaches) is where the
     people answer when `settings.labeling` is "label-studio"."""
     started = time.perf_counter()
-    story = Story(settings)
+    story = Story(options)
     types = synthetic.DEFAULT_TYPES
-    new = synthetic.ImageType.parse(settings.new_type)
+    new = synthetic.ImageType.parse(options.new_type)
     known = [t for t in types if t != new]
     day2 = today or dt.date.today()
     day1 = day2 - dt.timedelta(days=1)
     echo(
-        f"labeled data: {settings.count} images of each of {len(known)} image types, not {new.name}"
+        f"labeled data: {options.count} images of each of {len(known)} image types, not {new.name}"
     )
-    synthetic.generate(data_store, known, settings.count, size=settings.size, seed=settings.seed)
+    synthetic.generate(data_store, known, options.count, size=options.size, seed=options.seed)
 
-    if not _night(story, 1, run_job, _nightly_config(settings, warm_start=False), echo):
+    if not _night(story, 1, run_job, _nightly_config(options, warm_start=False), echo):
         return _done(story, started, echo)
     _reviewer(story, run_job, echo)
 
@@ -183,7 +184,7 @@ def run_story(
     if not first.success:
         return _done(story, started, echo)
     keys = [str(e["image_key"]) for e in first.queued]
-    if settings.labeling == "label-studio":
+    if options.labeling == "label-studio":
         if label_studio is None:
             raise ValueError('labeling="label-studio" needs a Label Studio client')
         written = _people_in_label_studio(first.day, keys, data_store, label_studio, run_job, echo)
@@ -203,7 +204,7 @@ def run_story(
             "failures/ with their tags); nothing else"
         )
 
-    promoted = _night(story, 2, run_job, _nightly_config(settings, warm_start=True), echo)
+    promoted = _night(story, 2, run_job, _nightly_config(options, warm_start=True), echo)
     if not promoted and not story.nights[-1].refused:
         return _done(story, started, echo)
     story.matrix = _matrix(work_store, story)
@@ -220,7 +221,7 @@ def run_story(
 
 def _reviewer(story: Story, run_job: Callable[..., Any], echo: Echo) -> None:
     """Train the grader against the new champion (what `champion_changed_sensor` requests)."""
-    config = {"ops": {"reviewer_model": {"config": _dump(story.settings.reviewer)}}}
+    config = {"ops": {"reviewer_model": {"config": _dump(story.options.reviewer)}}}
     start = time.perf_counter()
     result = run_job("reviewer", config)
     story.reviewer_runs.append(result.success)
@@ -286,12 +287,12 @@ def _people_in_label_studio(
     return sorted(k for k in images if k.endswith((".png", ".jpg", ".jpeg")) and ".mask." not in k)
 
 
-def _nightly_config(settings: DemoSettings, *, warm_start: bool) -> dict[str, Any]:
-    minutes = settings.night2_minutes if warm_start else settings.night1_minutes
-    epochs = settings.night2_epochs if warm_start else settings.night1_epochs
+def _nightly_config(options: DemoOptions, *, warm_start: bool) -> dict[str, Any]:
+    minutes = options.night2_minutes if warm_start else options.night1_minutes
+    epochs = options.night2_epochs if warm_start else options.night1_epochs
     # The production recipe (FINE_TUNING, with test-time flipping) at the demo's size and budget.
-    training = TrainingSettings(
-        model=demo_model_spec(settings.size).model_copy(update={"tta_flip": True}),
+    training = TrainingOptions(
+        model=demo_model_spec(options.size).model_copy(update={"tta_flip": True}),
         train=FINE_TUNING.model_copy(
             update={
                 "epochs": epochs,
@@ -304,7 +305,7 @@ def _nightly_config(settings: DemoSettings, *, warm_start: bool) -> dict[str, An
     return {
         "ops": {
             "mask_model": {"config": _dump(training)},
-            "promotion": {"config": _dump(settings.gate)},
+            "promotion": {"config": _dump(options.gate)},
         }
     }
 
@@ -351,23 +352,23 @@ def _production_day(
     run_job: Callable[..., dg.ExecuteInProcessResult],
     echo: Echo,
 ) -> Day:
-    settings = story.settings
+    options = story.options
     synthetic.generate_production(
         data_store,
         types,
-        settings.production_count,
+        options.production_count,
         day=day,
-        size=settings.size,
-        seed=settings.seed + len(story.days) + 1,
+        size=options.size,
+        seed=options.seed + len(story.days) + 1,
     )
     partition = day.isoformat()
     instance.add_dynamic_partitions("production_days", [partition])
-    options = ProductionOptions(backend=BackendConfig(backend="torch"), batch_size=32)
+    day_options = ProductionOptions(backend=BackendConfig(backend="torch"), batch_size=32)
     start = time.perf_counter()
-    config = {"ops": {"production_predictions": {"config": _dump(options)}}}
+    config = {"ops": {"production_predictions": {"config": _dump(day_options)}}}
     result = run_job("production", config, partition_key=partition)
     rows = PredictionLog(work_store, partition).current().to_pylist()
-    truth = _true_bad(data_store, rows, settings.reviewer.spec.grades.usable)
+    truth = _true_bad(data_store, rows, options.reviewer.spec.grades.usable)
     alarms = [
         c
         for c in result.get_asset_check_evaluations()
@@ -386,7 +387,7 @@ def _production_day(
     story.days.append(entry)
     number = len(story.days)
     echo(
-        f"production day {number} ({partition}): {len(rows)} images, {settings.production_count} "
+        f"production day {number} ({partition}): {len(rows)} images, {options.production_count} "
         f"per type, run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
         f"{entry.seconds:.0f} s"
     )

@@ -18,13 +18,13 @@ from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
 def worker_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The celery settings dagster-celery's config file would hold for `config`."""
-    settings: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     if config.get("broker"):
-        settings["broker_url"] = str(config["broker"])
+        options["broker_url"] = str(config["broker"])
     if config.get("backend"):
-        settings["result_backend"] = str(config["backend"])
-    settings.update(config.get("config_source") or {})
-    return settings
+        options["result_backend"] = str(config["backend"])
+    options.update(config.get("config_source") or {})
+    return options
 
 
 app = make_app()  # dagster_celery.defaults, and the queue and routes of its tasks

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from maskfind_pipeline.data.cache import ContentCache
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def _safe(part: str) -> str:
 
 
 def build_resources(
-    settings: Settings, env: Mapping[str, str] | None = None
+    locations: Locations, env: Mapping[str, str] | None = None
 ) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
     """The resources for `settings`; secrets that are set in `env` are passed as `dg.EnvVar`s."""
     env = os.environ if env is None else env
@@ -134,26 +134,26 @@ def build_resources(
     def store(uri: str) -> ObjectStoreResource:
         return ObjectStoreResource(
             uri=uri,
-            endpoint_url=settings.s3_endpoint_url,
+            endpoint_url=locations.s3_endpoint_url,
             aws_access_key_id=secret("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=secret("AWS_SECRET_ACCESS_KEY"),
         )
 
     return {
-        "step_io": StepIO(store=store(settings.work_uri)),
-        "data_store": store(settings.data_uri),
-        "work_store": store(settings.work_uri),
-        "cache": CacheResource(root=str(settings.cache_dir)),
+        "step_io": StepIO(store=store(locations.work_uri)),
+        "data_store": store(locations.data_uri),
+        "work_store": store(locations.work_uri),
+        "cache": CacheResource(root=str(locations.cache_dir)),
         "mlflow": MlflowResource(
-            tracking_uri=from_env("MLFLOW_TRACKING_URI", settings.tracking_uri) or "",
-            registry_uri=from_env("MLFLOW_REGISTRY_URI", settings.mlflow_registry_uri),
+            tracking_uri=from_env("MLFLOW_TRACKING_URI", locations.tracking_uri) or "",
+            registry_uri=from_env("MLFLOW_REGISTRY_URI", locations.mlflow_registry_uri),
             username=secret("MLFLOW_TRACKING_USERNAME"),
             password=secret("MLFLOW_TRACKING_PASSWORD"),
-            artifact_location=settings.artifact_location,
+            artifact_location=locations.artifact_location,
         ),
     }
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources=build_resources(Settings.from_env()))
+    return dg.Definitions(resources=build_resources(Locations.from_env()))

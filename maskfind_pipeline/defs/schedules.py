@@ -2,23 +2,8 @@
 
 import dagster as dg
 
-from maskfind_pipeline.settings import Settings
-
-nightly_job = dg.define_asset_job(
-    "nightly",
-    selection=dg.AssetSelection.assets(
-        "image_catalog",
-        "dataset_version",
-        "mask_model",
-        "label_audit",
-        "test_scores",
-        "compat_evaluation",
-        "promotion",
-    ),
-    description="Ingest, version the dataset, train, audit the labels, evaluate both "
-    "directions, gate, promote.",
-    tags={"maskfind/kind": "nightly"},
-)
+from maskfind_pipeline.defs.jobs import nightly_job
+from maskfind_pipeline.locations import Locations
 
 
 @dg.definitions
@@ -29,7 +14,7 @@ def schedules() -> dg.Definitions:
         name="nightly_schedule",
         job=nightly_job,
         cron_schedule="0 2 * * *",
-        execution_timezone=Settings.from_env().timezone,
+        execution_timezone=Locations.from_env().timezone,
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     # A module with a `dg.definitions` function contributes only what that function returns.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.version_store import VersionStore
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
 from maskfind_pipeline.flows.training import (
     TrainingOutcome,
     latest_version,
@@ -44,7 +44,7 @@ class ReplicaOutcome:
 
 
 def train_and_register_replica(
-    settings: TrainingSettings,
+    options: TrainingOptions,
     ranks: Ranks,
     *,
     device: str,
@@ -70,24 +70,24 @@ def train_and_register_replica(
         RuntimeError: the ranks ended with different weights.
     """
     vid = ranks.agree_object(
-        (settings.dataset_version or latest_version(versions)) if ranks.is_main else ""
+        (options.dataset_version or latest_version(versions)) if ranks.is_main else ""
     )
     data = ranks.local_first(
-        lambda: load_version(vid, settings, versions, data_store, cache, decoded_root)
+        lambda: load_version(vid, options, versions, data_store, cache, decoded_root)
     )
-    config = settings.train
+    config = options.train
     placed = select_device(device, mixed_precision=config.mixed_precision)
-    early = ranks.is_main and settings.warm_start  # else MLflow waits until training is done
+    early = ranks.is_main and options.warm_start  # else MLflow waits until training is done
     registry = open_registry() if early else None
-    start = warm_start(registry, settings.model) if registry else None
+    start = warm_start(registry, options.model) if registry else None
     model, result = train_replica(
-        settings.model,
+        options.model,
         config,
         make_train_loaders(data.manifest, data.decoded, config, placed, ranks),
         ranks=ranks,
         image_types=data.column("image_type"),
         sources=data.column("source"),
-        settings=placed,
+        placement=placed,
         on_epoch=on_epoch,
         initial_state=start.model.state_dict() if start else None,
     )
@@ -95,4 +95,4 @@ def train_and_register_replica(
     if result is None:
         return ReplicaOutcome(model, digest, None)
     registry = registry or open_registry()
-    return ReplicaOutcome(model, digest, register(settings, data, result, registry, start, tags))
+    return ReplicaOutcome(model, digest, register(options, data, result, registry, start, tags))

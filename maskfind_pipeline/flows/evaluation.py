@@ -28,7 +28,7 @@ from maskfind_pipeline.evaluation.scores import (
     score_rows,
     unscored,
 )
-from maskfind_pipeline.flows.settings import EvaluationOptions
+from maskfind_pipeline.flows.options import EvaluationOptions
 from maskfind_pipeline.ml.metrics import iou_per_image, pixel_counts
 from maskfind_pipeline.ml.segmentation.inference import predict_probabilities
 from maskfind_pipeline.ml.segmentation.predict import Predictor
@@ -236,7 +236,7 @@ class SampleScorer:
         )
         loaders = make_loaders(chunk, decoded, batch_size=self.batch_size, augment=None, seed=0)
         predictions = predict_probabilities(
-            predictor.model, config, loaders["test"], settings=predictor.settings
+            predictor.model, config, loaders["test"], placement=predictor.placement
         )
         counts = pixel_counts(predictions.probabilities, predictions.masks, config.threshold)
         order = predictions.indices

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from maskfind_pipeline.ml.segmentation.train import EpochReport
 
 
-class StudySettings(CoreConfig):
+class StudyOptions(CoreConfig):
     """What the generalization study trains and tests; the defaults take about 7 minutes on
     2 CPU cores with 60 images of each of the 10 synthetic image types at 128 px."""
 
@@ -75,13 +75,13 @@ class StudySettings(CoreConfig):
 class StudyTask:
     """One training of a study, as the plan hands it to whoever runs it."""
 
-    settings: StudySettings
+    options: StudyOptions
     dataset_version: str
     order: tuple[str, ...]
     step: StudyStep
 
 
-def plan_study(settings: StudySettings, versions: VersionStore) -> list[StudyTask]:
+def plan_study(options: StudyOptions, versions: VersionStore) -> list[StudyTask]:
     """One task per training (k = 1..max_k, then all types) on the settings' dataset version.
 
     Raises:
@@ -89,18 +89,15 @@ def plan_study(settings: StudySettings, versions: VersionStore) -> list[StudyTas
         VersionNotFound: the named dataset version does not exist.
         ValueError: the version holds fewer than two image types.
     """
-    if settings.dataset_version:
-        card = versions.card(settings.dataset_version)
-    else:
-        card = versions.latest()
+    card = versions.card(options.dataset_version) if options.dataset_version else versions.latest()
     if card is None:
         raise LookupError(
             "no dataset version has been published yet: materialize dataset_version first"
         )
-    order = tuple(study_order(settings.image_types, card["counts"]))
+    order = tuple(study_order(options.image_types, card["counts"]))
     return [
-        StudyTask(settings, str(card["id"]), order, step)
-        for step in plan_steps(order, settings.max_k)
+        StudyTask(options, str(card["id"]), order, step)
+        for step in plan_steps(order, options.max_k)
     ]
 
 
@@ -118,25 +115,23 @@ def run_study_step(
     from maskfind_pipeline.ml.segmentation.predict import Predictor
     from maskfind_pipeline.ml.segmentation.train import make_train_loaders, train
 
-    settings = task.settings
-    studied = restrict(
-        versions.manifest(task.dataset_version), task.order, settings.images_per_type
-    )
+    options = task.options
+    studied = restrict(versions.manifest(task.dataset_version), task.order, options.images_per_type)
     seen = restrict(studied, task.step.seen)
 
     def decoded(manifest: pa.Table) -> DecodedArrays:
         return _decoded(manifest, task, data_store, cache, decoded_root)
 
-    config = _train_config(settings, seen)
+    config = _train_config(options, seen)
     device = select_device(config.device, mixed_precision=config.mixed_precision)
     start = time.perf_counter()
     result = train(
-        settings.model,
+        options.model,
         config,
         make_train_loaders(seen, decoded(seen), config, device),
         image_types=seen.column("image_type").to_pylist(),
         sources=seen.column("source").to_pylist(),
-        settings=device,
+        placement=device,
         on_epoch=on_epoch,
         progress_bar=False,
     )
@@ -154,13 +149,13 @@ def run_study_step(
     )
 
 
-def _train_config(settings: StudySettings, seen: pa.Table) -> TrainConfig:
+def _train_config(options: StudyOptions, seen: pa.Table) -> TrainConfig:
     """`settings.train`, with the epochs that show it `images_seen` training images."""
-    if settings.images_seen is None:
-        return settings.train
+    if options.images_seen is None:
+        return options.train
     train_images = seen.column("split").to_pylist().count("train")
-    epochs = epochs_for(settings.images_seen, train_images)
-    return settings.train.model_copy(update={"epochs": epochs})
+    epochs = epochs_for(options.images_seen, train_images)
+    return options.train.model_copy(update={"epochs": epochs})
 
 
 def _test_scores(
@@ -180,7 +175,7 @@ def _test_scores(
         loaders["test"],
         image_types=manifest.column("image_type").to_pylist(),
         sources=manifest.column("source").to_pylist(),
-        settings=predictor.settings,
+        placement=predictor.placement,
     )
     return {t: TypeScore(m.miou, m.n_images) for t, m in metrics.by_image_type.items()}
 
@@ -189,6 +184,6 @@ def _decoded(
     manifest: pa.Table, task: StudyTask, store: ObjectStore, cache: ContentCache, root: Path
 ) -> DecodedArrays:
     """The decoded cache of a part of a version, named by its content (never the version's)."""
-    size = task.settings.model.input_size
+    size = task.options.model.input_size
     name = f"{task.dataset_version}-study-{manifest_fingerprint(manifest, size)[:12]}"
     return build_decoded(manifest, store, cache, root, version_id=name, size=size)

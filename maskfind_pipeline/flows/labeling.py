@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskfind_pipeline.data.review import read_queue
+from maskfind_pipeline.data.review_queue import read_queue
 from maskfind_pipeline.labeling.exports import ExportError, read_export, read_label_studio
 from maskfind_pipeline.labeling.label_studio import (
     LabelStudio,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from maskfind_pipeline.data.production import OK, PredictionLog
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.backends.choose import configured_backend
 from maskfind_pipeline.ml.novelty.fit_features import encoder_features, feature_predictor
 from maskfind_pipeline.ml.novelty.model import DayAlarm, NoveltyConfig, day_alarms, from_files
@@ -43,6 +43,9 @@ class DayReport:
     threshold: float
     alarms: list[DayAlarm] = field(default_factory=list)
     """Image types with many images above the novelty threshold that day."""
+    reviewer_runtime: str | None = None
+    """Where the reviewer CNN ran (None when the grades read no CNN)."""
+    reviewer_speeds: list[dict[str, object]] = field(default_factory=list)
 
 
 def predict_production_day(
@@ -78,7 +81,13 @@ def predict_production_day(
         batch_size=options.batch_size,
         weights=download.weights,
     )
-    grader = load_grader(reviewers, CHAMPION).to() if reviewers.alias_or_none(CHAMPION) else None
+    grader = (
+        load_grader(reviewers, CHAMPION).ready(
+            cache_root / "reviewer", batch_size=options.batch_size
+        )
+        if reviewers.alias_or_none(CHAMPION)
+        else None
+    )
     novelty = from_files(download.files)
     reference = feature_predictor(config, novelty.config) if novelty else None
     models = ProductionModels(
@@ -111,6 +120,11 @@ def predict_production_day(
         speeds,
         config.threshold,
         novelty_alarms(day_rows, novelty.config) if novelty else [],
+        grader.runtime if grader else None,
+        [
+            {"runtime": k, "images_per_second": round(v, 1)}
+            for k, v in (grader.runtime_rates if grader else {}).items()
+        ],
     )
 
 

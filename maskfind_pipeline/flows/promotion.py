@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from maskfind_pipeline.evaluation.cells import CellStore
 from maskfind_pipeline.evaluation.gate import GateDecision, GatePolicy, decide
-from maskfind_pipeline.flows.settings import ManualPromotion
+from maskfind_pipeline.flows.options import ManualPromotion
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, AliasMove, promote
 from maskfind_pipeline.registry.records import MAX_DESCRIPTION

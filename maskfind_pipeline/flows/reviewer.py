@@ -39,12 +39,12 @@ import pyarrow as pa
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded
 from maskfind_pipeline.data.version_store import VersionStore
-from maskfind_pipeline.flows.settings import ReviewerSettings
+from maskfind_pipeline.flows.options import ReviewerOptions
 from maskfind_pipeline.flows.training import latest_version
 from maskfind_pipeline.ml.novelty.fit_features import feature_predictor, features_of
 from maskfind_pipeline.ml.novelty.model import NoveltyModel, from_files
 from maskfind_pipeline.ml.reviewer.data import (
-    ReviewSamples,
+    ReviewerSamples,
     degraded_masks,
     predicted_masks,
 )
@@ -169,7 +169,7 @@ class ReviewerOutcome:
 
 
 def train_and_register_reviewer(
-    settings: ReviewerSettings,
+    options: ReviewerOptions,
     *,
     versions: VersionStore,
     data_store: ObjectStore,
@@ -189,19 +189,19 @@ def train_and_register_reviewer(
         LookupError: no dataset version or champion mask model yet.
         ValueError: fewer than two image types (nothing can be held out).
     """
-    vid = settings.dataset_version or latest_version(versions)
+    vid = options.dataset_version or latest_version(versions)
     champion = _champion(registry)
     size = champion.predictor.config.input_size
     manifest = versions.manifest(vid)
     decoded = build_decoded(manifest, data_store, cache, decoded_root, version_id=vid, size=size)
     rows = _Rows(manifest)
-    folds = type_folds(rows.types.tolist(), settings.folds)
+    folds = type_folds(rows.types.tolist(), options.folds)
     if len(folds) < 2:
         raise ValueError(f"the grader needs >= 2 image types to hold out, got {sorted(folds)}")
-    makers = _Makers(settings, manifest, decoded, rows, champion, registry, log)
+    makers = _Makers(options, manifest, decoded, rows, champion, registry, log)
     samples = makers.samples(folds)
     sample_folds = np.asarray([folds[str(t)] for t in samples.sample_types], dtype=np.int64)
-    rule = settings.spec.grades
+    rule = options.spec.grades
     grades = samples.grades(rule)
     deciding = _deciding(samples, grades)
     if deciding != PRODUCTION_LIKE:
@@ -210,20 +210,20 @@ def train_and_register_reviewer(
             "the fold models' masks of new types join them for the choice"
         )
     fit_on = samples.of_origin(*SUBSETS[deciding])
-    cnn_judged = any(uses_reviewer(s) for s in settings.scorers)
-    if _candidates(deciding, settings.scorers) == (FLIP,):  # nothing fitted grades: no CNN
-        kept = tuple(s for s in settings.scorers if not uses_reviewer(s))
-        settings = settings.model_copy(update={"scorers": kept})
+    cnn_judged = any(uses_reviewer(s) for s in options.scorers)
+    if _candidates(deciding, options.scorers) == (FLIP,):  # nothing fitted grades: no CNN
+        kept = tuple(s for s in options.scorers if not uses_reviewer(s))
+        options = options.model_copy(update={"scorers": kept})
     log(f"{len(samples)} graded masks: {samples.counts(rule)}")
-    cnns, oof_logit = _cross_fit_cnn(settings, samples, sample_folds, on_epoch, log)
+    cnns, oof_logit = _cross_fit_cnn(options, samples, sample_folds, on_epoch, log)
     signals = {**samples.signals, REVIEWER: oof_logit}
     out_of_fold = {
         scorer: cross_fitted(signals, grades, sample_folds, fit_on, scorer)
-        for scorer in settings.scorers
+        for scorer in options.scorers
     }
     evaluations = _evaluate(samples, grades, {k: v[1] for k, v in out_of_fold.items()})
     production = evaluations[deciding]
-    choice = choose_scorer(production, _candidates(deciding, settings.scorers))
+    choice = choose_scorer(production, _candidates(deciding, options.scorers))
     fallback = choice is not None and deciding != PRODUCTION_LIKE and cnn_judged
     if fallback and choice is not None and not uses_reviewer(choice.scorer):
         choice = dataclasses.replace(
@@ -244,11 +244,11 @@ def train_and_register_reviewer(
     model = fit_grade_model(_rows_of(signals, fit_on), grades[fit_on], scorer).calibrated(
         out_of_fold[scorer][0][fit_on, 2], grades[fit_on] == 3
     )
-    cnn_weights = _final_cnn(settings, samples, cnns, uses_reviewer(scorer), on_epoch, log)
+    cnn_weights = _final_cnn(options, samples, cnns, uses_reviewer(scorer), on_epoch, log)
     outcome_plots = _plots(production, scorer)
     champion_auc = _champion_auc(reviewers, samples, signals, grades, fit_on)
     record = _record(
-        settings, vid, model, cnn_weights, evaluations, samples, folds, cnns, tags,
+        options, vid, model, cnn_weights, evaluations, samples, folds, cnns, tags,
         champion, choice.reviewer_refused, outcome_plots,
     )  # fmt: skip
     read = whole_version(versions.card(vid), versions.manifest_uri(vid), schema=manifest.schema)
@@ -268,7 +268,7 @@ def train_and_register_reviewer(
         scorer=scorer,
         evaluations=evaluations,
         folds=folds,
-        samples=samples.counts(settings.spec.grades),
+        samples=samples.counts(options.spec.grades),
         mask_models=makers.names,
         cnn_results=cnns,
         best_free=choice.best_free,
@@ -305,7 +305,7 @@ class _Makers:
 
     def __init__(
         self,
-        settings: ReviewerSettings,
+        options: ReviewerOptions,
         manifest: pa.Table,
         decoded: DecodedArrays,
         rows: _Rows,
@@ -313,16 +313,16 @@ class _Makers:
         registry: ModelRegistry,
         log: Log,
     ) -> None:
-        self.settings, self.manifest, self.decoded, self.rows = settings, manifest, decoded, rows
+        self.options, self.manifest, self.decoded, self.rows = options, manifest, decoded, rows
         self.champion, self.registry, self.log = champion, registry, log
         self.names: list[str] = []
         self._features: dict[tuple[str, int], dict[int, np.ndarray]] = {}
 
-    def samples(self, folds: Mapping[str, int]) -> ReviewSamples:
+    def samples(self, folds: Mapping[str, int]) -> ReviewerSamples:
         """Every graded mask (module docstring), over the images they need."""
-        rows, settings = self.rows, self.settings
+        rows, options = self.rows, self.options
         groups = len(set(folds.values())) + 1
-        per_fold = None if settings.max_images is None else max(1, settings.max_images // groups)
+        per_fold = None if options.max_images is None else max(1, options.max_images // groups)
         plan: list[tuple[MaskMaker, np.ndarray, str, bool]] = []
         known = np.isin(rows.splits, ["val", "test"])
         plan.append((self.champion, rows.where(known, per_fold), "champion", False))
@@ -353,13 +353,13 @@ class _Makers:
                 )
             )
         real = sum(len(p["image_index"]) for p in parts)
-        count = _degraded_count(real, settings.train.degraded_share)
+        count = _degraded_count(real, options.train.degraded_share)
         if count:
             thresholds = [self.champion.predictor.config.threshold]
             parts.append(
-                degraded_masks(truth, count, settings.spec.grades, thresholds, settings.train.seed)
+                degraded_masks(truth, count, options.spec.grades, thresholds, options.train.seed)
             )
-        return ReviewSamples.joined(images, truth, rows.types[used], parts)
+        return ReviewerSamples.joined(images, truth, rows.types[used], parts)
 
     def _fold_maker(self, held_out: list[str]) -> MaskMaker:
         """A mask model of the champion's architecture and the fold recipe, trained on the
@@ -370,7 +370,7 @@ class _Makers:
         folded = self.manifest.set_column(
             self.manifest.schema.get_field_index("split"), "split", pa.array(splits.tolist())
         )
-        config = self.settings.fold_train
+        config = self.options.fold_train
         template = self.champion.predictor.config
         result = train(
             template,
@@ -464,8 +464,8 @@ def _champion(registry: ModelRegistry) -> MaskMaker:
 
 
 def _cross_fit_cnn(
-    settings: ReviewerSettings,
-    samples: ReviewSamples,
+    options: ReviewerOptions,
+    samples: ReviewerSamples,
     folds: np.ndarray,
     on_epoch: Callable[[ReviewerEpoch], None] | None,
     log: Log,
@@ -474,50 +474,50 @@ def _cross_fit_cnn(
     this fold's masks (NaN where a fold had nothing to train on)."""
     logits = np.full(len(samples), np.nan)
     results = []
-    if not any(uses_reviewer(s) for s in settings.scorers):
+    if not any(uses_reviewer(s) for s in options.scorers):
         return results, logits
     for fold in np.unique(folds):
         log(f"CNN reviewer of fold {fold}: trained without its types")
-        result = _fit_cnn(settings, samples, folds != fold, on_epoch)
+        result = _fit_cnn(options, samples, folds != fold, on_epoch)
         if result is None:
             continue
         results.append(result)
         held = folds == fold
-        logits[held] = _cnn_logits(result, settings, samples.take(held))
+        logits[held] = _cnn_logits(result, options, samples.take(held))
     return results, logits
 
 
 def _fit_cnn(
-    settings: ReviewerSettings,
-    samples: ReviewSamples,
+    options: ReviewerOptions,
+    samples: ReviewerSamples,
     selection: np.ndarray,
     on_epoch: Callable[[ReviewerEpoch], None] | None,
 ) -> ReviewerResult | None:
     """The CNN trained on the selected samples, its epoch chosen on a share of their images."""
     picked = np.asarray(
-        [_hash(str(i)) % 1000 < settings.val_share * 1000 for i in samples.image_index]
+        [_hash(str(i)) % 1000 < options.val_share * 1000 for i in samples.image_index]
     )
     train_part, val_part = samples.take(selection & ~picked), samples.take(selection & picked)
-    grades = train_part.grades(settings.spec.grades)
+    grades = train_part.grades(options.spec.grades)
     if len(val_part) < 2 or len(set(grades.tolist())) < 2:
         return None
     return train_reviewer(
-        settings.spec, settings.train, train_part, val_part, on_epoch=on_epoch, progress_bar=False
+        options.spec, options.train, train_part, val_part, on_epoch=on_epoch, progress_bar=False
     )
 
 
 def _cnn_logits(
-    result: ReviewerResult, settings: ReviewerSettings, part: ReviewSamples
+    result: ReviewerResult, options: ReviewerOptions, part: ReviewerSamples
 ) -> np.ndarray:
     probs = grade_probabilities(
-        result.model, settings.spec, part.sample_images(), part.probabilities, part.thresholds
+        result.model, options.spec, part.sample_images(), part.probabilities, part.thresholds
     )
     return reviewer_logit(probs[:, 2])
 
 
 def _final_cnn(
-    settings: ReviewerSettings,
-    samples: ReviewSamples,
+    options: ReviewerOptions,
+    samples: ReviewerSamples,
     cnns: list[ReviewerResult],
     needed: bool,
     on_epoch: Callable[[ReviewerEpoch], None] | None,
@@ -527,18 +527,18 @@ def _final_cnn(
     first fold's (stored for the record, never run), or an untrained one with no CNN at all."""
     if needed:
         log("CNN reviewer on every fold (the winner reads it)")
-        result = _fit_cnn(settings, samples, np.ones(len(samples), bool), on_epoch)
+        result = _fit_cnn(options, samples, np.ones(len(samples), bool), on_epoch)
         if result is not None:
             return weights_to_bytes(result.model)
     if cnns:
         return weights_to_bytes(cnns[0].model)
     from maskfind_pipeline.ml.reviewer.model import build_reviewer
 
-    return weights_to_bytes(build_reviewer(settings.spec, pretrained=False))
+    return weights_to_bytes(build_reviewer(options.spec, pretrained=False))
 
 
 def _evaluate(
-    samples: ReviewSamples, grades: np.ndarray, probabilities: Mapping[str, np.ndarray]
+    samples: ReviewerSamples, grades: np.ndarray, probabilities: Mapping[str, np.ndarray]
 ) -> dict[str, dict[str, ScorerEvaluation]]:
     out: dict[str, dict[str, ScorerEvaluation]] = {}
     for subset, origins in SUBSETS.items():
@@ -564,7 +564,7 @@ def _candidates(deciding: str, scorers: Sequence[str]) -> tuple[str, ...]:
     return tuple(scorers)
 
 
-def _deciding(samples: ReviewSamples, grades: np.ndarray) -> str:
+def _deciding(samples: ReviewerSamples, grades: np.ndarray) -> str:
     """`PRODUCTION_LIKE` where the champion's masks are graded both ways often enough, else
     `WITH_FOLD_MODELS`."""
     bad = grades[samples.of_origin(*SUBSETS[PRODUCTION_LIKE])] == 3
@@ -574,7 +574,7 @@ def _deciding(samples: ReviewSamples, grades: np.ndarray) -> str:
 
 def _champion_auc(
     reviewers: ModelRegistry,
-    samples: ReviewSamples,
+    samples: ReviewerSamples,
     signals: Mapping[str, np.ndarray],
     grades: np.ndarray,
     rows: np.ndarray,
@@ -614,12 +614,12 @@ def _plots(production: Mapping[str, ScorerEvaluation], scorer: str) -> dict[str,
 
 
 def _record(
-    settings: ReviewerSettings,
+    options: ReviewerOptions,
     vid: str,
     model: GradeModel,
     cnn_weights: bytes,
     evaluations: dict[str, dict[str, ScorerEvaluation]],
-    samples: ReviewSamples,
+    samples: ReviewerSamples,
     folds: Mapping[str, int],
     cnns: Sequence[ReviewerResult],
     tags: Mapping[str, str] | None,
@@ -636,10 +636,10 @@ def _record(
     }
     history = cnns[0].history if cnns else []
     return TrainingRecord(
-        config=settings.spec,
+        config=options.spec,
         weights=cnn_weights,
         dataset_version=vid,
-        params=settings.flat()
+        params=options.flat()
         | {"dataset_version": vid, **({"device": cnns[0].device} if cnns else {})},
         history=history,
         metrics=metrics,
@@ -650,7 +650,7 @@ def _record(
                 for subset, by_scorer in evaluations.items()
                 for e in by_scorer.values()
             ],
-            "samples": samples.counts(settings.spec.grades),
+            "samples": samples.counts(options.spec.grades),
             "folds": dict(folds),
         },
         tags={

@@ -13,7 +13,7 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import DecodedArrays, build_decoded, fit_to_budget
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.data.versions import counts
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.novelty.fit_features import fit_novelty
 from maskfind_pipeline.ml.novelty.model import NoveltyModel, to_files
@@ -84,7 +84,7 @@ class VersionData:
 
 
 def train_and_register(
-    settings: TrainingSettings,
+    options: TrainingOptions,
     *,
     versions: VersionStore,
     data_store: ObjectStore,
@@ -100,27 +100,27 @@ def train_and_register(
     Raises:
         LookupError: no dataset version has been published yet.
     """
-    vid = settings.dataset_version or latest_version(versions)
+    vid = options.dataset_version or latest_version(versions)
     # The run exists from the start: the machine's load while decoding and training is on it
     # (MLflow system metrics); a failure marks it FAILED.
     with registry.training_run(vid, tags or {}) as run_id:
-        data = load_version(vid, settings, versions, data_store, cache, decoded_root)
-        config = settings.train
+        data = load_version(vid, options, versions, data_store, cache, decoded_root)
+        config = options.train
         device = select_device(config.device, mixed_precision=config.mixed_precision)
-        start = warm_start(registry, settings.model) if settings.warm_start else None
+        start = warm_start(registry, options.model) if options.warm_start else None
         result = train(
-            settings.model,
+            options.model,
             config,
             make_train_loaders(data.manifest, data.decoded, config, device),
             image_types=data.column("image_type"),
             sources=data.column("source"),
-            settings=device,
+            placement=device,
             on_epoch=on_epoch,
             progress=progress,
             progress_bar=progress is None,
             initial_state=start.model.state_dict() if start else None,
         )
-    return register(settings, data, result, registry, start, tags, run_id=run_id)
+    return register(options, data, result, registry, start, tags, run_id=run_id)
 
 
 def resume_training(registry: ModelRegistry, training_key: str) -> RegisteredModel | None:
@@ -132,7 +132,7 @@ def resume_training(registry: ModelRegistry, training_key: str) -> RegisteredMod
 
 def load_version(
     vid: str,
-    settings: TrainingSettings,
+    options: TrainingOptions,
     versions: VersionStore,
     data_store: ObjectStore,
     cache: ContentCache,
@@ -142,14 +142,14 @@ def load_version(
     pixels decoded once, shared with earlier versions). A version whose pixels do not fit the
     decoded store's budget is trained on its val rows and a content-hash share of its train
     rows (`data.decoded.fit_to_budget`; the share is logged as tag `train_share`)."""
-    fitted = fit_to_budget(versions.manifest(vid), settings.model.input_size)
+    fitted = fit_to_budget(versions.manifest(vid), options.model.input_size)
     decoded = build_decoded(
         fitted.manifest,
         data_store,
         cache,
         decoded_root,
         version_id=vid,
-        size=settings.model.input_size,
+        size=options.model.input_size,
     )
     return VersionData(
         vid, fitted.manifest, decoded, fitted.train_share, versions.manifest_uri(vid)
@@ -157,7 +157,7 @@ def load_version(
 
 
 def register(
-    settings: TrainingSettings,
+    options: TrainingOptions,
     data: VersionData,
     result: TrainResult,
     registry: ModelRegistry,
@@ -176,13 +176,13 @@ def register(
         data.decoded.images,
         image_types,
         splits,
-        settings.novelty,
+        options.novelty,
     )
     record = TrainingRecord(
         config=result.config,
         weights=weights,
         dataset_version=vid,
-        params=_params(settings, vid, result),
+        params=_params(options, vid, result),
         history=result.history,
         metrics={**result.metrics(), **_novelty_metrics(novelty)},
         files=to_files(novelty),
@@ -227,10 +227,10 @@ def latest_version(versions: VersionStore) -> str:
     return str(card["id"])
 
 
-def _params(settings: TrainingSettings, vid: str, result: TrainResult) -> dict[str, Any]:
+def _params(options: TrainingOptions, vid: str, result: TrainResult) -> dict[str, Any]:
     """Flat MLflow params: `model.<field>`, `train.<field>`, `train.augment.<field>`, ..."""
     run = {"dataset_version": vid, "device": result.device, "best_epoch": result.best_epoch}
-    return settings.flat() | run
+    return options.flat() | run
 
 
 def _datasets(data: VersionData) -> list[DatasetRef]:

@@ -36,7 +36,7 @@ from PIL import Image
 
 from maskfind_pipeline.data.catalog import part_name, rows_to_table, to_parquet
 from maskfind_pipeline.data.production import encode_mask
-from maskfind_pipeline.data.review import read_queue
+from maskfind_pipeline.data.review_queue import read_queue
 from maskfind_pipeline.storage.base import ObjectExists, ObjectNotFound, ObjectStore, StoreError
 from maskfind_pipeline.storage.keys import MASK_SUFFIX
 

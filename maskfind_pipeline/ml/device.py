@@ -39,7 +39,7 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class DeviceSettings:
+class Placement:
     """How tensors and the model are placed and in which precision the forward pass runs.
 
     Attributes:
@@ -91,7 +91,7 @@ class DeviceSettings:
         }
 
 
-def select_device(device: str | None = None, *, mixed_precision: bool = True) -> DeviceSettings:
+def select_device(device: str | None = None, *, mixed_precision: bool = True) -> Placement:
     """Choose the training device and precision (see the module docstring for the rule).
 
     Args:
@@ -102,11 +102,11 @@ def select_device(device: str | None = None, *, mixed_precision: bool = True) ->
     if chosen.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         dtype = (torch.bfloat16 if bf16 else torch.float16) if mixed_precision else None
-        return DeviceSettings(chosen, dtype, dtype is torch.float16, True, True)
+        return Placement(chosen, dtype, dtype is torch.float16, True, True)
     if mixed_precision and cpu_has_native_bf16():
-        return DeviceSettings(chosen, torch.bfloat16, False, True, False, needs_measurement=True)
+        return Placement(chosen, torch.bfloat16, False, True, False, needs_measurement=True)
     note = (("precision_source", "float32 requested" if not mixed_precision else "no bf16"),)
-    return DeviceSettings(chosen, None, False, True, False, precision_note=note)
+    return Placement(chosen, None, False, True, False, precision_note=note)
 
 
 def depthwise_in_float32(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from maskfind_pipeline.ml.device import DeviceSettings
+from maskfind_pipeline.ml.device import Placement
 from maskfind_pipeline.ml.fitting import Budget
 
 T = TypeVar("T")
@@ -106,13 +106,13 @@ class Ranks:
         dist.barrier(group=self.control)
         return build()
 
-    def wrap(self, model: nn.Module, settings: DeviceSettings) -> nn.Module:
+    def wrap(self, model: nn.Module, placement: Placement) -> nn.Module:
         """`model` in `DistributedDataParallel` (which copies rank 0's weights to every rank),
         or `model` itself in a single process."""
         if not self.distributed:
             return model
-        cuda = settings.device.type == "cuda"
-        return DistributedDataParallel(model, device_ids=[settings.device] if cuda else None)
+        cuda = placement.device.type == "cuda"
+        return DistributedDataParallel(model, device_ids=[placement.device] if cuda else None)
 
 
 class AgreedBudget(Budget):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from maskfind_pipeline.ml.device import DeviceSettings
+from maskfind_pipeline.ml.device import Placement
 from maskfind_pipeline.ml.distributed import AgreedBudget, Ranks
 from maskfind_pipeline.ml.fitting import Budget, EarlyStopping, Optimiser, WeightAverage
 from maskfind_pipeline.ml.precision import settle
@@ -28,21 +28,21 @@ B = TypeVar("B")
 
 
 def place(
-    settings: DeviceSettings,
+    placement: Placement,
     model: nn.Module,
     input_shape: Sequence[int],
     *,
     batch_size: int,
     ranks: Ranks | None = None,
-) -> tuple[DeviceSettings, nn.Module]:
+) -> tuple[Placement, nn.Module]:
     """The training settings for `model` (precision timed on it where the CPU claims bfloat16;
     with several processes rank 0 times and every rank takes its decision) and the model on
     them (moved in place)."""
     ranks = ranks or Ranks()
     if ranks.is_main:
-        settings = settle(settings, model, input_shape, batch_size=batch_size, training=True)
-    settings = ranks.agree_object(settings)
-    return settings, settings.prepare(model)
+        placement = settle(placement, model, input_shape, batch_size=batch_size, training=True)
+    placement = ranks.agree_object(placement)
+    return placement, placement.prepare(model)
 
 
 class Fit:
@@ -62,7 +62,7 @@ class Fit:
     def __init__(
         self,
         model: nn.Module,
-        settings: DeviceSettings,
+        placement: Placement,
         *,
         parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
         learning_rate: float,
@@ -72,11 +72,11 @@ class Fit:
         ema_decay: float | None = None,
         ranks: Ranks | None = None,
     ) -> None:
-        self.model, self.settings = model, settings
+        self.model, self.placement = model, placement
         self.ranks = ranks or Ranks()
-        self.net = self.ranks.wrap(model, settings)
+        self.net = self.ranks.wrap(model, placement)
         self.optimiser = Optimiser(
-            parameters, learning_rate=learning_rate, weight_decay=weight_decay, settings=settings
+            parameters, learning_rate=learning_rate, weight_decay=weight_decay, placement=placement
         )
         self.ema = WeightAverage(model, ema_decay) if ema_decay is not None else None
         self.budget = (
@@ -139,7 +139,7 @@ class Fit:
         """
         self.model.train()
         # The loss sum stays on the device: reading it every step would stall a GPU's queue.
-        summed = torch.zeros((), device=self.settings.device)
+        summed = torch.zeros((), device=self.placement.device)
         seen = 0
         bar = tqdm(batches, desc=desc, total=total, disable=not progress_bar, leave=False)
         for number, batch in enumerate(bar, start=1):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from maskfind_pipeline.ml.device import DeviceSettings
+from maskfind_pipeline.ml.device import Placement
 from maskfind_pipeline.ml.weights.pretrained import PretrainedWeightsUnavailable
 
 
@@ -29,15 +29,15 @@ class Optimiser:
         *,
         learning_rate: float,
         weight_decay: float,
-        settings: DeviceSettings,
+        placement: Placement,
     ) -> None:
         self.optimizer = torch.optim.AdamW(
             parameters,
             lr=learning_rate,
             weight_decay=weight_decay,
-            fused=settings.device.type in ("cpu", "cuda"),
+            fused=placement.device.type in ("cpu", "cuda"),
         )
-        self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.grad_scaler)
+        self.scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.grad_scaler)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     def schedule(self, factor: Callable[[int], float] | list[Callable[[int], float]]) -> None:

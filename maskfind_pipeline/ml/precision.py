@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.device import DeviceSettings, depthwise_in_float32
+from maskfind_pipeline.ml.device import Placement, depthwise_in_float32
 
 _log = logging.getLogger(__name__)
 
@@ -94,14 +94,14 @@ class PrecisionChoice:
 
 
 def settle(
-    settings: DeviceSettings,
+    placement: Placement,
     model: nn.Module,
     input_shape: Sequence[int],
     *,
     batch_size: int,
     training: bool,
     cache_path: Path | None = None,
-) -> DeviceSettings:
+) -> Placement:
     """`settings` with the precision and memory format decided for `model` where they await a
     measurement (`DeviceSettings.needs_measurement`: a CPU that claims bfloat16); else
     `settings` unchanged.
@@ -114,13 +114,13 @@ def settle(
         training: time forward and backward (training) or forward alone (inference).
         cache_path: the JSON cache (default `cache_file()`).
     """
-    if not settings.needs_measurement:
-        return settings
+    if not placement.needs_measurement:
+        return placement
     choice = choose_precision(
         model, input_shape, batch_size=batch_size, training=training, cache_path=cache_path
     )
     return dataclasses.replace(
-        settings,
+        placement,
         autocast_dtype=choice.dtype,
         channels_last=choice.channels_last,
         needs_measurement=False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
 from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE, Grader
 from maskfind_pipeline.ml.reviewer.grading import GradeModel
-from maskfind_pipeline.ml.reviewer.model import Reviewer
+from maskfind_pipeline.ml.reviewer.model import ReviewerModel
 from maskfind_pipeline.ml.segmentation.config import ModelConfig
 from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
@@ -20,11 +20,11 @@ def load_model(registry: ModelRegistry, ref: str | int) -> Predictor:
     return Predictor.from_weights(config, stored.weights, version=stored.model.version)
 
 
-def load_reviewer(registry: ModelRegistry, ref: str | int) -> Reviewer:
+def load_reviewer(registry: ModelRegistry, ref: str | int) -> ReviewerModel:
     """The CNN reviewer `ref` names in a reviewer registry, verified and rebuilt like a model."""
     stored = registry.download(ref)
     spec = ReviewerSpec.from_json(stored.config_json)
-    return Reviewer.from_weights(spec, stored.weights, version=stored.model.version)
+    return ReviewerModel.from_weights(spec, stored.weights, version=stored.model.version)
 
 
 def load_grader(registry: ModelRegistry, ref: str | int) -> Grader:
@@ -44,5 +44,5 @@ def load_grader(registry: ModelRegistry, ref: str | int) -> Grader:
     reviewer = None
     if model is None or model.uses_reviewer:
         spec = ReviewerSpec.from_json(stored.config_json)
-        reviewer = Reviewer.from_weights(spec, stored.weights, version=version)
+        reviewer = ReviewerModel.from_weights(spec, stored.weights, version=version)
     return Grader(version, model, reviewer)

@@ -43,7 +43,7 @@ from maskfind_pipeline.ml.encoded import each_row, grade_outputs, mask_outputs, 
 from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
 from maskfind_pipeline.ml.reviewer.grader import GRADE_MODEL_FILE, Grader
 from maskfind_pipeline.ml.reviewer.grading import GradeModel
-from maskfind_pipeline.ml.reviewer.model import Reviewer
+from maskfind_pipeline.ml.reviewer.model import ReviewerModel
 from maskfind_pipeline.ml.segmentation.config import ModelConfig
 from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.registry.records import CONFIG_FILE, WEIGHTS_FILE
@@ -217,7 +217,7 @@ class ReviewerPyfunc(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         spec = ReviewerSpec.from_json(_config_json(context))
-        reviewer = Reviewer.from_weights(spec, _verified_weights(context))
+        reviewer = ReviewerModel.from_weights(spec, _verified_weights(context))
         path = context.artifacts.get(GRADE_MODEL_FILE)
         model = GradeModel.from_json(Path(path).read_text()) if path else None
         self.grader = Grader("", model, reviewer)

@@ -11,7 +11,7 @@ import pytest
 
 from maskfind_pipeline.defs.evaluation.sensors import new_dataset_version_sensor
 from maskfind_pipeline.defs.monitoring.sensors import run_failure_sensor
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 
 
 def _version(instance: dg.DagsterInstance, vid: str, *, created: bool) -> None:
@@ -85,4 +85,4 @@ def test_the_schedules_run_in_the_configured_time_zone() -> None:
         ]
     )
     with pytest.raises(ValueError, match="not an IANA time zone"):
-        Settings.from_env({"MASKFIND_TIMEZONE": "Mars/Olympus"})
+        Locations.from_env({"MASKFIND_TIMEZONE": "Mars/Olympus"})

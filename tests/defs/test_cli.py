@@ -84,15 +84,15 @@ def test_demo_refuses_a_home_with_data_and_fresh_starts_from_an_empty_one(tmp_pa
 
 def test_ui_serves_dagster_and_the_embedded_mlflow_store_on_loopback(tmp_path: Path) -> None:
     from maskfind_pipeline.cli import ui_commands
-    from maskfind_pipeline.settings import Settings
+    from maskfind_pipeline.locations import Locations
 
-    embedded = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
+    embedded = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
     dagster, mlflow = ui_commands(embedded, host="127.0.0.1", port=3001, mlflow_port=5001)
     assert dagster[1:3] == ["dev", "-w"] and dagster[-4:] == ["-h", "127.0.0.1", "-p", "3001"]
     assert mlflow is not None and mlflow[1] == "ui"
     assert mlflow[mlflow.index("--backend-store-uri") + 1] == embedded.tracking_uri
     assert mlflow[-4:] == ["--host", "127.0.0.1", "--port", "5001"]
-    server = Settings.from_env(
+    server = Locations.from_env(
         {"MASKFIND_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5005"}
     )
     assert ui_commands(server, host="127.0.0.1", port=3001, mlflow_port=5001)[1] is None

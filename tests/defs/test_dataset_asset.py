@@ -12,17 +12,17 @@ from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_versions
 from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY_TRAINING
 from tests.support.stores import put_pair
 
 
-def _nightly(settings: Settings, instance: dg.DagsterInstance) -> dict[str, object]:
+def _nightly(locations: Locations, instance: dg.DagsterInstance) -> dict[str, object]:
     result = dg.materialize(
         [image_catalog, dataset_version, dataset_versions],
         selection=[image_catalog, dataset_version],
-        resources=build_resources(settings),
+        resources=build_resources(locations),
         instance=instance,
     )
     assert result.success
@@ -42,18 +42,18 @@ def _nightly(settings: Settings, instance: dg.DagsterInstance) -> dict[str, obje
 
 
 def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(locations.data_uri)
     for i in range(12):
         put_pair(data, f"img{i}", seed=i, tags={"image_type": f"cam-{i % 3}"})
     instance = dg.DagsterInstance.ephemeral()
 
-    first = _nightly(settings, instance)
+    first = _nightly(locations, instance)
     assert first["created"] is True and first["parent"] == "none"
     assert str(first["added_samples"]).startswith("![added_samples](data:image/png;base64,")
     assert instance.get_dynamic_partitions("dataset_versions") == [first["dataset_version"]]
 
-    again = _nightly(settings, instance)
+    again = _nightly(locations, instance)
     assert again["created"] is False and again["dataset_version"] == first["dataset_version"]
     assert "added_samples" not in again, "no new version, nothing added"
 
@@ -65,7 +65,7 @@ def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) 
             seed=100 + i,
             tags={"image_type": "cam-0", "failed_model_version": "1"},
         )
-    second = _nightly(settings, instance)
+    second = _nightly(locations, instance)
     assert second["created"] is True and second["parent"] == first["dataset_version"]
     sheet = tmp_path / "plots" / f"{second['dataset_version']}-added.png"
     with Image.open(sheet) as image:  # the 4 failures only: one row of 6 tiles of 128 + captions
@@ -83,8 +83,8 @@ def test_versions_become_partitions_and_failures_make_a_new_one(tmp_path: Path) 
 def test_training_never_starts_on_a_version_whose_error_check_failed(tmp_path: Path) -> None:
     """`failures_included` fails (ERROR) when the catalog's failures are all left out, here by
     holding out their image type: the blocking check stops the run before `mask_model`."""
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(locations.data_uri)
     kept, dropped = synthetic.DEFAULT_TYPES[:2]
     synthetic.generate(data, [kept, dropped], 6, size=48)
     synthetic.generate_failures(data, [dropped], 2, failed_model_version="1", size=48)
@@ -101,7 +101,7 @@ def test_training_never_starts_on_a_version_whose_error_check_failed(tmp_path: P
     result = job.execute_in_process(
         run_config={"ops": {**config, "mask_model": {"config": TINY_TRAINING}}},
         instance=dg.DagsterInstance.ephemeral(),
-        resources=build_resources(settings),
+        resources=build_resources(locations),
         raise_on_error=False,
     )
     assert not result.success

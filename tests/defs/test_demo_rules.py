@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from maskfind_pipeline.demo import DemoSettings, Night, Story
+from maskfind_pipeline.demo import DemoOptions, Night, Story
 
 
 def _night(number: int, success: bool, promoted: bool | None) -> Night:
@@ -14,14 +14,14 @@ def _night(number: int, success: bool, promoted: bool | None) -> Night:
 
 
 def test_a_refused_second_night_keeps_the_story_going() -> None:
-    story = Story(DemoSettings(), nights=[_night(1, True, True), _night(2, False, False)])
+    story = Story(DemoOptions(), nights=[_night(1, True, True), _night(2, False, False)])
     assert story.nights[1].refused and story.ok
 
 
 def test_a_refused_first_night_or_a_crash_stops_it() -> None:
-    no_champion = Story(DemoSettings(), nights=[_night(1, False, False)])
+    no_champion = Story(DemoOptions(), nights=[_night(1, False, False)])
     assert no_champion.nights[0].refused and not no_champion.ok
-    crashed = Story(DemoSettings(), nights=[_night(1, True, True), _night(2, False, None)])
+    crashed = Story(DemoOptions(), nights=[_night(1, True, True), _night(2, False, None)])
     assert not crashed.nights[1].refused and not crashed.ok
-    promoted = Story(DemoSettings(), nights=[_night(1, True, True), _night(2, True, True)])
+    promoted = Story(DemoOptions(), nights=[_night(1, True, True), _night(2, True, True)])
     assert not promoted.nights[1].refused and promoted.ok

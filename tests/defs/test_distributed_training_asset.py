@@ -14,9 +14,9 @@ from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.partitions import MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.defs.training.assets import mask_model
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.distributed import state_digest
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training
 
@@ -29,9 +29,11 @@ pytestmark = pytest.mark.slow
 def test_mask_model_trains_in_two_processes_and_streams_epochs_through_pipes(
     tmp_path: Path,
 ) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    synthetic.generate(LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:3], 8, size=64)
-    resources = build_resources(settings)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    synthetic.generate(
+        LocalObjectStore(locations.data_uri), synthetic.DEFAULT_TYPES[:3], 8, size=64
+    )
+    resources = build_resources(locations)
     training = tiny_training(device="cpu", batch_size=4)
     training["distributed"] = {"nproc": 2}
     instance = dg.DagsterInstance.ephemeral()

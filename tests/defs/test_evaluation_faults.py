@@ -14,12 +14,12 @@ from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.evaluation.cells import CellStore
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY_TRAINING
 
 
-def _run(settings: Settings, instance: dg.DagsterInstance, assets: tuple[str, ...], config: dict):  # type: ignore[no-untyped-def]
+def _run(locations: Locations, instance: dg.DagsterInstance, assets: tuple[str, ...], config: dict):  # type: ignore[no-untyped-def]
     job = (
         defs()
         .resolve_implicit_global_asset_job_def()
@@ -28,7 +28,7 @@ def _run(settings: Settings, instance: dg.DagsterInstance, assets: tuple[str, ..
     return job.execute_in_process(
         run_config=config,
         instance=instance,
-        resources=build_resources(settings),
+        resources=build_resources(locations),
         raise_on_error=False,
     )
 
@@ -37,17 +37,19 @@ def _run(settings: Settings, instance: dg.DagsterInstance, assets: tuple[str, ..
 def test_evaluating_a_corrupt_version_names_it_and_writes_no_cell(
     tmp_path: Path, fault: str
 ) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    synthetic.generate(LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], 8, size=48)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    synthetic.generate(
+        LocalObjectStore(locations.data_uri), synthetic.DEFAULT_TYPES[:2], 8, size=48
+    )
     instance = dg.DagsterInstance.ephemeral()
     trained = _run(
-        settings,
+        locations,
         instance,
         ("image_catalog", "dataset_version", "mask_model"),
         {"ops": {"mask_model": {"config": TINY_TRAINING}}},
     )
     assert trained.success
-    work = LocalObjectStore(settings.work_uri)
+    work = LocalObjectStore(locations.work_uri)
     vid = str(VersionStore(work).latest()["id"])  # type: ignore[index]
     manifest = next(i.key for i in work.list(f"datasets/{vid}/") if i.key.endswith(".parquet"))
     if fault == "changed":
@@ -57,7 +59,7 @@ def test_evaluating_a_corrupt_version_names_it_and_writes_no_cell(
     else:
         work.delete(manifest)
 
-    result = _run(settings, instance, ("compat_evaluation",), {})
+    result = _run(locations, instance, ("compat_evaluation",), {})
 
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]

@@ -15,8 +15,8 @@ from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.defs.study.assets import generalization_study
 from maskfind_pipeline.evaluation.generalization import StepOutcome, epochs_for
-from maskfind_pipeline.flows.generalization import StudySettings
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.flows.generalization import StudyOptions
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY_SPEC, TINY_TRAIN
 
@@ -25,9 +25,11 @@ ORDER = [TYPES[2], TYPES[0], TYPES[1]]
 
 
 def test_the_study_trains_per_k_and_on_all_and_reports_seen_and_unseen(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    synthetic.generate(LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:3], 8, size=64)
-    resources = build_resources(settings)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    synthetic.generate(
+        LocalObjectStore(locations.data_uri), synthetic.DEFAULT_TYPES[:3], 8, size=64
+    )
+    resources = build_resources(locations)
     # With 8 images per type these fractions give every type train, val and test images.
     versioned = dg.materialize(
         [image_catalog, dataset_version, dataset_versions],
@@ -37,11 +39,11 @@ def test_the_study_trains_per_k_and_on_all_and_reports_seen_and_unseen(tmp_path:
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert versioned.success
-    card = VersionStore(LocalObjectStore(settings.work_uri)).latest()
+    card = VersionStore(LocalObjectStore(locations.work_uri)).latest()
     assert card is not None
     assert all(set(card["counts"][t]) == {"train", "val", "test"} for t in TYPES), card["counts"]
 
-    study = StudySettings(
+    study = StudyOptions(
         image_types=(*ORDER, "not-in-the-version"),
         max_k=2,
         images_per_type=None,

@@ -13,9 +13,9 @@ from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.history.sensors import history_alert_sensor
 from maskfind_pipeline.defs.resources import MlflowResource, build_resources
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.registry.promotion import promote
 from maskfind_pipeline.registry.records import TrainingRecord
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY
 from tests.support.webhook import webhook_server
@@ -55,16 +55,16 @@ def no_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def locations(tmp_path_factory: pytest.TempPathFactory) -> Locations:
     """Two champions (v2 worse on wafer), cells for both, two production days (board bad)."""
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path_factory.mktemp("home"))})
-    mlflow = build_resources(settings)["mlflow"]
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path_factory.mktemp("home"))})
+    mlflow = build_resources(locations)["mlflow"]
     assert isinstance(mlflow, MlflowResource)
     registry = mlflow.registry()
     for seed in (b"1", b"2"):
         version = registry.log_training(_record(seed)).version
         promote(registry, version, actor="test", reason="test")
-    work = LocalObjectStore(settings.work_uri)
+    work = LocalObjectStore(locations.work_uri)
     cells = CellStore(work)
     for version, wafer in (("1", 0.9), ("2", 0.8)):
         groups = {"wafer": (wafer, 10), "board": (0.8, 10)}
@@ -72,10 +72,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     PredictionLog(work, "2026-03-01").append(_day("2026-03-01", "board", 30, 0), run_id="a", part=0)
     newest = _day("2026-03-02", "board", 30, 12) + _day("2026-03-02", "wafer", 30, 1)
     PredictionLog(work, "2026-03-02").append(newest, run_id="b", part=0)
-    return settings
+    return locations
 
 
-def _materialize(settings: Settings, instance: dg.DagsterInstance, config: dict) -> tuple:
+def _materialize(locations: Locations, instance: dg.DagsterInstance, config: dict) -> tuple:
     job = (
         defs()
         .resolve_implicit_global_asset_job_def()
@@ -84,15 +84,15 @@ def _materialize(settings: Settings, instance: dg.DagsterInstance, config: dict)
     result = job.execute_in_process(
         run_config={"ops": {"performance_history": {"config": config}}},
         instance=instance,
-        resources=build_resources(settings),
+        resources=build_resources(locations),
     )
     (event,) = result.get_asset_materialization_events()
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     return event.materialization.metadata, checks
 
 
-def test_history_tables_plots_and_failing_checks_name_the_image_types(settings: Settings) -> None:
-    metadata, checks = _materialize(settings, dg.DagsterInstance.ephemeral(), {})
+def test_history_tables_plots_and_failing_checks_name_the_image_types(locations: Locations) -> None:
+    metadata, checks = _materialize(locations, dg.DagsterInstance.ephemeral(), {})
 
     assert metadata["champion"].value == "2" and metadata["champion_terms"].value == 2
     assert metadata["production_days"].value == 2
@@ -105,7 +105,7 @@ def test_history_tables_plots_and_failing_checks_name_the_image_types(settings: 
     for name in ("champion_miou", "grade3_rate", "novelty_rate"):
         path = Path(str(metadata[f"history_{name}_path"].value))
         assert path.name == f"history-{name.replace('_', '-')}.png"
-        assert path.parent == settings.cache_dir.parent / "plots"
+        assert path.parent == locations.cache_dir.parent / "plots"
         assert path.read_bytes().startswith(b"\x89PNG")
 
     miou_check, grade3 = checks["miou_not_below_best"], checks["grade3_rate_below_limit"]
@@ -121,9 +121,9 @@ def test_history_tables_plots_and_failing_checks_name_the_image_types(settings: 
     ]
 
 
-def test_looser_limits_pass_both_checks_from_the_run_config(settings: Settings) -> None:
+def test_looser_limits_pass_both_checks_from_the_run_config(locations: Locations) -> None:
     config = {"max_miou_drop": 0.2, "max_grade3_rate": 0.5, "production_days": 1}
-    metadata, checks = _materialize(settings, dg.DagsterInstance.ephemeral(), config)
+    metadata, checks = _materialize(locations, dg.DagsterInstance.ephemeral(), config)
     assert all(c.passed for c in checks.values()) and len(checks) == 2
     assert metadata["failing_checks"].value == []
     assert metadata["production_days"].value == 1
@@ -136,10 +136,10 @@ def _tick(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[list
 
 
 def test_the_sensor_posts_one_alert_per_failing_materialization_to_the_webhook(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    locations: Locations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = dg.DagsterInstance.ephemeral()
-    _materialize(settings, instance, {})
+    _materialize(locations, instance, {})
     with webhook_server() as hook:
         monkeypatch.setenv("MASKFIND_SLACK_WEBHOOK", hook.url)
         (result,), cursor = _tick(instance)
@@ -151,16 +151,16 @@ def test_the_sensor_posts_one_alert_per_failing_materialization_to_the_webhook(
     assert "miou_not_below_best" in text and "wafer" in text
     assert "grade3_rate_below_limit" in text and "board 40% of 30" in text
 
-    _materialize(settings, instance, {"max_miou_drop": 0.2, "max_grade3_rate": 0.5})
+    _materialize(locations, instance, {"max_miou_drop": 0.2, "max_grade3_rate": 0.5})
     (result,), _ = _tick(instance, cursor)
     assert "every history check passes" in str(result.skip_message)
 
 
 def test_without_a_webhook_the_sensor_alerts_in_its_log(
-    settings: Settings, capfd: pytest.CaptureFixture[str]
+    locations: Locations, capfd: pytest.CaptureFixture[str]
 ) -> None:
     instance = dg.DagsterInstance.ephemeral()
-    _materialize(settings, instance, {})
+    _materialize(locations, instance, {})
     capfd.readouterr()
     (result,), _ = _tick(instance)
     assert "alerted (log)" in str(result.skip_message)

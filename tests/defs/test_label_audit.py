@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from maskfind_pipeline import synthetic
-from maskfind_pipeline.data.review import LABEL_SUSPECT, read_queue
+from maskfind_pipeline.data.review_queue import LABEL_SUSPECT, read_queue
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.segmentation.config import demo_model_spec
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training
 
@@ -24,14 +24,14 @@ XRAY = next(t for t in synthetic.DEFAULT_TYPES if t.camera == "xray")
 MODEL = demo_model_spec(64).model_copy(update={"decoder_channels": (64, 32, 16, 16, 8)})
 
 
-def _run(settings: Settings, instance, assets: tuple[str, ...], config: dict) -> dict:  # type: ignore[no-untyped-def]
+def _run(locations: Locations, instance, assets: tuple[str, ...], config: dict) -> dict:  # type: ignore[no-untyped-def]
     job = (
         defs()
         .resolve_implicit_global_asset_job_def()
         .get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     )
     result = job.execute_in_process(
-        run_config=config, instance=instance, resources=build_resources(settings)
+        run_config=config, instance=instance, resources=build_resources(locations)
     )
     assert result.success
     return {
@@ -43,13 +43,13 @@ def _run(settings: Settings, instance, assets: tuple[str, ...], config: dict) ->
 
 @pytest.mark.integration
 def test_wrong_new_labels_are_found_and_clean_ones_are_not(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data, work = LocalObjectStore(settings.data_uri), LocalObjectStore(settings.work_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data, work = LocalObjectStore(locations.data_uri), LocalObjectStore(locations.work_uri)
     instance = dg.DagsterInstance.ephemeral()
     synthetic.generate(data, [XRAY], 40, size=64)
     training = tiny_training(MODEL, epochs=25, learning_rate=3e-3, early_stopping_patience=0)
     _run(
-        settings,
+        locations,
         instance,
         ("image_catalog", "dataset_version", "mask_model"),
         {"ops": {"mask_model": {"config": training}}},
@@ -58,7 +58,7 @@ def test_wrong_new_labels_are_found_and_clean_ones_are_not(tmp_path: Path) -> No
     wrong = {k.rpartition("/")[2].rpartition(".")[0] for k in new[::3]}
     for image_id in wrong:  # a wrong label: the whole image marked as product
         data.put(f"labeled/{image_id}.mask.png", synthetic.encode_mask(np.ones((64, 64), bool)))
-    meta = _run(settings, instance, ("image_catalog", "dataset_version", "label_audit"), {})[
+    meta = _run(locations, instance, ("image_catalog", "dataset_version", "label_audit"), {})[
         "label_audit"
     ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from maskfind_pipeline.definitions import defs
-from maskfind_pipeline.defs.review.labeling import review_queue_to_label_studio
+from maskfind_pipeline.defs.review_queue.labeling import review_queue_to_label_studio
 
 
 def test_a_new_review_queue_is_sent_to_label_studio_once() -> None:

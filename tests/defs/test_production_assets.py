@@ -20,13 +20,13 @@ from maskfind_pipeline.data.production import PredictionLog
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.metrics import quantize_probabilities
 from maskfind_pipeline.ml.novelty.model import from_files
 from maskfind_pipeline.ml.reviewer.config import GradeRule
 from maskfind_pipeline.ml.reviewer.model import binary_mask
 from maskfind_pipeline.ml.segmentation.config import demo_model_spec
 from maskfind_pipeline.registry.loading import load_model
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training
 
@@ -50,16 +50,16 @@ REVIEWER = {
 }
 
 
-def _materialize(instance, settings, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
-    return _materialize_with_checks(instance, settings, selection, run_config, partition)[0]
+def _materialize(instance, locations, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
+    return _materialize_with_checks(instance, locations, selection, run_config, partition)[0]
 
 
-def _materialize_with_checks(instance, settings, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
+def _materialize_with_checks(instance, locations, selection, run_config, partition=None):  # type: ignore[no-untyped-def]
     job = defs().resolve_implicit_global_asset_job_def().get_subset(asset_selection=selection)
     result = job.execute_in_process(
         run_config=run_config,
         instance=instance,
-        resources=build_resources(settings),
+        resources=build_resources(locations),
         partition_key=partition,
         raise_on_error=True,
     )
@@ -74,8 +74,8 @@ def _materialize_with_checks(instance, settings, selection, run_config, partitio
 
 @pytest.mark.integration
 def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(locations.data_uri)
     synthetic.generate(data, TYPES, 16, size=64)
     instance = dg.DagsterInstance.ephemeral()
     nightly = {
@@ -84,7 +84,7 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     } | {dg.AssetKey("promotion")}
     _materialize(
         instance,
-        settings,
+        locations,
         nightly,
         {
             "ops": {
@@ -95,7 +95,7 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     )
     reviewer = _materialize(
         instance,
-        settings,
+        locations,
         {dg.AssetKey("reviewer_model")},
         {"ops": {"reviewer_model": {"config": REVIEWER}}},
     )["reviewer_model"]
@@ -112,7 +112,7 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     options = {"backend": {"backend": "torch_fp32"}, "batch_size": 4}
     metadata, checks = _materialize_with_checks(
         instance,
-        settings,
+        locations,
         {dg.AssetKey("production_predictions")},
         {"ops": {"production_predictions": {"config": options}}},
         partition=DAY.isoformat(),
@@ -121,12 +121,12 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
     assert production["predicted_now"].value == 9 and production["failed_now"].value == 1
     assert production["reviewer_version"].value == "1"
 
-    registry = build_resources(settings)["mlflow"].registry()  # type: ignore[attr-defined]
+    registry = build_resources(locations)["mlflow"].registry()  # type: ignore[attr-defined]
     champion = load_model(registry, "champion")
     novelty = from_files(registry.download("champion").files)
     assert novelty is not None and novelty.threshold is not None
     assert novelty.image_types == tuple(sorted(t.name for t in TYPES))
-    rows = PredictionLog(LocalObjectStore(settings.work_uri), DAY.isoformat()).read().to_pylist()
+    rows = PredictionLog(LocalObjectStore(locations.work_uri), DAY.isoformat()).read().to_pylist()
     assert len(rows) == 10
     for row in (r for r in rows if r["status"] == "ok"):
         assert row["model_version"] == champion.version and row["reviewer_version"] == "1"
@@ -149,11 +149,11 @@ def test_reviewer_then_a_production_day(tmp_path: Path) -> None:
         data, ok, failed_model_version=champion.version, reported_at=dt.datetime.now(dt.UTC)
     )
     catalog = {dg.AssetKey("image_catalog"), dg.AssetKey("dataset_version")}
-    _materialize(instance, settings, catalog, {})
+    _materialize(instance, locations, catalog, {})
     free = {**REVIEWER, "scorers": ["flip_disagreement", "entropy", "novelty", "signals"]}
     again = _materialize(  # the free scorers only: no CNN to train this time
         instance,
-        settings,
+        locations,
         {dg.AssetKey("reviewer_model")},
         {"ops": {"reviewer_model": {"config": free}}},
     )["reviewer_model"]

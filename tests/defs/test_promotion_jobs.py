@@ -9,22 +9,22 @@ import pytest
 
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.evaluation.cells import Cell, CellStore
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_record
 from tests.unit.evaluation.test_gate_and_cells import _rows
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Locations:
     monkeypatch.setenv("MASKFIND_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return Settings.from_env()
+    return Locations.from_env()
 
 
-def _registry(settings: Settings) -> ModelRegistry:
-    return ModelRegistry(settings.tracking_uri, artifact_location=settings.artifact_location)
+def _registry(locations: Locations) -> ModelRegistry:
+    return ModelRegistry(locations.tracking_uri, artifact_location=locations.artifact_location)
 
 
 def _launch(job: str, config: Mapping[str, object]) -> bool:
@@ -42,7 +42,7 @@ _OPS = {"promote_model": ["promote_version"], "rollback_model": ["rollback_champ
 
 
 def test_manual_promotion_respects_the_gate_unless_forced_and_rollback_restores(
-    home: Settings,
+    home: Locations,
 ) -> None:
     registry = _registry(home)
     v1 = registry.log_training(tiny_record(seed=1)).version
@@ -77,7 +77,7 @@ def test_manual_promotion_respects_the_gate_unless_forced_and_rollback_restores(
     assert registry.get(v2).tags["rollback_reason"] == "too many grade 3"
 
 
-def test_manual_promotion_of_a_missing_version_fails_clearly(home: Settings) -> None:
+def test_manual_promotion_of_a_missing_version_fails_clearly(home: Locations) -> None:
     registry = _registry(home)
     registry.log_training(tiny_record(seed=1))
     assert not _launch("promote_model", {"version": "42", "reason": "x", "requested_by": "ana"})

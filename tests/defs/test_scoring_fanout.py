@@ -46,11 +46,11 @@ def test_chunks_cover_each_row_once_in_order_and_are_named_by_content() -> None:
 def test_the_fan_out_scores_what_one_scorer_does_and_the_cells_need_nothing_more(
     tmp_path: Path,
 ) -> None:
-    settings = scoring_home(tmp_path / "home")
+    options = scoring_home(tmp_path / "home")
     job = defs().resolve_job_def("evaluation")
     with dg.DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
-            run_config=scoring_config(), instance=instance, resources=build_resources(settings)
+            run_config=scoring_config(), instance=instance, resources=build_resources(options)
         )
         logs = [r.user_message for r in instance.all_logs(result.run_id)]
     assert result.success
@@ -59,27 +59,27 @@ def test_the_fan_out_scores_what_one_scorer_does_and_the_cells_need_nothing_more
         for e in result.all_events
         if e.is_step_success and "score_chunk[" in str(e.step_key)
     ]
-    assert len(chunk_steps) == chunks_expected(settings) >= 2
+    assert len(chunk_steps) == chunks_expected(options) >= 2
     assert not [m for m in logs if "new test sample(s)" in m], "compat_evaluation scored again"
 
-    scored = stored_scores(settings)
-    assert scored.num_rows == len(MODELS) * distinct_test_rows(settings).num_rows
-    assert comparable(scored) == comparable(in_process_scores(settings, tmp_path / "one"))
+    scored = stored_scores(options)
+    assert scored.num_rows == len(MODELS) * distinct_test_rows(options).num_rows
+    assert comparable(scored) == comparable(in_process_scores(options, tmp_path / "one"))
     made = {
         e.materialization.asset_key.to_user_string(): e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
     assert made["test_scores"]["samples_scored"].value == scored.num_rows
     assert made["compat_evaluation"]["cells_computed"].value == len(MODELS)
-    assert not list(LocalObjectStore(settings.work_uri).list(STEPS)), "chunks left behind"
+    assert not list(LocalObjectStore(options.work_uri).list(STEPS)), "chunks left behind"
 
     # Nothing left to score: the next run plans no chunk and computes no cell.
     with dg.DagsterInstance.ephemeral() as instance:
         again = job.execute_in_process(
-            run_config=scoring_config(), instance=instance, resources=build_resources(settings)
+            run_config=scoring_config(), instance=instance, resources=build_resources(options)
         )
     assert again.success
     assert not [
         e for e in again.all_events if e.is_step_start and "score_chunk[" in str(e.step_key)
     ]
-    assert stored_scores(settings).num_rows == scored.num_rows
+    assert stored_scores(options).num_rows == scored.num_rows

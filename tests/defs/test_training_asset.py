@@ -13,18 +13,18 @@ from maskfind_pipeline.defs.datasets.assets import dataset_version, dataset_vers
 from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.defs.training.assets import mask_model
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.promotion import promote
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import TINY_TRAINING, tiny_training
 
 
 def test_mask_model_trains_registers_challenger_and_reloads(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(locations.data_uri)
     synthetic.generate(data, synthetic.DEFAULT_TYPES[:3], 8, size=64)
-    resources = build_resources(settings)
+    resources = build_resources(locations)
     result = dg.materialize(
         [image_catalog, dataset_version, dataset_versions, mask_model],
         selection=[image_catalog, dataset_version, mask_model],

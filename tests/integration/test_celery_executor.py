@@ -20,8 +20,8 @@ import pytest
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.celery_workers import celery_deployment, point_at, vhost_exists
 from tests.support.models import nightly_config, tiny_training
@@ -72,7 +72,7 @@ def test_nightly_steps_on_two_celery_workers_equal_an_in_process_run(
         result = deployment.execute(run_config=config)
         placed = deployment.placement(result.run_id)
         made = materialized(deployment.instance, result.run_id)
-        champion = ModelRegistry(Settings.from_env().tracking_uri).get("champion")
+        champion = ModelRegistry(Locations.from_env().tracking_uri).get("champion")
 
     assert result.success
     assert set(placed) == steps

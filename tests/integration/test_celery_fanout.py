@@ -36,18 +36,18 @@ def test_two_celery_workers_score_the_chunks_and_equal_one_scorer(
     home = tmp_path / "celery"
 
     with celery_deployment(home, images, monkeypatch, ["left", "right"]) as deployment:
-        settings = scoring_home(home, images)
+        options = scoring_home(home, images)
         result = deployment.execute("evaluation", run_config=scoring_config())
         placed = deployment.placement(result.run_id)
 
     assert result.success
     chunks = {step: worker for step, worker in placed.items() if "score_chunk[" in step}
-    assert len(chunks) == chunks_expected(settings) >= 2
+    assert len(chunks) == chunks_expected(options) >= 2
     assert set(chunks.values()) == {"left", "right"}, placed  # both workers scored chunks
     assert set(placed.values()) <= {"left", "right"}, placed  # every step ran on a worker
-    expected = in_process_scores(settings, tmp_path / "one")
-    assert comparable(stored_scores(settings)) == comparable(expected)
-    work = LocalObjectStore(settings.work_uri)
+    expected = in_process_scores(options, tmp_path / "one")
+    assert comparable(stored_scores(options)) == comparable(expected)
+    work = LocalObjectStore(options.work_uri)
     assert {c.model_version for c in CellStore(work).existing()} == set(MODELS)
     assert not list(work.list(STEPS)), "chunks left behind in the work store"
     assert deployment.vhost == "" or not vhost_exists(deployment.vhost)

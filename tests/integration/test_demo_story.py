@@ -18,19 +18,19 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.production import PredictionLog, mask_key_for
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
-from maskfind_pipeline.demo import DemoSettings, run_story
+from maskfind_pipeline.demo import DemoOptions, run_story
 from maskfind_pipeline.evaluation.gate import GatePolicy
-from maskfind_pipeline.flows.settings import ReviewerSettings
+from maskfind_pipeline.flows.options import ReviewerOptions
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.reviewer.config import ReviewerSpec, ReviewerTrainConfig
 from maskfind_pipeline.ml.segmentation.config import FINE_TUNING
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 
 # At 64 px with 40 images per type a type has about 6 test images, so one image moves its mIoU
 # by up to 0.15: the demo's gate tolerance (0.02, for 9+ well-predicted test images) would
 # refuse on noise here. The story's mechanics are what this test checks; the demo's own gate
 # is the one `make demo` prints.
-TINY = DemoSettings(
+TINY = DemoOptions(
     count=40,
     production_count=20,
     size=64,
@@ -39,7 +39,7 @@ TINY = DemoSettings(
     night1_minutes=0.4,
     night2_minutes=0.4,
     gate=GatePolicy(floor=0.3, min_samples=3, tolerance=0.1),
-    reviewer=ReviewerSettings(
+    reviewer=ReviewerOptions(
         spec=ReviewerSpec(input_size=32),
         train=ReviewerTrainConfig(epochs=3),
         folds=2,
@@ -52,10 +52,10 @@ TINY = DemoSettings(
 @pytest.mark.integration
 @pytest.mark.slow  # ~2 min on 2 idle cores; each step has its own test in `make test`
 def test_the_story_at_a_tiny_size(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data, work = LocalObjectStore(settings.data_uri), LocalObjectStore(settings.work_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data, work = LocalObjectStore(locations.data_uri), LocalObjectStore(locations.work_uri)
     instance = dg.DagsterInstance.ephemeral()
-    resources = build_resources(settings)
+    resources = build_resources(locations)
     printed: list[str] = []
 
     def run_job(name: str, config: dict[str, Any], *, partition_key: str | None = None):  # type: ignore[no-untyped-def]

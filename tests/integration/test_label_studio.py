@@ -22,7 +22,7 @@ from PIL import Image
 
 from maskfind_pipeline.data.production import encode_mask
 from maskfind_pipeline.defs.resources import ObjectStoreResource
-from maskfind_pipeline.defs.review.labeling import (
+from maskfind_pipeline.defs.review_queue.labeling import (
     LabelStudioResource,
     label_studio_tasks,
     returned_labels,
@@ -213,10 +213,10 @@ def test_the_demo_people_answer_in_label_studio_through_the_projects_jobs(
 
     from maskfind_pipeline import synthetic
     from maskfind_pipeline.data.production import PredictionLog
-    from maskfind_pipeline.data.review import ReviewOptions
+    from maskfind_pipeline.data.review_queue import ReviewQueueOptions
     from maskfind_pipeline.definitions import defs
     from maskfind_pipeline.demo import _people_in_label_studio
-    from maskfind_pipeline.flows.review import queue_production_day
+    from maskfind_pipeline.flows.review_queue import queue_production_day
     from tests.support.labeling import _log_row
 
     data = LocalObjectStore(label_studio.files_root / f"demo-{uuid.uuid4().hex[:6]}")
@@ -230,7 +230,7 @@ def test_the_demo_people_answer_in_label_studio_through_the_projects_jobs(
         mask_key = f"predictions/{day}/{image_id}.mask.png"
         rows.append({**_log_row(str(day), image_id, key, mask_key, p3=0.9), "image_type": "t"})
     PredictionLog(work, str(day)).append(rows, run_id="r", part=0)
-    queue_production_day(str(day), ReviewOptions(), data_store=data, work_store=work)
+    queue_production_day(str(day), ReviewQueueOptions(), data_store=data, work_store=work)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("production_days", [str(day)])
     resources = {

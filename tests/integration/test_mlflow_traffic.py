@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
 from maskfind_pipeline.registry.datasets import version_datasets
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.records import TrainingRecord
@@ -33,7 +33,7 @@ EPOCH_KEYS = (
 def training_like(epochs: int, image_types: int, seed: int = 1) -> TrainingRecord:
     """A record shaped like a mask model training's (`flows.training.register`): every flat
     setting as a param, one history entry per epoch, val metrics per image type and source."""
-    params = TrainingSettings().flat() | {"device": "cpu", "best_epoch": epochs - 1}
+    params = TrainingOptions().flat() | {"device": "cpu", "best_epoch": epochs - 1}
     history = [{k: float(e) / (i + 1) for i, k in enumerate(EPOCH_KEYS)} for e in range(epochs)]
     metrics = {
         "val_miou": 0.9,

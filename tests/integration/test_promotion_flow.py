@@ -12,8 +12,8 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import build_resources
 from maskfind_pipeline.evaluation.cells import CellStore
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.segmentation.config import demo_model_spec
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training
 
@@ -32,7 +32,7 @@ PRETRAINED = tiny_training(LITE0, **HYPER)
 
 
 def _run(
-    instance, settings, assets: list[str], config: dict, *, success: bool = True
+    instance, locations, assets: list[str], config: dict, *, success: bool = True
 ) -> dg.ExecuteInProcessResult:
     job = (
         defs()
@@ -42,7 +42,7 @@ def _run(
     result = job.execute_in_process(
         run_config=config,
         instance=instance,
-        resources=build_resources(settings),
+        resources=build_resources(locations),
         raise_on_error=False,
     )
     assert result.success is success
@@ -59,8 +59,8 @@ def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
 
 
 def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    synthetic.generate(LocalObjectStore(settings.data_uri), TYPES, 30, size=64)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    synthetic.generate(LocalObjectStore(locations.data_uri), TYPES, 30, size=64)
     instance = dg.DagsterInstance.ephemeral()
     # A few test images per type here: a tolerance that fits that noise; the rule is the same.
     gate = {"promotion": {"config": {"floor": 0.3, "min_samples": 3, "tolerance": 0.02}}}
@@ -68,7 +68,7 @@ def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Pat
 
     first = _run(
         instance,
-        settings,
+        locations,
         chain,
         {"ops": {"mask_model": {"config": TRAINING}, **gate}},
     )
@@ -78,7 +78,7 @@ def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Pat
     # `reviewer_model`, downstream of the gate, never starts.
     held = _run(
         instance,
-        settings,
+        locations,
         [*chain, "reviewer_model"],
         {
             "ops": {
@@ -103,12 +103,12 @@ def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Pat
 
     better = _run(
         instance,
-        settings,
+        locations,
         ["mask_model", "compat_evaluation", "promotion"],
         {
             "ops": {
                 "mask_model": {
-                    "config": {**PRETRAINED, "dataset_version": _first_version(settings)}
+                    "config": {**PRETRAINED, "dataset_version": _first_version(locations)}
                 },
                 **gate,
             }
@@ -117,21 +117,21 @@ def test_worse_model_is_blocked_and_named_better_model_is_promoted(tmp_path: Pat
     assert _meta(better, "compat_evaluation")["cells_computed"] == 2
     outcome = _meta(better, "promotion")
     assert outcome["champion_after"] == "3", (outcome["reasons"], outcome["evidence"])
-    assert len(CellStore(LocalObjectStore(settings.work_uri)).existing()) == 6
+    assert len(CellStore(LocalObjectStore(locations.work_uri)).existing()) == 6
     assert instance.get_dynamic_partitions("model_versions") == ["1", "2", "3"]
 
 
-def _first_version(settings: Settings) -> str:
+def _first_version(locations: Locations) -> str:
     from maskfind_pipeline.data.version_store import VersionStore
 
-    return str(VersionStore(LocalObjectStore(settings.work_uri)).list()[0]["id"])
+    return str(VersionStore(LocalObjectStore(locations.work_uri)).list()[0]["id"])
 
 
 def test_older_models_score_lower_on_new_production_failures(tmp_path: Path) -> None:
     """Failures of a kind the old model never saw enter a new dataset version: the old model on
     the new test set scores lower on the failure source, the model trained with them higher."""
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    data = LocalObjectStore(locations.data_uri)
     synthetic.generate(data, TYPES[:2], 30, size=64)
     instance = dg.DagsterInstance.ephemeral()
     chain = ["image_catalog", "dataset_version", "mask_model", "compat_evaluation", "promotion"]
@@ -141,13 +141,13 @@ def test_older_models_score_lower_on_new_production_failures(tmp_path: Path) -> 
             "promotion": {"config": {"floor": 0.0, "tolerance": 1.0, "overall_tolerance": 1.0}},
         }
     }
-    _run(instance, settings, chain, config)
+    _run(instance, locations, chain, config)
     synthetic.generate_failures(
         data, synthetic.UNSEEN_TYPES[:1], 40, failed_model_version="1", size=64
     )
-    second = _run(instance, settings, chain, config)
+    second = _run(instance, locations, chain, config)
     new_version = str(_meta(second, "dataset_version")["dataset_version"])
-    cells = CellStore(LocalObjectStore(settings.work_uri)).read().to_pylist()
+    cells = CellStore(LocalObjectStore(locations.work_uri)).read().to_pylist()
     by_source = {
         (r["model_version"], r["group"]): r["miou"]
         for r in cells

@@ -30,13 +30,13 @@ MAX_RUNTIME_S = 2
 def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """DAGSTER_HOME with the project's dagster.yaml, its run monitoring polling every second and
     stopping runs after MAX_RUNTIME_S."""
-    settings = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    monitoring = settings["run_monitoring"]
+    options = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    monitoring = options["run_monitoring"]
     assert monitoring["enabled"] and monitoring["max_runtime_seconds"] > 0, monitoring
     monitoring.update(max_runtime_seconds=MAX_RUNTIME_S, poll_interval_seconds=1)
     home = tmp_path / "dagster"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(settings))
+    (home / "dagster.yaml").write_text(yaml.safe_dump(options))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     for key in LOCATION_OVERRIDES:
         monkeypatch.delenv(key, raising=False)

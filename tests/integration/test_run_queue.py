@@ -18,7 +18,7 @@ import pytest
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.daemon import (
     LOCATION_OVERRIDES,
@@ -101,7 +101,7 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunQueue]:
         # limits under test are the project's, only the waits between runs are shorter.
         with instance_yaml.open("a") as file:
             file.write("\nrun_queue:\n  dequeue_interval_seconds: 1\n")
-        settings = Settings.from_env()
+        locations = Locations.from_env()
         daemon_log = tmp / "daemon.log"
         with (
             # The instance's SQLite storage is created here, before the daemon opens it: two
@@ -111,9 +111,9 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunQueue]:
             # start them, make the data and the upstream assets meanwhile.
             dagster_daemon(WORKSPACE, env, daemon_log) as daemon,
         ):
-            with _creating_mlflow_store(settings.tracking_uri, tmp / "mlflow-init.log"):
+            with _creating_mlflow_store(locations.tracking_uri, tmp / "mlflow-init.log"):
                 synthetic.generate(
-                    LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], 8, size=64
+                    LocalObjectStore(locations.data_uri), synthetic.DEFAULT_TYPES[:2], 8, size=64
                 )
                 upstream = (
                     defs()

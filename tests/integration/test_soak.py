@@ -20,8 +20,8 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.segmentation.config import ModelSpec
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_training
 
@@ -77,8 +77,8 @@ class Soak:
 
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory: pytest.TempPathFactory) -> Soak:
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path_factory.mktemp("soak"))})
-    data = LocalObjectStore(settings.data_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path_factory.mktemp("soak"))})
+    data = LocalObjectStore(locations.data_uri)
     instance = dg.DagsterInstance.ephemeral()
     nightly = defs().resolve_job_def("nightly")
     config = {
@@ -94,7 +94,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Soak:
             tracemalloc.start()
         synthetic.generate(data, TYPES, 8 * (night + 1), size=32)  # growing: 8 more per type
         result = nightly.execute_in_process(
-            run_config=config, instance=instance, resources=build_resources(settings)
+            run_config=config, instance=instance, resources=build_resources(locations)
         )
         assert result.success, f"night {night + 1} failed"
         gc.collect()
@@ -115,7 +115,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Soak:
                 }
             },
             instance=instance,
-            resources=build_resources(settings),
+            resources=build_resources(locations),
             partition_key=DAY.isoformat(),
         )
     )

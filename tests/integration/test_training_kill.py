@@ -21,6 +21,7 @@ from maskfind_pipeline import synthetic
 from maskfind_pipeline.defs.datasets.assets import dataset_version
 from maskfind_pipeline.defs.ingest.assets import image_catalog
 from maskfind_pipeline.defs.resources import build_resources
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.registry.attempts import resume
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
 from maskfind_pipeline.registry.promotion import CHALLENGER, CHAMPION, promote
@@ -31,7 +32,6 @@ from maskfind_pipeline.registry.records import (
     TRAINING_KEY_TAG,
     WEIGHTS_FILE,
 )
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_weights
 from tests.support.training_worker import log_attempt, mask_registry, materialize_mask_model
@@ -129,11 +129,13 @@ def test_mask_model_killed_while_training_is_trained_once_on_retry(
 ) -> None:
     """The real asset killed after its first epoch (its run RUNNING, with system metrics and no
     model), retried as the same Dagster run: the dead run FAILED, trained again, one version."""
-    settings = Settings.from_env({"MASKFIND_HOME": str(tmp_path)})
-    synthetic.generate(LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], 6, size=64)
+    locations = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
+    synthetic.generate(
+        LocalObjectStore(locations.data_uri), synthetic.DEFAULT_TYPES[:2], 6, size=64
+    )
     upstream = dg.materialize(
         [image_catalog, dataset_version],
-        resources=build_resources(settings),
+        resources=build_resources(locations),
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert upstream.success

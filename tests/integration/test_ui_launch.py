@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 
 from maskfind_pipeline import synthetic
-from maskfind_pipeline.flows.settings import ManualPromotion
+from maskfind_pipeline.flows.options import ManualPromotion
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.daemon import LOCATION_OVERRIDES
 from tests.support.webserver import ChromiumPage, chromium_page, dagster_dev

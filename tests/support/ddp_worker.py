@@ -21,11 +21,11 @@ from torch import nn
 from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.version_store import VersionStore
 from maskfind_pipeline.flows.distributed_training import train_and_register_replica
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.distributed import process_group
 from maskfind_pipeline.ml.segmentation.train import EpochReport
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 
 
@@ -40,16 +40,16 @@ def weights_sha256(model: nn.Module) -> str:
 
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    settings = TrainingSettings.model_validate(job["settings"])
-    home = Settings.from_env({"MASKFIND_HOME": job["home"]})
+    locations = TrainingOptions.model_validate(job["settings"])
+    home = Locations.from_env({"MASKFIND_HOME": job["home"]})
     reports: list[dict[str, Any]] = []
 
     def on_epoch(report: EpochReport) -> None:
         reports.append({**report.as_dict(), "line": report.describe()})
 
-    with process_group(settings.train.device) as (ranks, device):
+    with process_group(locations.train.device) as (ranks, device):
         replica = train_and_register_replica(
-            settings,
+            locations,
             ranks,
             device=device,
             versions=VersionStore(LocalObjectStore(home.work_uri)),

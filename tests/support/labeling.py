@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from maskfind_pipeline.data.production import PredictionLog, encode_mask
-from maskfind_pipeline.data.review import ReviewOptions
+from maskfind_pipeline.data.review_queue import ReviewQueueOptions
 from maskfind_pipeline.labeling.server import RunningLabelStudio, label_studio
 from maskfind_pipeline.storage import ObjectStore
 
@@ -40,7 +40,7 @@ def production_day_with_queue(
     sizes: Sequence[tuple[int, int]] = SIZES,
 ) -> list[QueuedImage]:
     """Every image graded 3 (so all are queued), the model's mask a box, the truth another."""
-    from maskfind_pipeline.flows.review import queue_production_day
+    from maskfind_pipeline.flows.review_queue import queue_production_day
 
     rng = np.random.default_rng(7)
     images, rows = [], []
@@ -60,7 +60,7 @@ def production_day_with_queue(
         images.append(QueuedImage(image_id, key, predicted, truth))
         rows.append(_log_row(day, image_id, key, mask_key, p3=0.9 - 0.1 * i))
     PredictionLog(work, day).append(rows, run_id="r", part=0)
-    outcome = queue_production_day(day, ReviewOptions(), data_store=data, work_store=work)
+    outcome = queue_production_day(day, ReviewQueueOptions(), data_store=data, work_store=work)
     assert len(outcome.entries) == len(sizes)
     return images
 

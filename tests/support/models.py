@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from maskfind_pipeline.data.augment_config import AugmentConfig
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
 from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec, TrainConfig
 from maskfind_pipeline.registry.records import TrainingRecord
 
@@ -22,7 +22,7 @@ def tiny_training(model: ModelSpec = TINY_SPEC, **train: Any) -> dict[str, Any]:
     """mask_model run config for tests: a small U-Net trained from scratch on 64 px images;
     keyword arguments override `TrainConfig` fields."""
     config = TrainConfig.model_validate({**TINY_TRAIN.model_dump(), **train})
-    return TrainingSettings(model=model, train=config).model_dump(mode="json")
+    return TrainingOptions(model=model, train=config).model_dump(mode="json")
 
 
 TINY_TRAINING = tiny_training()

@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from maskfind_pipeline.data.production import PredictionLog
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.serving.day import ProductionModels, predict_day

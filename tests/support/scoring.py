@@ -18,7 +18,7 @@ from maskfind_pipeline.definitions import defs
 from maskfind_pipeline.defs.resources import MlflowResource, build_resources
 from maskfind_pipeline.evaluation.members import update_members
 from maskfind_pipeline.evaluation.scores import ScoreStore
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.models import tiny_record
 
@@ -41,15 +41,15 @@ def scoring_config(chunk: int = CHUNK) -> dict[str, Any]:
     }
 
 
-def scoring_home(home: Path, images: Path | None = None, per_type: int = 6) -> Settings:
+def scoring_home(home: Path, images: Path | None = None, per_type: int = 6) -> Locations:
     """A published dataset version (two image types, 48 px) and the registered `MODELS`."""
     env = {"MASKFIND_HOME": str(home)}
     if images is not None:
         env["MASKFIND_DATA_URI"] = str(images)
-    settings = Settings.from_env(env)
+    locations = Locations.from_env(env)
     if images is None:
         synthetic.generate(
-            LocalObjectStore(settings.data_uri), synthetic.DEFAULT_TYPES[:2], per_type, size=48
+            LocalObjectStore(locations.data_uri), synthetic.DEFAULT_TYPES[:2], per_type, size=48
         )
     job = (
         defs()
@@ -60,36 +60,36 @@ def scoring_home(home: Path, images: Path | None = None, per_type: int = 6) -> S
         made = job.execute_in_process(
             run_config={"ops": {"dataset_version": {"config": {"fractions": FRACTIONS}}}},
             instance=instance,
-            resources=build_resources(settings),
+            resources=build_resources(locations),
         )
         assert made.success
-    mlflow = build_resources(settings)["mlflow"]
+    mlflow = build_resources(locations)["mlflow"]
     assert isinstance(mlflow, MlflowResource)
     registry = mlflow.registry()
     for seed in MODELS:
         registry.log_training(tiny_record(int(seed)), alias=None)
-    return settings
+    return locations
 
 
-def distinct_test_rows(settings: Settings) -> pa.Table:
+def distinct_test_rows(locations: Locations) -> pa.Table:
     """The distinct test samples of every published version."""
-    work = LocalObjectStore(settings.work_uri)
+    work = LocalObjectStore(locations.work_uri)
     versions = VersionStore(work)
     cards = versions.list()
-    members = update_members(LocalObjectStore(settings.home / "members-copy"), versions, cards)
+    members = update_members(LocalObjectStore(locations.home / "members-copy"), versions, cards)
     return members.rows_of([str(c["id"]) for c in cards])
 
 
-def in_process_scores(settings: Settings, out: Path, chunk: int = CHUNK) -> pa.Table:
+def in_process_scores(locations: Locations, out: Path, chunk: int = CHUNK) -> pa.Table:
     """Every model's scores on `distinct_test_rows`, by one `SampleScorer` in this process (the same
     chunks, so the same batches), written to a store of their own under `out`."""
     from maskfind_pipeline.flows.evaluation import SampleScorer
 
-    mlflow = build_resources(settings)["mlflow"]
+    mlflow = build_resources(locations)["mlflow"]
     assert isinstance(mlflow, MlflowResource)
     scorer = SampleScorer(
         registry=mlflow.registry(),
-        data_store=LocalObjectStore(settings.data_uri),
+        data_store=LocalObjectStore(locations.data_uri),
         cache=ContentCache(out / "cache"),
         decoded_root=out / "decoded",
         batch_size=4,
@@ -97,7 +97,7 @@ def in_process_scores(settings: Settings, out: Path, chunk: int = CHUNK) -> pa.T
         chunk=chunk,
     )
     store = ScoreStore(LocalObjectStore(out / "work"))
-    rows = distinct_test_rows(settings)
+    rows = distinct_test_rows(locations)
     return pa.concat_tables([scorer.ensure(m, rows, store) for m in MODELS])
 
 
@@ -108,11 +108,11 @@ def comparable(scores: pa.Table) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["model_version"], r["sample_id"], r["mask_sha256"]))
 
 
-def stored_scores(settings: Settings) -> pa.Table:
-    store = ScoreStore(LocalObjectStore(settings.work_uri))
+def stored_scores(locations: Locations) -> pa.Table:
+    store = ScoreStore(LocalObjectStore(locations.work_uri))
     return pa.concat_tables([store.of(m) for m in MODELS])
 
 
-def chunks_expected(settings: Settings, chunk: int = CHUNK) -> int:
-    n = distinct_test_rows(settings).num_rows
+def chunks_expected(locations: Locations, chunk: int = CHUNK) -> int:
+    n = distinct_test_rows(locations).num_rows
     return len(MODELS) * int(np.ceil(n / chunk))

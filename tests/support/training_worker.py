@@ -38,9 +38,9 @@ POINTS = ("epoch", "uploading", "registered")
 def mask_registry(home: Path) -> ModelRegistry:
     """The registry `mask_model` writes to under MASKFIND_HOME=`home`."""
     from maskfind_pipeline.defs.resources import build_resources
-    from maskfind_pipeline.settings import Settings
+    from maskfind_pipeline.locations import Locations
 
-    resources = build_resources(Settings.from_env({"MASKFIND_HOME": str(home)}))
+    resources = build_resources(Locations.from_env({"MASKFIND_HOME": str(home)}))
     return resources["mlflow"].registry()  # type: ignore[attr-defined]
 
 
@@ -59,12 +59,12 @@ def materialize_mask_model(home: Path, run_id: str) -> dg.ExecuteInProcessResult
 
     from maskfind_pipeline.defs.resources import build_resources
     from maskfind_pipeline.defs.training.assets import mask_model
-    from maskfind_pipeline.settings import Settings
+    from maskfind_pipeline.locations import Locations
     from tests.support.models import tiny_training
 
-    settings = Settings.from_env({"MASKFIND_HOME": str(home)})
+    locations = Locations.from_env({"MASKFIND_HOME": str(home)})
     job = dg.Definitions(
-        assets=[mask_model], resources=build_resources(settings)
+        assets=[mask_model], resources=build_resources(locations)
     ).resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         run_config={"ops": {"mask_model": {"config": tiny_training(epochs=1)}}},

@@ -15,12 +15,12 @@ import pytest
 import maskfind_pipeline
 
 PACKAGE = Path(maskfind_pipeline.__file__).parent
-GROUND = {"core_config", "settings", "version", "storage"}
+GROUND = {"core_config", "locations", "version", "storage"}
 
 # What each top-level part of the package may import from the package, besides itself.
 ALLOWED: dict[str, set[str]] = {
     "core_config": set(),
-    "settings": set(),
+    "locations": set(),
     "version": set(),
     "storage": set(),
     "alerts": set(),  # log and Slack; only defs/ sends alerts

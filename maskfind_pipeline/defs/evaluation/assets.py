@@ -17,7 +17,7 @@ from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import COMPAT_CELLS, MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
-from maskfind_pipeline.flows.settings import EvaluationOptions
+from maskfind_pipeline.flows.options import EvaluationOptions
 
 compat_cells = dg.AssetSpec(
     "compat_cells",
@@ -32,7 +32,7 @@ compat_cells = dg.AssetSpec(
 
 
 class EvaluationConfig(run_config_for(EvaluationOptions)):
-    """How much of the matrix to keep filled (`flows.settings.EvaluationOptions`)."""
+    """How much of the matrix to keep filled (`flows.options.EvaluationOptions`)."""
 
 
 @dg.asset(

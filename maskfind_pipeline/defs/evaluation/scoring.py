@@ -25,7 +25,7 @@ from maskfind_pipeline.defs.resources import (
     ObjectStoreResource,
     forget_steps,
 )
-from maskfind_pipeline.flows.settings import EvaluationOptions
+from maskfind_pipeline.flows.options import EvaluationOptions
 
 
 @dg.op(

@@ -2,12 +2,7 @@
 
 import dagster as dg
 
-evaluation_job = dg.define_asset_job(
-    "evaluation",
-    selection=dg.AssetSelection.assets("test_scores", "compat_evaluation"),
-    description="Fill the missing cells of the model x dataset-version matrix.",
-    tags={"maskfind/kind": "evaluation"},
-)
+from maskfind_pipeline.defs.jobs import evaluation_job
 
 
 @dg.asset_sensor(

@@ -5,15 +5,9 @@ import os
 import dagster as dg
 
 from maskfind_pipeline.alerts import WEBHOOK_ENV, send_alert
+from maskfind_pipeline.defs.jobs import history_job
 from maskfind_pipeline.evaluation.history import alert_message
-from maskfind_pipeline.settings import Settings
-
-history_job = dg.define_asset_job(
-    "history",
-    selection=dg.AssetSelection.assets("performance_history"),
-    description="Tabulate and plot performance over time; warn about regressions.",
-    tags={"maskfind/kind": "history"},
-)
+from maskfind_pipeline.locations import Locations
 
 
 @dg.definitions
@@ -23,7 +17,7 @@ def history_schedules() -> dg.Definitions:
         name="history_schedule",
         job=history_job,
         cron_schedule="0 6 * * *",
-        execution_timezone=Settings.from_env().timezone,
+        execution_timezone=Locations.from_env().timezone,
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     # A module with a `dg.definitions` function contributes only what that function returns.

@@ -10,13 +10,13 @@ from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.novelty.model import DayAlarm
 
 
 class ProductionConfig(run_config_for(ProductionOptions)):
     """Batching, I/O threads, log commits and the inference backend
-    (`flows.settings.ProductionOptions`)."""
+    (`flows.options.ProductionOptions`)."""
 
 
 @dg.asset(
@@ -82,6 +82,12 @@ def production_predictions(
             "reviewer_version": report.reviewer_version or "none",
             "backend": report.backend,
             "backend_images_per_second": markdown_table(report.backend_speeds),
+            "reviewer_runtime": report.reviewer_runtime or "none (the grades read no CNN)",
+            **(
+                {"reviewer_images_per_second": markdown_table(report.reviewer_speeds)}
+                if report.reviewer_speeds
+                else {}
+            ),
             "grade_3_rate": grade_3_rate(day_rows),
             "novel_rate": sum(bool(r["novel"]) for r in scored) / len(scored) if scored else None,
             "by_image_type": table(summary(day_rows)),

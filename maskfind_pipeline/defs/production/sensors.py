@@ -7,6 +7,7 @@ import time
 import dagster as dg
 
 from maskfind_pipeline.data.production import PredictionLog, list_day, production_days
+from maskfind_pipeline.defs.jobs import production_job
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import ObjectStoreResource
 
@@ -19,14 +20,6 @@ again this long after the last request, then twice as long after each further on
 MAX_RETRIES = 4
 """...at most this many times per image count; a new image resets the count."""
 
-production_job = dg.define_asset_job(
-    "production",
-    selection=dg.AssetSelection.assets("production_predictions", "review_queue"),
-    description="Predict and grade one production day, and queue what people should relabel. "
-    "One run per day at a time: the instance's run queue limits tag `dagster/partition` to one "
-    "run per value (dagster.yaml).",
-    tags={"maskfind/kind": "production"},
-)
 
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,

@@ -5,16 +5,16 @@ import dagster as dg
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.resources import MlflowResource, ObjectStoreResource
-from maskfind_pipeline.flows.settings import ManualPromotion, RollbackRequest
+from maskfind_pipeline.flows.options import ManualPromotion, RollbackRequest
 
 
 class ManualPromotionConfig(run_config_for(ManualPromotion)):
-    """Promote a version by hand (`flows.settings.ManualPromotion`): the gate still runs;
+    """Promote a version by hand (`flows.options.ManualPromotion`): the gate still runs;
     `force` overrides a failed gate."""
 
 
 class RollbackConfig(run_config_for(RollbackRequest)):
-    """Give `champion` back to the version it replaced (`flows.settings.RollbackRequest`)."""
+    """Give `champion` back to the version it replaced (`flows.options.RollbackRequest`)."""
 
 
 @dg.op

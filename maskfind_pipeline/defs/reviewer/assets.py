@@ -9,13 +9,13 @@ from maskfind_pipeline.defs.metadata import table
 from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
-from maskfind_pipeline.flows.settings import ReviewerSettings
+from maskfind_pipeline.flows.options import ReviewerOptions
 from maskfind_pipeline.version import code_version
 
 
-class ReviewerConfig(run_config_for(ReviewerSettings)):
+class ReviewerConfig(run_config_for(ReviewerOptions)):
     """The reviewer network, its training data and how it is judged
-    (`flows.settings.ReviewerSettings`)."""
+    (`flows.options.ReviewerSettings`)."""
 
 
 @dg.asset(
@@ -50,14 +50,14 @@ def reviewer_model(
             f"val AUC grade 3 {epoch.val_auc_grade3:.4f}"
         )
 
-    settings, versions = core_of(config, ReviewerSettings), VersionStore(work_store.open())
-    vid = settings.dataset_version or latest_version(versions)
+    options, versions = core_of(config, ReviewerOptions), VersionStore(work_store.open())
+    vid = options.dataset_version or latest_version(versions)
     reviewers = mlflow.reviewers()
     tags = {"code_version": code_version(), "dagster_run_id": context.run.run_id}
     # The run exists from the start: MLflow system metrics sampled into it while it trains.
     with reviewers.training_run(vid, tags) as run_id:
         outcome = train_and_register_reviewer(
-            settings.model_copy(update={"dataset_version": vid}),
+            options.model_copy(update={"dataset_version": vid}),
             versions=versions,
             data_store=data_store.open(),
             cache=cache.open(),

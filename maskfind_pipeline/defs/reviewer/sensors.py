@@ -2,12 +2,7 @@
 
 import dagster as dg
 
-reviewer_job = dg.define_asset_job(
-    "reviewer",
-    selection=dg.AssetSelection.assets("reviewer_model"),
-    description="Train, judge and register the reviewer against the current mask models.",
-    tags={"maskfind/kind": "reviewer"},
-)
+from maskfind_pipeline.defs.jobs import reviewer_job
 
 
 @dg.asset_sensor(

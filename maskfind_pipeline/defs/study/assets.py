@@ -15,7 +15,7 @@ from maskfind_pipeline.defs.metadata_images import png_metadata
 from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.resources import CacheResource, ObjectStoreResource
 from maskfind_pipeline.evaluation.generalization import Row, StepOutcome
-from maskfind_pipeline.flows.generalization import StudySettings, StudyTask
+from maskfind_pipeline.flows.generalization import StudyOptions, StudyTask
 
 ASSET = "generalization_study"
 
@@ -45,7 +45,7 @@ generalization_study_asset = dg.AssetSpec(
 )
 
 
-class StudyConfig(run_config_for(StudySettings)):
+class StudyConfig(run_config_for(StudyOptions)):
     """The study's dataset version, image type order, K, images per type and training budget
     (`flows.generalization.StudySettings`)."""
 
@@ -58,7 +58,7 @@ def study_plan(
     from maskfind_pipeline.data.version_store import VersionStore
     from maskfind_pipeline.flows.generalization import plan_study
 
-    tasks = plan_study(core_of(config, StudySettings), VersionStore(work_store.open()))
+    tasks = plan_study(core_of(config, StudyOptions), VersionStore(work_store.open()))
     first = tasks[0]
     context.log.info(f"dataset version {first.dataset_version}, image types: {first.order}")
     for task in tasks:

@@ -10,12 +10,12 @@ from maskfind_pipeline.defs.partitions import MODEL_VERSIONS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
 from maskfind_pipeline.defs.training.distributed import launch
 from maskfind_pipeline.defs.training.metadata import resumed_metadata, training_metadata
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
 from maskfind_pipeline.version import code_version
 
 
-class MaskModelConfig(run_config_for(TrainingSettings)):
-    """Dataset version, architecture and hyper-parameters (`flows.settings.TrainingSettings`);
+class MaskModelConfig(run_config_for(TrainingOptions)):
+    """Dataset version, architecture and hyper-parameters (`flows.options.TrainingSettings`);
     the defaults are the production model."""
 
 
@@ -45,7 +45,7 @@ def mask_model(
     from maskfind_pipeline.flows.training import resume_training, train_and_register
     from maskfind_pipeline.registry.records import TRAINING_KEY_TAG
 
-    settings = core_of(config, TrainingSettings)
+    options = core_of(config, TrainingOptions)
     key = f"{context.run.root_run_id or context.run.run_id}/{context.asset_key.to_user_string()}"
     tags = {
         "code_version": code_version(),
@@ -60,10 +60,10 @@ def mask_model(
             "before it died: kept, not trained again"
         )
         version, metadata = resumed.version, resumed_metadata(resumed)
-    elif settings.distributed is not None:
+    elif options.distributed is not None:
         version, metadata = launch(
             context,
-            settings,
+            options,
             data_store=data_store,
             work_store=work_store,
             cache=cache,
@@ -72,7 +72,7 @@ def mask_model(
         )
     else:
         outcome = train_and_register(
-            settings,
+            options,
             versions=VersionStore(work_store.open()),
             data_store=data_store.open(),
             cache=cache.open(),

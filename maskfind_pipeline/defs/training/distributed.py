@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
-from maskfind_pipeline.flows.settings import TrainingSettings
+from maskfind_pipeline.flows.options import TrainingOptions
 
 if TYPE_CHECKING:
     from maskfind_pipeline.ml.distributed import Ranks
@@ -32,7 +32,7 @@ MODULE = "maskfind_pipeline.defs.training.distributed"
 
 def launch(
     context: dg.AssetExecutionContext,
-    settings: TrainingSettings,
+    options: TrainingOptions,
     *,
     data_store: ObjectStoreResource,
     work_store: ObjectStoreResource,
@@ -47,10 +47,10 @@ def launch(
         dagster.DagsterPipesExecutionError: a training process failed.
         dagster.Failure: rank 0 reported no model version.
     """
-    assert settings.distributed is not None
-    command = settings.distributed.torchrun_command(MODULE)
+    assert options.distributed is not None
+    command = options.distributed.torchrun_command(MODULE)
     job = {
-        "settings": settings.model_dump(mode="json"),
+        "settings": options.model_dump(mode="json"),
         "resources": {
             "data_store": data_store.model_dump(),
             "work_store": work_store.model_dump(),
@@ -59,11 +59,11 @@ def launch(
         },
         "tags": tags,
     }
-    context.log.info(f"training in {settings.distributed.nproc} processes: {' '.join(command)}")
+    context.log.info(f"training in {options.distributed.nproc} processes: {' '.join(command)}")
     invocation = dg.PipesSubprocessClient().run(
         context=context,
         command=command,
-        env={JOB_ENV: json.dumps(job), **settings.distributed.thread_env()},
+        env={JOB_ENV: json.dumps(job), **options.distributed.thread_env()},
     )
     metadata = dict(
         invocation.get_materialize_result(implicit_materialization=False).metadata or {}
@@ -81,19 +81,19 @@ def main() -> None:
     from maskfind_pipeline.ml.distributed import process_group
 
     job: dict[str, Any] = json.loads(os.environ[JOB_ENV])
-    settings = TrainingSettings.model_validate(job["settings"])
-    with process_group(settings.train.device) as (ranks, device):
+    options = TrainingOptions.model_validate(job["settings"])
+    with process_group(options.train.device) as (ranks, device):
         if not ranks.is_main:
-            _train(job, settings, ranks, device, on_epoch=None)
+            _train(job, options, ranks, device, on_epoch=None)
             return
         with open_dagster_pipes() as pipes:
-            replica = _train(job, settings, ranks, device, lambda r: pipes.log.info(r.describe()))
+            replica = _train(job, options, ranks, device, lambda r: pipes.log.info(r.describe()))
             pipes.report_asset_materialization(metadata=replica)
 
 
 def _train(
     job: dict[str, Any],
-    settings: TrainingSettings,
+    options: TrainingOptions,
     ranks: Ranks,
     device: str,
     on_epoch: Callable[[EpochReport], None] | None,
@@ -108,7 +108,7 @@ def _train(
     cache = CacheResource.model_validate(resources["cache"])
     mlflow = MlflowResource.model_validate(resources["mlflow"])
     replica = train_and_register_replica(
-        settings,
+        options,
         ranks,
         device=device,
         versions=VersionStore(work_store.open()),

@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.metadata
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 _log = logging.getLogger(__name__)
 
@@ -127,3 +130,33 @@ def _remove_stale(root: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.name.startswith(TEMPORARY_PREFIXES) and path.stat().st_mtime < cutoff:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def read_choice(path: Path, inputs: Mapping[str, str]) -> dict[str, Any] | None:
+    """A measured choice kept in `path` (JSON), if it was made for exactly `inputs`."""
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) and data.get("inputs") == dict(inputs) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_choice(path: Path, inputs: Mapping[str, str], **fields: object) -> None:
+    """Keep a measured choice (`fields`) for `inputs` in `path`, written atomically; a failure
+    only logs (the next run measures again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".choice-", dir=path.parent)
+        with os.fdopen(fd, "w") as file:
+            json.dump({"inputs": dict(inputs), **fields}, file, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError as exc:
+        _log.warning("could not cache the choice in %s: %s", path, exc)
+
+
+def library_version(package: str) -> str:
+    """The installed version of `package`, or "absent"."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"

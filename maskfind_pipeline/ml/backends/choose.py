@@ -9,12 +9,8 @@ after the first opens the chosen backend alone instead of exporting and timing e
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +19,12 @@ from typing import Any, NamedTuple
 import torch
 
 from maskfind_pipeline.ml.backends.base import InferenceBackend
-from maskfind_pipeline.ml.backends.cache import cache_key
+from maskfind_pipeline.ml.backends.cache import (
+    cache_key,
+    library_version,
+    read_choice,
+    write_choice,
+)
 from maskfind_pipeline.ml.backends.config import DEFAULT_CANDIDATES, BackendConfig, BackendName
 from maskfind_pipeline.ml.backends.exports import ModelExports
 from maskfind_pipeline.ml.backends.runtimes import open_backend
@@ -168,49 +169,29 @@ def choice_inputs(
     return {
         **machine_identity(),
         **exports.onnx_inputs,
-        **{f"version.{p}": _version(p) for p in ("onnxruntime", "openvino")},
+        **{f"version.{p}": library_version(p) for p in ("onnxruntime", "openvino")},
         "candidates": ",".join(candidates),
         "batch_size": str(batch_size),
     }
 
 
 def _read_choice(path: Path, inputs: dict[str, str]) -> dict[str, Any] | None:
+    data = read_choice(path, inputs)
     try:
-        data = json.loads(path.read_text())
-        if data["inputs"] != inputs:
-            return None
-        return {
+        return data and {
             "backend": str(data["backend"]),
             "rates": {str(k): float(v) for k, v in data["rates"].items()},
             "skipped": {str(k): str(v) for k, v in data["skipped"].items()},
         }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError, ValueError):
         return None
 
 
 def _write_choice(path: Path, inputs: dict[str, str], choice: BackendChoice) -> None:
     """Keep the choice (written atomically; a failure only logs)."""
-    data = {
-        "inputs": inputs,
-        "backend": choice.backend.name,
-        "rates": choice.rates,
-        "skipped": choice.skipped,
-    }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".choice-", dir=path.parent)
-        with os.fdopen(fd, "w") as file:
-            json.dump(data, file, indent=1, sort_keys=True)
-        os.replace(temporary, path)
-    except OSError as exc:
-        _log.warning("could not cache the backend choice in %s: %s", path, exc)
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
+    write_choice(
+        path, inputs, backend=choice.backend.name, rates=choice.rates, skipped=choice.skipped
+    )
 
 
 def synthetic_batch(batch_size: int, size: int, seed: int = 0) -> torch.Tensor:

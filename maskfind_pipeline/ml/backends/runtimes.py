@@ -50,16 +50,16 @@ class TorchBackend:
     def module(self) -> ProbabilityModel:
         """The predictor's model with preprocessing, sigmoid and features (shares its weights)."""
         module = ProbabilityModel(self.predictor.model, self.predictor.config)
-        return module.to(self.predictor.settings.device).eval()
+        return module.to(self.predictor.placement.device).eval()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
         """`base.Prediction` of uint8 CPU images (B,3,S,S), one run of the module."""
         check_images(images, self.predictor.config.input_size)
-        settings = self.predictor.settings
-        inputs = images.to(settings.device, non_blocking=True)
-        with settings.autocast():
-            outputs = self.module(inputs.contiguous(memory_format=settings.memory_format))
+        placement = self.predictor.placement
+        inputs = images.to(placement.device, non_blocking=True)
+        with placement.autocast():
+            outputs = self.module(inputs.contiguous(memory_format=placement.memory_format))
         return Prediction(*(output.float().cpu() for output in outputs))
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -75,8 +75,8 @@ def feature_predictor(model: ModelConfig, config: NoveltyConfig) -> Predictor | 
 def encoder_features(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
     """`pooled_features` (B, D) float32 of uint8 images (B, 3, S, S) at the model's input size,
     through the predictor's encoder only."""
-    settings = predictor.settings
-    batch = images.to(settings.device).contiguous(memory_format=settings.memory_format)
+    placement = predictor.placement
+    batch = images.to(placement.device).contiguous(memory_format=placement.memory_format)
     stages = predictor.model.get_submodule("encoder")(preprocess(batch, predictor.config))
     return pooled_features(stages).float().cpu()
 

@@ -39,7 +39,7 @@ _PER_IMAGE = ("images", "true_masks", "image_types")
 
 
 @dataclass(frozen=True, eq=False)
-class ReviewSamples:
+class ReviewerSamples:
     """Masks under review with everything to train and judge the reviewer, row-aligned.
 
     Each image is stored once (`images`, `true_masks`, `image_types`, length M); every sample
@@ -128,7 +128,7 @@ class ReviewSamples:
         """Grade 1, 2 or 3 of each sample by `rule`."""
         return rule.grades(self.ious)
 
-    def take(self, selection: np.ndarray | Sequence[int]) -> ReviewSamples:
+    def take(self, selection: np.ndarray | Sequence[int]) -> ReviewerSamples:
         """The selected samples (a boolean mask or indices), keeping only their images."""
         rows = np.asarray(selection)
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
@@ -138,7 +138,7 @@ class ReviewSamples:
             for f in fields(self)
         }
         values["image_index"] = remapped.astype(np.int64)
-        return ReviewSamples(**values)
+        return ReviewerSamples(**values)
 
     @classmethod
     def joined(
@@ -147,7 +147,7 @@ class ReviewSamples:
         true_masks: np.ndarray,
         image_types: np.ndarray,
         parts: Sequence[Mapping[str, np.ndarray]],
-    ) -> ReviewSamples:
+    ) -> ReviewerSamples:
         """Samples made of `parts` (per-sample arrays, as `predicted_masks` and
         `degraded_masks` return them) over the same images."""
         if not parts:
@@ -213,7 +213,7 @@ def build_review_samples(
     seed: int,
     batch_size: int = 32,
     grades: GradeRule | None = None,
-) -> ReviewSamples:
+) -> ReviewerSamples:
     """Real predictions of every predictor on every image, plus degraded true masks.
 
     Args:
@@ -248,7 +248,7 @@ def build_review_samples(
         parts.append(degraded_masks(truth, count, rule, thresholds, seed))
     if not parts:
         raise ValueError("no samples: give predictors or a positive degraded_share")
-    return ReviewSamples.joined(images, truth, types, parts)
+    return ReviewerSamples.joined(images, truth, types, parts)
 
 
 def _checked(

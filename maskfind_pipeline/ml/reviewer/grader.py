@@ -7,14 +7,15 @@ the grades, as they were then.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from maskfind_pipeline.ml.metrics import quantize_probabilities
 from maskfind_pipeline.ml.reviewer.grading import FLIP, NOVELTY, REVIEWER, GradeModel, mask_signals
-from maskfind_pipeline.ml.reviewer.model import Reviewer
+from maskfind_pipeline.ml.reviewer.model import ReviewerModel
 
 GRADE_MODEL_FILE = "grade_model.json"
 """The grade model's file beside the reviewer's weights in the registry."""
@@ -29,11 +30,14 @@ class Grader:
         version: the reviewer version.
         model: its grade model; None for a version registered before them.
         reviewer: the CNN, loaded only when `model` reads it (or there is no model).
+        runtime_rates: the CNN's images/s in each runtime, where `ready` measured them.
     """
 
     version: str
     model: GradeModel | None
-    reviewer: Reviewer | None
+    reviewer: ReviewerModel | None
+    runtime_rates: dict[str, float] = field(default_factory=dict)
+    """The CNN's images/s in each runtime where they were measured (`on_fastest_runtime`)."""
 
     @property
     def scorer(self) -> str:
@@ -43,6 +47,24 @@ class Grader:
     def to(self, device: str | None = None) -> Grader:
         """This grader with its CNN (if any) on `device` with `ml.device`'s precision rules."""
         return replace(self, reviewer=self.reviewer.to(device) if self.reviewer else None)
+
+    def ready(self, cache_dir: Path, *, batch_size: int = 32) -> Grader:
+        """This grader as production runs it: its CNN (if any) on the GPU where there is one,
+        else in the fastest runtime of this CPU, measured once and cached in `cache_dir`
+        (`ReviewerModel.on_fastest_runtime`)."""
+        if self.reviewer is None:
+            return self
+        if torch.cuda.is_available():
+            return self.to("cuda")
+        reviewer, choice = self.reviewer.on_fastest_runtime(cache_dir, batch_size=batch_size)
+        return replace(self, reviewer=reviewer, runtime_rates=choice.rates)
+
+    @property
+    def runtime(self) -> str | None:
+        """Where the CNN runs: a runtime's name, "torch" without one, None without a CNN."""
+        if self.reviewer is None:
+            return None
+        return self.reviewer.runtime.name if self.reviewer.runtime else "torch"
 
     def grade_batch(
         self,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,10 +31,13 @@ from segmentation_models_pytorch.encoders import get_encoder
 from segmentation_models_pytorch.encoders._utils import patch_first_conv
 from torch import nn
 
-from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.device import Placement, select_device
 from maskfind_pipeline.ml.reviewer.config import GRADES, ReviewerSpec
 from maskfind_pipeline.ml.segmentation.config import ModelSpec
 from maskfind_pipeline.ml.weights.pretrained import load_encoder_weights
+
+if TYPE_CHECKING:
+    from maskfind_pipeline.ml.reviewer.runtimes import ReviewerRuntime, RuntimeChoice
 
 _log = logging.getLogger(__name__)
 
@@ -164,13 +169,13 @@ def grade_logits(
     images: torch.Tensor,
     probabilities: torch.Tensor,
     threshold: Threshold,
-    settings: DeviceSettings,
+    placement: Placement,
 ) -> torch.Tensor:
     """Grade logits (B, 3) of one batch, with `settings`' device, memory format and autocast."""
-    images = images.to(settings.device, non_blocking=True)
+    images = images.to(placement.device, non_blocking=True)
     inputs = reviewer_inputs(images, probabilities, threshold, spec)
-    inputs = inputs.contiguous(memory_format=settings.memory_format)
-    with settings.autocast():
+    inputs = inputs.contiguous(memory_format=placement.memory_format)
+    with placement.autocast():
         return model(inputs).float()
 
 
@@ -182,7 +187,7 @@ def grade_probabilities(
     probabilities: np.ndarray,
     threshold: Threshold,
     *,
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """P(grade 1), P(grade 2), P(grade 3) of each mask, (N, 3) float64, rows summing to 1.
@@ -199,7 +204,7 @@ def grade_probabilities(
     """
     if len(images) != len(probabilities):
         raise ValueError(f"{len(images)} images for {len(probabilities)} probability maps")
-    settings = settings or select_device(str(next(model.parameters()).device))
+    placement = placement or select_device(str(next(model.parameters()).device))
     thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float32), (len(images),))
     was_training = model.training
     model.eval()
@@ -208,29 +213,34 @@ def grade_probabilities(
         part = slice(start, start + batch_size)
         batch = torch.from_numpy(np.ascontiguousarray(images[part])).permute(0, 3, 1, 2)
         probs = torch.from_numpy(np.ascontiguousarray(probabilities[part]))[:, None]
-        logits = grade_logits(model, spec, batch, probs, thresholds[part].copy(), settings)
+        logits = grade_logits(model, spec, batch, probs, thresholds[part].copy(), placement)
         out.append(torch.softmax(logits, dim=1).double().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, len(GRADES)))
 
 
 @dataclass
-class Reviewer:
+class ReviewerModel:
     """A loaded reviewer: network, spec and device settings; grades batches of predictions.
 
     Like `ml.segmentation.predict.Predictor`, a loaded reviewer computes in float32 on the CPU;
-    `to("cuda")` moves it with the training device's rules.
+    `to("cuda")` moves it with the training device's rules, `on_fastest_runtime` runs its
+    network in the fastest runtime of this CPU (`ml.reviewer.runtimes`).
     """
 
     model: nn.Module
     spec: ReviewerSpec
     version: str = ""
-    settings: DeviceSettings = field(
+    placement: Placement = field(
         default_factory=lambda: select_device("cpu", mixed_precision=False)
     )
+    runtime: ReviewerRuntime | None = None
+    """Where the network runs when set (its inputs are computed in torch on the CPU)."""
 
     @classmethod
-    def from_weights(cls, spec: ReviewerSpec, weights: bytes, *, version: str = "") -> Reviewer:
+    def from_weights(
+        cls, spec: ReviewerSpec, weights: bytes, *, version: str = ""
+    ) -> ReviewerModel:
         """Rebuild the network from `spec` and read `weights` with safetensors only."""
         try:
             state = load_safetensors(weights)
@@ -244,20 +254,20 @@ class Reviewer:
             raise InvalidReviewerWeights(f"weights do not fit {spec.encoder_name}: {exc}") from None
         return cls(model.eval(), spec, version)
 
-    def to(self, device: str | None = None, *, mixed_precision: bool = True) -> Reviewer:
+    def to(self, device: str | None = None, *, mixed_precision: bool = True) -> ReviewerModel:
         """This reviewer on `device` with `ml.device`'s precision rules (the model moves); on a
         CPU that claims bfloat16 the precision is timed on this network (`ml.precision`)."""
         from maskfind_pipeline.ml.precision import settle
 
         size = self.spec.input_size
-        settings = settle(
+        placement = settle(
             select_device(device, mixed_precision=mixed_precision),
             self.model,
             (IN_CHANNELS, size, size),
             batch_size=64,
             training=False,
         )
-        return replace(self, model=settings.prepare(self.model), settings=settings)
+        return replace(self, model=placement.prepare(self.model), placement=placement)
 
     @torch.inference_mode()
     def grade_batch(
@@ -265,7 +275,42 @@ class Reviewer:
     ) -> torch.Tensor:
         """(B, 3) grade probabilities, float32 on the reviewer's device, for the mask model's
         uint8 input batch (B, 3, S, S) and its probabilities (B, 1, S, S)."""
+        if self.runtime is not None:
+            inputs = reviewer_inputs(images.cpu(), probabilities.cpu(), threshold, self.spec)
+            return torch.softmax(self.runtime.logits(inputs), dim=1)
         logits = grade_logits(
-            self.model, self.spec, images, probabilities, threshold, self.settings
+            self.model, self.spec, images, probabilities, threshold, self.placement
         )
         return torch.softmax(logits, dim=1)
+
+    def on_fastest_runtime(
+        self, cache_dir: Path, *, batch_size: int = 32, candidates: tuple[str, ...] | None = None
+    ) -> tuple[ReviewerModel, RuntimeChoice]:
+        """This reviewer with its network in the fastest of torch (its precision measured),
+        ONNX Runtime and OpenVINO on this CPU, and the choice: measured once per machine,
+        version and library versions, cached in `cache_dir` (`ml.reviewer.runtimes`)."""
+        from maskfind_pipeline.ml.reviewer import runtimes
+
+        exports = runtimes.ReviewerExports(
+            self.model, self.spec.model_dump_json(), self.spec.input_size, cache_dir
+        )
+
+        def open_runtime(name: str) -> ReviewerRuntime:
+            if name == "torch":
+                placed = self.to("cpu")
+                return runtimes.TorchRuntime(placed.model, placed.placement)
+            if name == "onnxruntime":
+                return runtimes.OnnxRuntime(exports.onnx())
+            if name == "openvino":
+                return runtimes.OpenVinoRuntime(exports.openvino())
+            raise ValueError(f"unknown reviewer runtime {name!r}")
+
+        choice = runtimes.choose_runtime(
+            open_runtime,
+            {**runtimes.machine_key(), **exports.onnx_inputs},
+            cache_dir,
+            input_size=self.spec.input_size,
+            candidates=candidates or runtimes.RUNTIMES,
+            batch_size=batch_size,
+        )
+        return replace(self, runtime=choice.runtime), choice

@@ -22,7 +22,7 @@ from torch import nn
 
 from maskfind_pipeline.ml import plots
 from maskfind_pipeline.ml.device import (
-    DeviceSettings,
+    Placement,
     seed_everything,
     select_device,
     tune_cpu_allocator,
@@ -35,7 +35,7 @@ from maskfind_pipeline.ml.reviewer.config import (
     ReviewerSpec,
     ReviewerTrainConfig,
 )
-from maskfind_pipeline.ml.reviewer.data import ReviewSamples
+from maskfind_pipeline.ml.reviewer.data import ReviewerSamples
 from maskfind_pipeline.ml.reviewer.metrics import ReviewerEvaluation, evaluate_reviewer, safe_auc
 from maskfind_pipeline.ml.reviewer.model import (
     IN_CHANNELS,
@@ -106,10 +106,10 @@ class ReviewerResult:
 def train_reviewer(
     spec: ReviewerSpec,
     config: ReviewerTrainConfig,
-    train: ReviewSamples,
-    val: ReviewSamples,
+    train: ReviewerSamples,
+    val: ReviewerSamples,
     *,
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
     on_epoch: Callable[[ReviewerEpoch], None] | None = None,
     progress_bar: bool = True,
 ) -> ReviewerResult:
@@ -131,8 +131,8 @@ def train_reviewer(
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"need training and validation samples, got {len(train)} and {len(val)}")
     seed_everything(config.seed)
-    settings = settings or select_device(config.device, mixed_precision=config.mixed_precision)
-    if settings.device.type == "cpu":
+    placement = placement or select_device(config.device, mixed_precision=config.mixed_precision)
+    if placement.device.type == "cpu":
         tune_cpu_allocator()
     model, pretrained = build_pretrained(
         lambda weights: build_reviewer(spec, pretrained=weights),
@@ -140,10 +140,10 @@ def train_reviewer(
         allow_scratch=config.allow_scratch,
     )
     size = spec.input_size
-    settings, model = place(
-        settings, model, (IN_CHANNELS, size, size), batch_size=config.batch_size
+    placement, model = place(
+        placement, model, (IN_CHANNELS, size, size), batch_size=config.batch_size
     )
-    run = _ReviewerFit(model, spec, config, settings, train, val)
+    run = _ReviewerFit(model, spec, config, placement, train, val)
     run.fit(on_epoch, progress_bar)
     return run.finish(pretrained)
 
@@ -151,9 +151,9 @@ def train_reviewer(
 def evaluate_on(
     model: nn.Module,
     spec: ReviewerSpec,
-    samples: ReviewSamples,
+    samples: ReviewerSamples,
     *,
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
     batch_size: int = _EVAL_BATCH,
 ) -> tuple[np.ndarray, dict[str, ReviewerEvaluation]]:
     """Grade `samples` and judge the reviewer and both baselines on them.
@@ -169,7 +169,7 @@ def evaluate_on(
         samples.sample_images(),
         samples.probabilities,
         samples.thresholds,
-        settings=settings,
+        placement=placement,
         batch_size=batch_size,
     )
     grades = samples.grades(spec.grades)
@@ -217,20 +217,20 @@ class _ReviewerFit:
         model: nn.Module,
         spec: ReviewerSpec,
         config: ReviewerTrainConfig,
-        settings: DeviceSettings,
-        train: ReviewSamples,
-        val: ReviewSamples,
+        placement: Placement,
+        train: ReviewerSamples,
+        val: ReviewerSamples,
     ) -> None:
-        self.model, self.spec, self.config, self.settings = model, spec, config, settings
+        self.model, self.spec, self.config, self.placement = model, spec, config, placement
         self.train, self.val = train, val
         targets = grade_targets(train.ious, spec.grades, config.label_iou_sigma)
         self.train_targets = torch.from_numpy(targets.astype(np.float32))
         self.val_grades = val.grades(spec.grades)
         self.weights = class_weights(train.grades(spec.grades), config.class_weighting)
-        self.loss_weight = torch.tensor(self.weights, dtype=torch.float32, device=settings.device)
+        self.loss_weight = torch.tensor(self.weights, dtype=torch.float32, device=placement.device)
         self.loop = Fit(
             model,
-            settings,
+            placement,
             parameters=model.parameters(),
             learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
@@ -277,15 +277,15 @@ class _ReviewerFit:
         return batches
 
     def _step(self, rows: np.ndarray) -> tuple[torch.Tensor, int]:
-        device = self.settings.device
+        device = self.placement.device
         images = torch.from_numpy(self.train.sample_images(rows)).permute(0, 3, 1, 2)
         probs = torch.from_numpy(self.train.probabilities[rows])[:, None]
         inputs = reviewer_inputs(images.to(device), probs, self.train.thresholds[rows], self.spec)
         if self.config.augment:
             inputs = augment(inputs, self.generator)
-        inputs = inputs.contiguous(memory_format=self.settings.memory_format)
+        inputs = inputs.contiguous(memory_format=self.placement.memory_format)
         targets = self.train_targets[rows].to(device)
-        with self.settings.autocast():
+        with self.placement.autocast():
             logits = self.model(inputs)
         loss = F.cross_entropy(
             logits.float(),
@@ -327,7 +327,7 @@ class _ReviewerFit:
             self.val.sample_images(),
             self.val.probabilities,
             self.val.thresholds,
-            settings=self.settings,
+            placement=self.placement,
             batch_size=_EVAL_BATCH,
         )
 
@@ -355,7 +355,7 @@ class _ReviewerFit:
             class_weights=self.weights.tolist(),
             plots={"training_curves": training_curves_png(self.history), **figures},
             pretrained=pretrained,
-            device=self.settings.describe(),
+            device=self.placement.describe(),
         )
 
 

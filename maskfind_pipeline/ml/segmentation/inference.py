@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.device import Placement, select_device
 from maskfind_pipeline.ml.metrics import EvaluationMetrics, evaluate
 from maskfind_pipeline.ml.segmentation.config import ModelConfig, ModelSpec
 from maskfind_pipeline.ml.segmentation.model import preprocess
@@ -36,23 +36,23 @@ class Predictions(NamedTuple):
 
 
 def forward(
-    model: nn.Module, config: ModelSpec, images: torch.Tensor, settings: DeviceSettings
+    model: nn.Module, config: ModelSpec, images: torch.Tensor, placement: Placement
 ) -> torch.Tensor:
     """Logits of a uint8 batch with the model's preprocessing, memory format and autocast."""
-    images = images.to(settings.device, non_blocking=True)
-    inputs = preprocess(images.contiguous(memory_format=settings.memory_format), config)
-    with settings.autocast():
+    images = images.to(placement.device, non_blocking=True)
+    inputs = preprocess(images.contiguous(memory_format=placement.memory_format), config)
+    with placement.autocast():
         return model(inputs)
 
 
 def predict_logits(
-    model: nn.Module, config: ModelSpec, images: torch.Tensor, settings: DeviceSettings
+    model: nn.Module, config: ModelSpec, images: torch.Tensor, placement: Placement
 ) -> torch.Tensor:
     """Float32 logits of a uint8 batch as predictions are made: `forward`, averaged over the
     test-time augmentation `config` asks for (`ml.segmentation.tta`; none by default)."""
-    images = images.to(settings.device, non_blocking=True)
-    inputs = preprocess(images.contiguous(memory_format=settings.memory_format), config)
-    with settings.autocast():
+    images = images.to(placement.device, non_blocking=True)
+    inputs = preprocess(images.contiguous(memory_format=placement.memory_format), config)
+    with placement.autocast():
         return averaged_logits(model, inputs, config)
 
 
@@ -62,7 +62,7 @@ def predict_probabilities(
     config: ModelSpec,
     loader: Loader,
     *,
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
 ) -> Predictions:
     """Sigmoid probabilities of every batch of `loader`, batched, without gradients, with the
     config's test-time augmentation (`predict_logits`).
@@ -71,12 +71,12 @@ def predict_probabilities(
     channels_last follow `settings` (default: `select_device()` on the model's device).
     """
     device = next(model.parameters()).device
-    settings = settings or select_device(str(device))
+    placement = placement or select_device(str(device))
     was_training = model.training
     model.eval()
     probs, masks, indices = [], [], []
     for batch in loader:
-        logits = predict_logits(model, config, batch["image"], settings)
+        logits = predict_logits(model, config, batch["image"], placement)
         quantised = torch.sigmoid(logits.float()).mul_(255).round_().to(torch.uint8)
         probs.append(quantised[:, 0].cpu().numpy())
         masks.append(batch["mask"][:, 0].to(torch.uint8).numpy())
@@ -94,13 +94,13 @@ def evaluate_loader(
     *,
     image_types: Sequence[str],
     sources: Sequence[str],
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
 ) -> EvaluationMetrics:
     """Metrics of `model` at `config.threshold` on every batch of `loader` (e.g. a test split).
 
     `image_types` and `sources` are indexed by manifest row, as batches carry row indices.
     """
-    predictions = predict_probabilities(model, config, loader, settings=settings)
+    predictions = predict_probabilities(model, config, loader, placement=placement)
     rows = predictions.indices
     return evaluate(
         predictions.probabilities,

@@ -13,7 +13,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from maskfind_pipeline.data.decoded import resize_image
-from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.device import Placement, select_device
 from maskfind_pipeline.ml.segmentation.config import ModelConfig
 from maskfind_pipeline.ml.segmentation.inference import forward, predict_logits
 from maskfind_pipeline.ml.segmentation.model import build_model
@@ -47,7 +47,7 @@ INFERENCE_BATCH = 32
 """The batch size the precision probe assumes for inference (production's)."""
 
 
-def _exact_cpu() -> DeviceSettings:
+def _exact_cpu() -> Placement:
     return select_device("cpu", mixed_precision=False)
 
 
@@ -63,7 +63,7 @@ class Predictor:
     model: torch.nn.Module
     config: ModelConfig
     version: str = ""
-    settings: DeviceSettings = field(default_factory=_exact_cpu)
+    placement: Placement = field(default_factory=_exact_cpu)
 
     @classmethod
     def from_weights(cls, config: ModelConfig, weights: bytes, *, version: str = "") -> Predictor:
@@ -89,14 +89,14 @@ class Predictor:
         from maskfind_pipeline.ml.precision import settle
 
         size = self.config.input_size
-        settings = settle(
+        placement = settle(
             select_device(device, mixed_precision=mixed_precision),
             self.model,
             (3, size, size),
             batch_size=INFERENCE_BATCH,
             training=False,
         )
-        return replace(self, model=settings.prepare(self.model), settings=settings)
+        return replace(self, model=placement.prepare(self.model), placement=placement)
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, *, tta: bool = True) -> torch.Tensor:
@@ -104,8 +104,8 @@ class Predictor:
         already at the model's input size: averaged over the config's test-time augmentation,
         or of the plain forward pass alone with `tta=False`."""
         if tta:
-            return predict_logits(self.model, self.config, images, self.settings)
-        return forward(self.model, self.config, images, self.settings).float()
+            return predict_logits(self.model, self.config, images, self.placement)
+        return forward(self.model, self.config, images, self.placement).float()
 
     @torch.no_grad()
     def probabilities(self, image: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from maskfind_pipeline.data.decoded import DecodedArrays
 from maskfind_pipeline.data.loader import MaskBatches, MaskDataset, make_loaders
 from maskfind_pipeline.ml import plots
 from maskfind_pipeline.ml.device import (
-    DeviceSettings,
+    Placement,
     seed_everything,
     select_device,
     tune_cpu_allocator,
@@ -112,7 +112,7 @@ def make_train_loaders(
     manifest: pa.Table,
     decoded: DecodedArrays,
     train_config: TrainConfig,
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
     ranks: Ranks | None = None,
 ) -> dict[str, DataLoader[dict[str, Any]]]:
     """`make_loaders` with this config's batch size, workers, augmentation and seed.
@@ -128,7 +128,7 @@ def make_train_loaders(
             `select_device(train_config.device)`.
         ranks: with several processes, the train split is sharded among them.
     """
-    settings = settings or select_device(train_config.device)
+    placement = placement or select_device(train_config.device)
     return make_loaders(
         manifest,
         decoded,
@@ -136,9 +136,9 @@ def make_train_loaders(
         num_workers=train_config.num_workers,
         augment=train_config.augment,
         seed=train_config.seed,
-        pin_memory=settings.pin_memory,
+        pin_memory=placement.pin_memory,
         shard=(ranks.rank, ranks.world_size) if ranks and ranks.distributed else None,
-        device_augment=train_config.augment.on_device(settings.device.type),
+        device_augment=train_config.augment.on_device(placement.device.type),
     )
 
 
@@ -149,7 +149,7 @@ def train(
     *,
     image_types: Sequence[str],
     sources: Sequence[str],
-    settings: DeviceSettings | None = None,
+    placement: Placement | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: Progress | None = None,
     progress_bar: bool = True,
@@ -179,13 +179,13 @@ def train(
         ValueError: a `train` or `val` loader is missing, or a loader is empty.
         PretrainedWeightsUnavailable: no local pretrained weights and `allow_scratch` is False.
     """
-    settings = settings or select_device(
+    placement = placement or select_device(
         train_config.device, mixed_precision=train_config.mixed_precision
     )
-    _prepare(train_config, loaders, settings)
+    _prepare(train_config, loaders, placement)
     model, pretrained = _initial_model(model_config, train_config, initial_state)
-    settings, model = _train_on(settings, model, model_config, train_config)
-    run = _MaskModelFit(model, model_config, train_config, settings, image_types, sources)
+    placement, model = _train_on(placement, model, model_config, train_config)
+    run = _MaskModelFit(model, model_config, train_config, placement, image_types, sources)
     run.fit(loaders["train"], loaders["val"], on_epoch, progress, progress_bar)
     return run.finish(loaders["val"], pretrained)
 
@@ -198,7 +198,7 @@ def train_replica(
     ranks: Ranks,
     image_types: Sequence[str],
     sources: Sequence[str],
-    settings: DeviceSettings,
+    placement: Placement,
     on_epoch: Callable[[EpochReport], None] | None = None,
     initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, TrainResult | None]:
@@ -215,14 +215,14 @@ def train_replica(
         The best epoch's model (on CPU, eval mode; the same weights on every rank) and, on rank
         0, the full `TrainResult` (None on the other ranks).
     """
-    _prepare(train_config, loaders, settings)
+    _prepare(train_config, loaders, placement)
     if ranks.is_main:
         model, pretrained = _initial_model(model_config, train_config, initial_state)
     else:
         model, pretrained = build_model(model_config, pretrained=False), False
-    settings, model = _train_on(settings, model, model_config, train_config, ranks)
+    placement, model = _train_on(placement, model, model_config, train_config, ranks)
     torch.manual_seed(train_config.seed + ranks.rank)
-    run = _MaskModelFit(model, model_config, train_config, settings, image_types, sources, ranks)
+    run = _MaskModelFit(model, model_config, train_config, placement, image_types, sources, ranks)
     run.fit(loaders["train"], loaders["val"], on_epoch, None, False)
     if not ranks.is_main:
         return run.replica_model(), None
@@ -231,26 +231,26 @@ def train_replica(
 
 
 def _prepare(
-    train_config: TrainConfig, loaders: Mapping[str, Loader], settings: DeviceSettings
+    train_config: TrainConfig, loaders: Mapping[str, Loader], placement: Placement
 ) -> None:
     for split in ("train", "val"):
         if split not in loaders:
             raise ValueError(f"training needs a {split!r} loader; got {sorted(loaders)}")
     seed_everything(train_config.seed)
-    if settings.device.type == "cpu":
+    if placement.device.type == "cpu":
         tune_cpu_allocator()
 
 
 def _train_on(
-    settings: DeviceSettings,
+    placement: Placement,
     model: nn.Module,
     model_config: ModelSpec,
     train_config: TrainConfig,
     ranks: Ranks | None = None,
-) -> tuple[DeviceSettings, nn.Module]:
+) -> tuple[Placement, nn.Module]:
     """`fit.place`: the precision timed on `model` where the CPU claims bfloat16."""
     size = model_config.input_size
-    return place(settings, model, (3, size, size), batch_size=train_config.batch_size, ranks=ranks)
+    return place(placement, model, (3, size, size), batch_size=train_config.batch_size, ranks=ranks)
 
 
 def _initial_model(
@@ -277,20 +277,20 @@ class _MaskModelFit:
         model: nn.Module,
         model_config: ModelSpec,
         train_config: TrainConfig,
-        settings: DeviceSettings,
+        placement: Placement,
         image_types: Sequence[str],
         sources: Sequence[str],
         ranks: Ranks | None = None,
     ) -> None:
         self.model, self.config, self.tc = model, model_config, train_config
-        self.settings = settings
+        self.placement = placement
         self.ranks = ranks or Ranks()
         self.image_types = np.asarray(image_types, dtype=object)
         self.sources = np.asarray(sources, dtype=object)
         self.recipe = _Recipe(model, model_config, train_config)
         self.loop = Fit(
             model,
-            settings,
+            placement,
             parameters=self.recipe.parameter_groups(),
             learning_rate=train_config.learning_rate,
             weight_decay=train_config.weight_decay,
@@ -371,7 +371,7 @@ class _MaskModelFit:
         return bool(self.ranks.agree(report.improved))
 
     def _step(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        device = self.settings.device
+        device = self.placement.device
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         if self.augment is not None:
@@ -379,7 +379,7 @@ class _MaskModelFit:
         self.done = self.progress()
         images, masks = self.recipe.resize(images, masks, self.done)
         weights = self._weights(batch).to(device, non_blocking=True)
-        logits = forward(self.loop.net, self.config, images, self.settings)
+        logits = forward(self.loop.net, self.config, images, self.placement)
         loss = self.recipe.loss(self.done)(logits.float(), masks, weights)
         return self.loop.step(loss), len(batch["image"])
 
@@ -393,7 +393,7 @@ class _MaskModelFit:
         self, epoch: int, val_loader: Loader, loss: float, images: int, seconds: float
     ) -> EpochReport:
         predictions = predict_probabilities(
-            self.evaluated, self.config, val_loader, settings=self.settings
+            self.evaluated, self.config, val_loader, placement=self.placement
         )
         counts = pixel_counts(predictions.probabilities, predictions.masks, 0.5)
         miou = float(iou_per_image(counts).mean())
@@ -447,7 +447,7 @@ class _MaskModelFit:
             best_epoch=best_epoch,
             stop_reason=self.loop.stopping.reason,
             pretrained=pretrained,
-            device=self.settings.describe(),
+            device=self.placement.describe(),
         )
 
     def _plots(

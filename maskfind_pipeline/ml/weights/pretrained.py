@@ -162,13 +162,13 @@ def hub_location(config: ModelSpec) -> tuple[str, str | None]:
             raise ValueError(f"timm has no Hugging Face hub weights for encoder {name!r}")
         repo_id, _, revision = hub_id.partition("@")
         return repo_id, revision or None
-    settings = smp_encoders[name]["pretrained_settings"]
-    if config.encoder_weights not in settings:
+    offered = smp_encoders[name]["pretrained_settings"]
+    if config.encoder_weights not in offered:
         raise ValueError(
             f"smp has no {config.encoder_weights!r} weights for encoder {name!r}; "
-            f"available: {sorted(settings)}"
+            f"available: {sorted(offered)}"
         )
-    chosen = settings[config.encoder_weights]
+    chosen = offered[config.encoder_weights]
     return chosen["repo_id"], chosen["revision"]
 
 

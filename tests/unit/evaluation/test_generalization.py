@@ -20,7 +20,7 @@ from maskfind_pipeline.evaluation.generalization import (
     study_order,
     study_table,
 )
-from maskfind_pipeline.flows.generalization import StudySettings
+from maskfind_pipeline.flows.generalization import StudyOptions
 from maskfind_pipeline.synthetic import DEFAULT_TYPES
 
 ORDER = ("a", "b", "c", "d")
@@ -120,5 +120,5 @@ def test_the_plot_is_a_png_that_changes_with_the_numbers() -> None:
 
 
 def test_the_default_order_is_the_synthetic_factorys() -> None:
-    assert StudySettings().image_types == tuple(t.name for t in DEFAULT_TYPES)
-    assert StudySettings().max_k == 5 and StudySettings().model.input_size == 128
+    assert StudyOptions().image_types == tuple(t.name for t in DEFAULT_TYPES)
+    assert StudyOptions().max_k == 5 and StudyOptions().model.input_size == 128

@@ -92,7 +92,7 @@ def test_cells_from_scores_equal_the_whole_split_evaluation(versions, tmp_path: 
         loader,
         image_types=manifest.column("image_type").to_pylist(),
         sources=manifest.column("source").to_pylist(),
-        settings=predictor.settings,
+        placement=predictor.placement,
     ).rows()
     assert len(got) == len(expected) == 1 + len(TYPES) + 2
     for mine, theirs in zip(got, expected, strict=True):

@@ -20,8 +20,8 @@ from maskfind_pipeline.data.production import (
     list_day,
     mask_key_for,
 )
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.flows.production import novelty_alarms
-from maskfind_pipeline.flows.settings import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.novelty.fit_features import features_of
 from maskfind_pipeline.ml.novelty.model import NoveltyConfig, NoveltyModel

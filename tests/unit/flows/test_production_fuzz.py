@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from maskfind_pipeline.data.production import PredictionLog, identity, list_day
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.serving.day import ProductionModels, predict_day

@@ -15,7 +15,7 @@ import pytest
 import maskfind_pipeline.serving.day as production
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.production import PredictionLog
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.serving.day import ProductionModels, predict_day

@@ -16,7 +16,7 @@ from PIL import Image
 
 from maskfind_pipeline import synthetic
 from maskfind_pipeline.data.production import PredictionLog, list_day
-from maskfind_pipeline.flows.settings import ProductionOptions
+from maskfind_pipeline.flows.options import ProductionOptions
 from maskfind_pipeline.ml.backends.runtimes import TorchBackend
 from maskfind_pipeline.ml.segmentation.predict import Predictor
 from maskfind_pipeline.serving.day import ProductionModels, predict_day

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from maskfind_pipeline.data.production import PredictionLog, encode_mask
-from maskfind_pipeline.data.review import (
+from maskfind_pipeline.data.review_queue import (
     GRADE_2_SAMPLE,
     GRADE_3,
     NEW_TYPE,
-    ReviewOptions,
+    ReviewQueueOptions,
     decode_annotation,
     pick_production,
     read_queue,
 )
-from maskfind_pipeline.flows.review import queue_production_day
+from maskfind_pipeline.flows.review_queue import queue_production_day
 from maskfind_pipeline.storage import LocalObjectStore
 
 DAY = "2026-11-30"
@@ -48,7 +48,7 @@ def _row(i: int, grade: int | None, *, novel: bool = False, status: str = "ok") 
 def test_the_rule_picks_grade_3_new_types_and_a_stable_sample_of_grade_2() -> None:
     rows = [_row(i, 2) for i in range(400)] + [_row(500, 3), _row(501, 1, novel=True)]
     rows.append(_row(502, None, status="failed"))
-    options = ReviewOptions(grade2_share=0.1)
+    options = ReviewQueueOptions(grade2_share=0.1)
     picked = pick_production(rows, options)
     reasons = {str(e["image_id"]): e["reasons"] for e in picked}
     assert reasons.pop("img-500") == [GRADE_3] and reasons.pop("img-501") == [NEW_TYPE]
@@ -57,7 +57,7 @@ def test_the_rule_picks_grade_3_new_types_and_a_stable_sample_of_grade_2() -> No
     assert 20 <= len(reasons) <= 60, "about 10 % of 400 grade-2 images"
     again = [e["image_id"] for e in pick_production(list(reversed(rows)), options)]
     assert again == [e["image_id"] for e in picked], "the sample is stable"
-    none = pick_production(rows, ReviewOptions(grade2_share=0.0, include_novel=False))
+    none = pick_production(rows, ReviewQueueOptions(grade2_share=0.0, include_novel=False))
     assert [e["image_id"] for e in none] == ["img-500"]
 
 
@@ -71,7 +71,7 @@ def test_a_day_queue_is_written_with_its_masks_and_skips_relabeled_images(tmp_pa
         data.put(str(row["mask_key"]), encode_mask(masks[row["image_key"]]))
     PredictionLog(work, DAY).append(rows, run_id="r", part=0)
 
-    first = queue_production_day(DAY, ReviewOptions(), data_store=data, work_store=work)
+    first = queue_production_day(DAY, ReviewQueueOptions(), data_store=data, work_store=work)
     assert [e["image_id"] for e in first.entries] == ["img-002", "img-001"]
     table = read_queue(work, f"review/production/{DAY}/").to_pylist()
     assert [r["reasons"] for r in table] == [[NEW_TYPE], [GRADE_3]]
@@ -83,7 +83,7 @@ def test_a_day_queue_is_written_with_its_masks_and_skips_relabeled_images(tmp_pa
 
     data.put("failures/img-001.png", b"relabeled image")
     data.put("failures/img-001.mask.png", b"relabeled mask")
-    second = queue_production_day(DAY, ReviewOptions(), data_store=data, work_store=work)
+    second = queue_production_day(DAY, ReviewQueueOptions(), data_store=data, work_store=work)
     assert [e["image_id"] for e in second.entries] == ["img-002"]
     assert second.already_relabeled == 1
     assert len(read_queue(work, f"review/production/{DAY}/")) == 1

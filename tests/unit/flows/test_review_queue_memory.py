@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from maskfind_pipeline.data.production import PredictionLog, encode_mask
-from maskfind_pipeline.data.review import ReviewOptions, decode_annotation
-from maskfind_pipeline.flows.review import queue_production_day
+from maskfind_pipeline.data.review_queue import ReviewQueueOptions, decode_annotation
+from maskfind_pipeline.flows.review_queue import queue_production_day
 from maskfind_pipeline.storage import LocalObjectStore
 
 DAY = "2026-11-30"
@@ -48,7 +48,7 @@ def test_a_mostly_queued_day_is_written_one_mask_at_a_time(tmp_path: Path) -> No
 
     tracemalloc.start()
     try:
-        outcome = queue_production_day(DAY, ReviewOptions(), data_store=data, work_store=work)
+        outcome = queue_production_day(DAY, ReviewQueueOptions(), data_store=data, work_store=work)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

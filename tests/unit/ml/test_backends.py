@@ -34,7 +34,7 @@ from maskfind_pipeline.ml.backends.runtimes import (
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.novelty.features import segment_with_features
 from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
-from maskfind_pipeline.ml.reviewer.model import Reviewer, build_reviewer, grade_logits
+from maskfind_pipeline.ml.reviewer.model import ReviewerModel, build_reviewer, grade_logits
 from maskfind_pipeline.ml.segmentation.config import ModelConfig
 from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
 from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
@@ -309,7 +309,7 @@ def reviewer(images: torch.Tensor, reference: torch.Tensor, predictor: Predictor
     assert isinstance(head, torch.nn.Linear)
     with torch.no_grad():
         head.bias.sub_(logits.mean(dim=0) - logits.mean())
-    grader = Reviewer(net, spec)
+    grader = ReviewerModel(net, spec)
     grades = grader.grade_batch(images, reference, predictor.config.threshold).argmax(1)
     assert len(set(grades.tolist())) > 1, "the grades must differ between images"
     return grader

@@ -339,15 +339,15 @@ def test_training_augments_batches_on_the_device(tmp_path: Path, monkeypatch) ->
         schedule="constant",
         device="cpu",
     )
-    settings = select_device("cpu")
-    loaders = make_train_loaders(manifest, arrays, config, settings)
+    placement = select_device("cpu")
+    loaders = make_train_loaders(manifest, arrays, config, placement)
     result = train(
         TINY_SPEC,
         config,
         loaders,
         image_types=["t"] * 20,
         sources=["labeled"] * 20,
-        settings=settings,
+        placement=placement,
         progress_bar=False,
     )
     assert seen == [(torch.uint8, torch.uint8)] * 3

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from maskfind_pipeline.ml.device import (
-    DeviceSettings,
+    Placement,
     cpu_has_native_bf16,
     depthwise_in_float32,
     select_device,
@@ -24,8 +24,8 @@ def _net() -> nn.Sequential:
     )
 
 
-def _bf16_cpu() -> DeviceSettings:
-    return DeviceSettings(torch.device("cpu"), torch.bfloat16, False, True, False)
+def _bf16_cpu() -> Placement:
+    return Placement(torch.device("cpu"), torch.bfloat16, False, True, False)
 
 
 def test_only_depthwise_convolutions_leave_autocast() -> None:
@@ -61,11 +61,9 @@ def test_a_depthwise_model_trains_under_bf16_autocast() -> None:
         (select_device("cpu", mixed_precision=False), False),
     ],
 )
-def test_prepare_applies_the_rule_only_to_bf16_on_cpu(
-    settings: DeviceSettings, swapped: bool
-) -> None:
+def test_prepare_applies_the_rule_only_to_bf16_on_cpu(placement: Placement, swapped: bool) -> None:
     net = _net()
-    assert settings.prepare(net) is net
+    assert placement.prepare(net) is net
     assert (type(net[1]) is not nn.Conv2d) == swapped
     first = net[0]
     assert isinstance(first, nn.Conv2d)
@@ -102,9 +100,9 @@ def test_cpu_settings_follow_the_bf16_rule(
 ) -> None:
     _onednn_reports(monkeypatch, native_bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    settings = select_device(None, mixed_precision=mixed_precision)
+    placement = select_device(None, mixed_precision=mixed_precision)
     claimed = autocast_dtype is torch.bfloat16
-    assert settings == DeviceSettings(
+    assert placement == Placement(
         device=torch.device("cpu"),
         autocast_dtype=autocast_dtype,
         grad_scaler=False,
@@ -112,9 +110,9 @@ def test_cpu_settings_follow_the_bf16_rule(
         pin_memory=False,
         needs_measurement=claimed,  # oneDNN's claim alone does not decide (ml.precision)
     )
-    assert settings.memory_format is torch.channels_last
+    assert placement.memory_format is torch.channels_last
     precision = "bfloat16" if claimed else "float32"
-    described = settings.describe() | {"threads": "-"}
+    described = placement.describe() | {"threads": "-"}
     assert {k: described[k] for k in ("device", "precision", "channels_last", "threads")} == {
         "device": "cpu",
         "precision": precision,
@@ -123,7 +121,7 @@ def test_cpu_settings_follow_the_bf16_rule(
     }
     assert ("precision_source" in described) == (not claimed)
     linear = nn.Linear(4, 2)
-    with settings.autocast():
+    with placement.autocast():
         out = linear(torch.randn(3, 4))
     assert out.dtype == (autocast_dtype or torch.float32)
 

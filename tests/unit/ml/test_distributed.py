@@ -20,11 +20,11 @@ from maskfind_pipeline.data.loader import make_loaders
 from maskfind_pipeline.data.versions import VersionConfig
 from maskfind_pipeline.flows.datasets import publish_dataset_version
 from maskfind_pipeline.flows.ingest import ingest_catalog
-from maskfind_pipeline.flows.settings import DistributedSettings, TrainingSettings
+from maskfind_pipeline.flows.options import DistributedOptions, TrainingOptions
+from maskfind_pipeline.locations import Locations
 from maskfind_pipeline.ml.distributed import Ranks, training_device
 from maskfind_pipeline.registry.loading import load_model
 from maskfind_pipeline.registry.mlflow_registry import ModelRegistry
-from maskfind_pipeline.settings import Settings
 from maskfind_pipeline.storage import LocalObjectStore
 from tests.support.ddp_worker import weights_sha256
 from tests.support.manifests import manifest_of
@@ -64,7 +64,7 @@ def test_each_rank_gets_its_own_gpu_and_a_share_of_the_cores() -> None:
     assert training_device("cuda", 1) == "cuda:1"
     assert training_device("cuda:0", 3) == "cuda:3"
     assert training_device("cpu", 1) == "cpu"
-    two = DistributedSettings(nproc=2)
+    two = DistributedOptions(nproc=2)
     assert two.thread_env({"OMP_NUM_THREADS": "3"}) == {}
     assert int(two.thread_env({})["OMP_NUM_THREADS"]) >= 1
     single = Ranks()
@@ -75,10 +75,10 @@ def test_each_rank_gets_its_own_gpu_and_a_share_of_the_cores() -> None:
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MASKFIND_HOME with one published dataset version of 24 generated 64 px images."""
     root = tmp_path_factory.mktemp("ddp-home")
-    settings = Settings.from_env({"MASKFIND_HOME": str(root)})
-    data, work = LocalObjectStore(settings.data_uri), LocalObjectStore(settings.work_uri)
+    locations = Locations.from_env({"MASKFIND_HOME": str(root)})
+    data, work = LocalObjectStore(locations.data_uri), LocalObjectStore(locations.work_uri)
     synthetic.generate(data, synthetic.DEFAULT_TYPES[:3], 8, size=64)
-    cache = ContentCache(settings.cache_dir)
+    cache = ContentCache(locations.cache_dir)
     ingest_catalog(data, work, cache, IngestOptions(), run_id="ddp-test")
     publish_dataset_version(work, VersionConfig())
     return root
@@ -100,18 +100,18 @@ def test_two_gloo_processes_end_with_the_weights_that_rank_0_alone_registered(
             "device": "cpu",
         }
     )
-    settings = TrainingSettings(
-        model=TINY_SPEC, train=train, distributed=DistributedSettings(nproc=2)
+    locations = TrainingOptions(
+        model=TINY_SPEC, train=train, distributed=DistributedOptions(nproc=2)
     )
     job = tmp_path / "job.json"
     job.write_text(
         json.dumps(
-            {"settings": settings.model_dump(mode="json"), "home": str(home), "out": str(tmp_path)}
+            {"settings": locations.model_dump(mode="json"), "home": str(home), "out": str(tmp_path)}
         )
     )
     started = time.perf_counter()
     done = subprocess.run(
-        [*DistributedSettings(nproc=2).torchrun_command("tests.support.ddp_worker"), str(job)],
+        [*DistributedOptions(nproc=2).torchrun_command("tests.support.ddp_worker"), str(job)],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -130,7 +130,7 @@ def test_two_gloo_processes_end_with_the_weights_that_rank_0_alone_registered(
     assert rank0["epochs"][0]["line"].startswith(f"epoch 1/{train.epochs}: loss ")
     assert np.isfinite([e["train_loss"] for e in rank0["epochs"]]).all()
 
-    paths = Settings.from_env({"MASKFIND_HOME": str(home)})
+    paths = Locations.from_env({"MASKFIND_HOME": str(home)})
     registry = ModelRegistry(paths.tracking_uri, artifact_location=paths.artifact_location)
     assert [v.version for v in registry.versions()] == ["1"]
     assert len(registry.client.search_runs([registry.experiment_id()])) == 1

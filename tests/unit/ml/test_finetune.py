@@ -47,7 +47,7 @@ def fit(data: Data, initial: StateDict, **changes: Any) -> TrainResult:
         config,
         data.loaders(config),
         **data.columns(),
-        settings=select_device("cpu", mixed_precision=False),
+        placement=select_device("cpu", mixed_precision=False),
         progress_bar=False,
         initial_state=initial,
     )
@@ -156,9 +156,9 @@ def test_a_run_trains_at_low_res_then_full_size_and_switches_loss_at_the_end(
     real_forward, real_predict = train_module.forward, train_module.predict_probabilities
     losses = {"bce": make_loss("bce"), "lovasz": make_loss("lovasz")}
 
-    def forward(model: nn.Module, config: Any, images: torch.Tensor, settings: Any) -> Any:
+    def forward(model: nn.Module, config: Any, images: torch.Tensor, placement: Any) -> Any:
         steps.append((images.shape[-1], ""))
-        return real_forward(model, config, images, settings)
+        return real_forward(model, config, images, placement)
 
     def predict(*args: Any, **kwargs: Any) -> Predictions:
         predictions = real_predict(*args, **kwargs)

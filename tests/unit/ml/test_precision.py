@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from maskfind_pipeline.ml.device import DeviceSettings, select_device
+from maskfind_pipeline.ml.device import Placement, select_device
 from maskfind_pipeline.ml.precision import choose_precision, settle
 
 SHAPE = (3, 16, 16)
@@ -177,7 +177,7 @@ def test_settle_times_only_settings_that_await_it(
     monkeypatch.setenv("MASKFIND_PRECISION_CACHE", str(tmp_path / "p.json"))
     exact = select_device("cpu", mixed_precision=False)
     assert settle(exact, _net(), SHAPE, batch_size=2, training=True) is exact
-    pending = DeviceSettings(
+    pending = Placement(
         torch.device("cpu"), torch.bfloat16, False, True, False, needs_measurement=True
     )
     settled = settle(pending, _net(), SHAPE, batch_size=2, training=True)

@@ -11,11 +11,11 @@ from sklearn.metrics import roc_auc_score
 
 from maskfind_pipeline.ml.device import select_device
 from maskfind_pipeline.ml.reviewer.config import GradeRule, ReviewerSpec, ReviewerTrainConfig
-from maskfind_pipeline.ml.reviewer.data import ReviewSamples, mask_ious, mean_entropy
+from maskfind_pipeline.ml.reviewer.data import ReviewerSamples, mask_ious, mean_entropy
 from maskfind_pipeline.ml.reviewer.degrade import soft_map
 from maskfind_pipeline.ml.reviewer.model import (
     InvalidReviewerWeights,
-    Reviewer,
+    ReviewerModel,
     build_reviewer,
     grade_probabilities,
     reviewer_inputs,
@@ -161,17 +161,17 @@ def test_a_loaded_reviewer_grades_as_the_trained_one() -> None:
     model = build_reviewer(TINY).eval()
     images, probs = batch(4)
     expected = grade_probabilities(
-        model, TINY, images.permute(0, 2, 3, 1).numpy(), probs[:, 0].numpy(), 0.4, settings=EXACT
+        model, TINY, images.permute(0, 2, 3, 1).numpy(), probs[:, 0].numpy(), 0.4, placement=EXACT
     )
-    loaded = Reviewer.from_weights(TINY, weights_to_bytes(model), version="3")
+    loaded = ReviewerModel.from_weights(TINY, weights_to_bytes(model), version="3")
     graded = loaded.grade_batch(images, probs, 0.4)
     np.testing.assert_allclose(graded.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(expected.sum(axis=1), 1.0)
     with pytest.raises(InvalidReviewerWeights):
-        Reviewer.from_weights(TINY, b"not safetensors")
+        ReviewerModel.from_weights(TINY, b"not safetensors")
     other = ReviewerSpec(encoder_name="resnet18", encoder_weights=None)
     with pytest.raises(InvalidReviewerWeights, match="do not fit"):
-        Reviewer.from_weights(other, weights_to_bytes(model))
+        ReviewerModel.from_weights(other, weights_to_bytes(model))
 
 
 def test_soft_targets_share_close_calls_between_grades() -> None:
@@ -190,7 +190,7 @@ def test_class_weights_balance_the_grades() -> None:
     np.testing.assert_allclose(class_weights(np.array([1, 1, 3]), "balanced"), [0.75, 1, 1.5])
 
 
-def squares_to_review(count: int, seed: int) -> ReviewSamples:
+def squares_to_review(count: int, seed: int) -> ReviewerSamples:
     """Bright squares; half the masks lie on them (grade 1), half elsewhere (grade 3).
 
     Both kinds of mask come with the same kind of soft map, so only comparing the mask with
@@ -212,7 +212,7 @@ def squares_to_review(count: int, seed: int) -> ReviewSamples:
     probs = np.stack([soft_map(m, 0.5, rng) for m in masks])
     quantised = np.rint(probs * 255).astype(np.uint8)
     masks = quantised >= 128
-    return ReviewSamples(
+    return ReviewerSamples(
         images=images,
         true_masks=truth,
         image_types=np.full(count, "squares", object),
@@ -245,7 +245,7 @@ def test_a_tiny_reviewer_learns_to_flag_misplaced_masks() -> None:
     assert [e.epoch for e in epochs] == [1, 2, 3] and len(result.history) == 3
     assert result.best_epoch == max(epochs, key=lambda e: (e.val_auc_grade3, -e.val_loss)).epoch
     assert next(result.model.parameters()).device.type == "cpu" and not result.model.training
-    probs, evaluations = evaluate_on(result.model, TINY, test, settings=EXACT)
+    probs, evaluations = evaluate_on(result.model, TINY, test, placement=EXACT)
     auc = roc_auc_score(test.grades(TINY.grades) == 3, probs[:, 2])
     assert auc > 0.8, auc
     assert set(evaluations) == {"mix", "real"}  # no degraded masks in this set

@@ -221,7 +221,7 @@ def test_predictions_are_quantised_sigmoids_in_loader_order(data: Data) -> None:
     assert indices.tolist() == expected
     np.testing.assert_array_equal(masks, data.decoded.masks[indices])
     full = predict_probabilities(
-        model, TINY, loader, settings=select_device("cpu", mixed_precision=False)
+        model, TINY, loader, placement=select_device("cpu", mixed_precision=False)
     )
     model.eval()
     with torch.no_grad():
@@ -257,12 +257,12 @@ needs_cuda = pytest.mark.skipif(
 
 @needs_cuda
 def test_cuda_training_uses_bf16_autocast_and_channels_last(data: Data) -> None:
-    settings = select_device("cuda")
-    assert settings.autocast_dtype is torch.bfloat16, "every GPU we train on has bf16"
-    assert settings.channels_last and settings.pin_memory and not settings.grad_scaler
+    placement = select_device("cuda")
+    assert placement.autocast_dtype is torch.bfloat16, "every GPU we train on has bf16"
+    assert placement.channels_last and placement.pin_memory and not placement.grad_scaler
     config = FAST.model_copy(update={"epochs": 3, "device": "cuda"})
-    loaders = make_train_loaders(data.manifest, data.decoded, config, settings)
-    result = train(TINY, config, loaders, **data.columns(), settings=settings, progress_bar=False)
+    loaders = make_train_loaders(data.manifest, data.decoded, config, placement)
+    result = train(TINY, config, loaders, **data.columns(), placement=placement, progress_bar=False)
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.97 * losses[0]
     assert result.device["device"].startswith("cuda") and result.device["precision"] == "bfloat16"
@@ -278,7 +278,7 @@ def test_a_predictor_on_cuda_agrees_with_the_exact_cpu_predictor() -> None:
     exact = Predictor.from_weights(TINY, weights).to("cuda", mixed_precision=False)
     torch.testing.assert_close(exact.logits(images).cpu(), expected, atol=1e-2, rtol=1e-2)
     fast = Predictor.from_weights(TINY, weights).to("cuda")
-    assert fast.settings.autocast_dtype is torch.bfloat16
+    assert fast.placement.autocast_dtype is torch.bfloat16
     logits = fast.logits(images)
     assert logits.device.type == "cuda" and logits.dtype == torch.float32
     assert ((logits.cpu() > 0) == (expected > 0)).float().mean() > 0.95

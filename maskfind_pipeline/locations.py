@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 @dataclass(frozen=True)
-class Settings:
+class Locations:
     """Locations and endpoints; embedded defaults put everything under `home`.
 
     Environment: MASKFIND_HOME (default `./.maskfind`), MASKFIND_DATA_URI (images, masks,
@@ -60,7 +60,7 @@ class Settings:
         return self.home / "dagster"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Locations:
         env = os.environ if env is None else env
         home = Path(env.get("MASKFIND_HOME", ".maskfind")).resolve()
         return cls(

@@ -26,7 +26,7 @@ from maskfind_pipeline.ml.segmentation.config import (
 from maskfind_pipeline.serving.options import ProductionOptions  # noqa: F401 (the flows' settings, defined beside the engine that reads them)
 
 
-class DistributedSettings(CoreConfig):
+class DistributedOptions(CoreConfig):
     """Data-parallel training in several processes on this machine (torchrun, PyTorch DDP):
     NCCL with one GPU per process where training runs on CUDA, else gloo on the CPU."""
 
@@ -49,7 +49,7 @@ class DistributedSettings(CoreConfig):
         return {"OMP_NUM_THREADS": str(max(1, (cores or os.cpu_count() or 1) // self.nproc))}
 
 
-class TrainingSettings(CoreConfig):
+class TrainingOptions(CoreConfig):
     """What to train on and how: the defaults are the production model."""
 
     dataset_version: str | None = None
@@ -66,7 +66,7 @@ class TrainingSettings(CoreConfig):
     """Start from the champion's weights when it has this architecture (encoder, decoder,
     input size, normalisation), not from the ImageNet encoder: the new model keeps what the
     champion learned and adds the new data in a short budget."""
-    distributed: DistributedSettings | None = None
+    distributed: DistributedOptions | None = None
     """Train in several processes launched by torchrun (through Dagster Pipes, so epochs still
     stream to the run's logs); null: in the asset's own process."""
 
@@ -110,7 +110,7 @@ class RollbackRequest(CoreConfig):
     """Who asks, recorded on both versions."""
 
 
-class ReviewerSettings(CoreConfig):
+class ReviewerOptions(CoreConfig):
     """How the grader of production masks is trained and judged (`flows.reviewer`); the
     defaults are the production grader."""
 
@@ -136,7 +136,7 @@ class ReviewerSettings(CoreConfig):
     """Share of the training folds' images kept for the CNN's early stopping."""
 
 
-class AuditSettings(CoreConfig):
+class AuditOptions(CoreConfig):
     """Which dataset version's labels are audited, and when a label counts as suspect."""
 
     dataset_version: str | None = None

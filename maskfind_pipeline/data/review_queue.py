@@ -59,7 +59,7 @@ QUEUE_SCHEMA = pa.schema(
 )
 
 
-class ReviewOptions(CoreConfig):
+class ReviewQueueOptions(CoreConfig):
     """Which production images are queued for relabeling."""
 
     grade2_share: float = 0.1
@@ -81,7 +81,7 @@ class QueueFiles:
 
 
 def pick_production(
-    rows: Iterable[Mapping[str, object]], options: ReviewOptions
+    rows: Iterable[Mapping[str, object]], options: ReviewQueueOptions
 ) -> list[dict[str, object]]:
     """Queue rows (most urgent first) for a day's current log rows: grade 3, a sample of
     grade 2, new image types; failed images are not queued (they have no mask)."""
@@ -207,7 +207,7 @@ def decode_annotation(annotation: Mapping[str, object]) -> np.ndarray:
     return coco_mask.decode(rle).astype(bool)  # pyright: ignore[reportArgumentType]
 
 
-def _reasons(row: Mapping[str, object], options: ReviewOptions) -> list[str]:
+def _reasons(row: Mapping[str, object], options: ReviewQueueOptions) -> list[str]:
     reasons = []
     if options.include_grade3 and row.get("grade") == 3:
         reasons.append(GRADE_3)

@@ -1,7 +1,7 @@
 """What people should relabel: a production day's review queue, and the label audit of a model.
 
-Both write a queue table and a COCO import file (`data.review`); the images come back relabeled
-through the normal ingest and enter the next dataset version.
+Both write a queue table and a COCO import file (`data.review_queue`); the images come back
+relabeled through the normal ingest and enter the next dataset version.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from maskfind_pipeline.data.cache import ContentCache
 from maskfind_pipeline.data.decoded import build_decoded
 from maskfind_pipeline.data.loader import MaskDataset
 from maskfind_pipeline.data.production import PredictionLog
-from maskfind_pipeline.data.review import (
+from maskfind_pipeline.data.review_queue import (
     QueueFiles,
-    ReviewOptions,
+    ReviewQueueOptions,
     pick_label_suspects,
     pick_production,
     write_queue,
 )
 from maskfind_pipeline.data.version_store import VersionStore
-from maskfind_pipeline.flows.settings import AuditSettings
+from maskfind_pipeline.flows.options import AuditOptions
 from maskfind_pipeline.flows.training import latest_version
 from maskfind_pipeline.ml.segmentation.inference import predict_probabilities
 from maskfind_pipeline.ml.segmentation.label_audit import audit
@@ -53,7 +53,7 @@ class QueueOutcome:
 
 
 def queue_production_day(
-    day: str, options: ReviewOptions, *, data_store: ObjectStore, work_store: ObjectStore
+    day: str, options: ReviewQueueOptions, *, data_store: ObjectStore, work_store: ObjectStore
 ) -> QueueOutcome:
     """Queue a production day's grade-3, sampled grade-2 and new-type images for relabeling;
     images already relabeled (`failures/<image_id>.*` exists) are not queued again."""
@@ -82,7 +82,7 @@ class AuditOutcome:
 
 
 def audit_labels(
-    settings: AuditSettings,
+    options: AuditOptions,
     *,
     registry: ModelRegistry,
     versions: VersionStore,
@@ -100,13 +100,13 @@ def audit_labels(
     relabeled failures are not suspects). A label both trained on (an old training label) is
     not judged again; it was judged when it was new; one of a type neither knows waits.
     """
-    vid = settings.dataset_version or latest_version(versions)
+    vid = options.dataset_version or latest_version(versions)
     manifest = versions.manifest(vid)
     judges = _judges(registry, versions)
     splits = manifest.column("split").to_pylist()
     ids = manifest.column("sample_id").to_pylist()
     types = manifest.column("image_type").to_pylist()
-    wanted = set(settings.audit.splits)
+    wanted = set(options.audit.splits)
     assigned: dict[str, list[int]] = {}
     for row, (sample_id, split, image_type) in enumerate(zip(ids, splits, types, strict=True)):
         if split not in wanted:
@@ -126,7 +126,7 @@ def audit_labels(
     for version, rows in assigned.items():
         predictor = judges[version].predictor
         found = _suspects(
-            predictor, manifest, np.asarray(rows), settings, data_store, cache, decoded_root, vid
+            predictor, manifest, np.asarray(rows), options, data_store, cache, decoded_root, vid
         )
         for row, iou, mask in found:
             suspects.append({**table[row], "label_iou": iou, "model_version": version})
@@ -170,7 +170,7 @@ def _suspects(
     predictor: Predictor,
     manifest: pa.Table,
     rows: np.ndarray,
-    settings: AuditSettings,
+    options: AuditOptions,
     data_store: ObjectStore,
     cache: ContentCache,
     decoded_root: Path,
@@ -183,7 +183,7 @@ def _suspects(
     )
     loader = DataLoader(MaskDataset(decoded, rows), batch_size=32, shuffle=False)
     predictions = predict_probabilities(predictor.model, config, loader)
-    verdict = audit(predictions.probabilities, predictions.masks, settings.audit)
+    verdict = audit(predictions.probabilities, predictions.masks, options.audit)
     sizes = list(
         zip(
             manifest.column("height").to_pylist(), manifest.column("width").to_pylist(), strict=True

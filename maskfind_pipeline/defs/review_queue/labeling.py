@@ -7,12 +7,13 @@ from pathlib import Path
 import dagster as dg
 
 from maskfind_pipeline.defs.config import core_of, run_config_for
+from maskfind_pipeline.defs.jobs import labeling_back_job, labeling_out_job
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import ObjectStoreResource
 from maskfind_pipeline.labeling.label_studio import LabelStudio, LabelStudioOptions
-from maskfind_pipeline.settings import Settings
+from maskfind_pipeline.locations import Locations
 
 
 class LabelStudioResource(dg.ConfigurableResource):
@@ -118,18 +119,6 @@ def returned_labels(
     )
 
 
-labeling_out_job = dg.define_asset_job(
-    "label_studio_out",
-    selection=dg.AssetSelection.assets("label_studio_tasks"),
-    description="Send a production day's review queue to Label Studio.",
-)
-labeling_back_job = dg.define_asset_job(
-    "label_studio_back",
-    selection=dg.AssetSelection.assets("returned_labels"),
-    description="Read finished Label Studio annotations back as failure samples.",
-)
-
-
 @dg.asset_sensor(
     asset_key=dg.AssetKey("review_queue"),
     job=labeling_out_job,
@@ -152,18 +141,18 @@ def labeling() -> dg.Definitions:
     assets, and the schedule that reads answers back every hour (off until switched on)."""
     import os
 
-    settings = Settings.from_env()
+    locations = Locations.from_env()
     key = dg.EnvVar("LABEL_STUDIO_API_KEY") if os.environ.get("LABEL_STUDIO_API_KEY") else None
     resource = LabelStudioResource(
         url=os.environ.get("LABEL_STUDIO_URL") or None,
         api_key=key,  # type: ignore[arg-type]
-        embedded_dir=str(settings.home / "label-studio"),
+        embedded_dir=str(locations.home / "label-studio"),
     )
     schedule = dg.ScheduleDefinition(
         name="returned_labels_schedule",
         job=labeling_back_job,
         cron_schedule="0 * * * *",
-        execution_timezone=settings.timezone,
+        execution_timezone=locations.timezone,
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     return dg.Definitions(

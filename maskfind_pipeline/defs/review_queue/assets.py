@@ -4,23 +4,23 @@ from pathlib import Path
 
 import dagster as dg
 
-from maskfind_pipeline.data.review import ReviewOptions
+from maskfind_pipeline.data.review_queue import ReviewQueueOptions
 from maskfind_pipeline.defs.config import core_of, run_config_for
 from maskfind_pipeline.defs.metadata import markdown_table
 from maskfind_pipeline.defs.ownership import OWNERS, asset_code_version
 from maskfind_pipeline.defs.partitions import PRODUCTION_DAYS
 from maskfind_pipeline.defs.resources import CacheResource, MlflowResource, ObjectStoreResource
-from maskfind_pipeline.flows.settings import AuditSettings
+from maskfind_pipeline.flows.options import AuditOptions
 
 _SHOWN = ("image_key", "image_type", "reasons", "grade", "p_grade3", "novelty", "label_iou")
 
 
-class ReviewConfig(run_config_for(ReviewOptions)):
-    """Which production images are queued (`data.review.ReviewOptions`)."""
+class ReviewConfig(run_config_for(ReviewQueueOptions)):
+    """Which production images are queued (`data.review_queue.ReviewOptions`)."""
 
 
-class AuditRunConfig(run_config_for(AuditSettings)):
-    """Which dataset version is audited and the suspect rule (`flows.settings.AuditSettings`)."""
+class AuditRunConfig(run_config_for(AuditOptions)):
+    """Which dataset version is audited and the suspect rule (`flows.options.AuditSettings`)."""
 
 
 @dg.asset(
@@ -39,11 +39,11 @@ def review_queue(
     """The day's images people should relabel (grade 3, a sample of grade 2, new image types),
     with why, as a table and a COCO import file with the model's masks as pre-annotations;
     relabeled masks come back as `failures/` and enter the next dataset version."""
-    from maskfind_pipeline.flows.review import queue_production_day
+    from maskfind_pipeline.flows.review_queue import queue_production_day
 
     outcome = queue_production_day(
         context.partition_key,
-        core_of(config, ReviewOptions),
+        core_of(config, ReviewQueueOptions),
         data_store=data_store.open(),
         work_store=work_store.open(),
     )
@@ -76,11 +76,11 @@ def label_audit(
     """Labels of the latest dataset version that a confident model which never trained on them
     contradicts, queued for review (reason `label_suspect`) as a table and a COCO file."""
     from maskfind_pipeline.data.version_store import VersionStore
-    from maskfind_pipeline.flows.review import audit_labels
+    from maskfind_pipeline.flows.review_queue import audit_labels
 
     work = work_store.open()
     outcome = audit_labels(
-        core_of(config, AuditSettings),
+        core_of(config, AuditOptions),
         registry=mlflow.registry(),
         versions=VersionStore(work),
         data_store=data_store.open(),
