@@ -1,6 +1,6 @@
 """`maskfind ui` (what `make ui` runs) serves on loopback only (RELIABILITY.md, "Servers and
 secrets": every listening socket of its process group, read from /proc, is on 127.0.0.1 or ::1),
-and stopped by SIGTERM (a service manager, `kill`) stops what it started: `dg dev` with its
+and stopped by SIGTERM (a service manager, `kill`) stops what it started: `dagster dev` with its
 webserver, daemon and code servers, and the MLflow UI, and exits only after them. One server
 for both checks: it takes 15-20 s to come up here."""
 

@@ -40,16 +40,16 @@ def weights_sha256(model: nn.Module) -> str:
 
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    locations = TrainingOptions.model_validate(job["settings"])
+    options = TrainingOptions.model_validate(job["options"])
     home = Locations.from_env({"MASKFIND_HOME": job["home"]})
     reports: list[dict[str, Any]] = []
 
     def on_epoch(report: EpochReport) -> None:
         reports.append({**report.as_dict(), "line": report.describe()})
 
-    with process_group(locations.train.device) as (ranks, device):
+    with process_group(options.train.device) as (ranks, device):
         replica = train_and_register_replica(
-            locations,
+            options,
             ranks,
             device=device,
             versions=VersionStore(LocalObjectStore(home.work_uri)),

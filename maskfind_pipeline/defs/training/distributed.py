@@ -50,7 +50,7 @@ def launch(
     assert options.distributed is not None
     command = options.distributed.torchrun_command(MODULE)
     job = {
-        "settings": options.model_dump(mode="json"),
+        "options": options.model_dump(mode="json"),
         "resources": {
             "data_store": data_store.model_dump(),
             "work_store": work_store.model_dump(),
@@ -81,7 +81,7 @@ def main() -> None:
     from maskfind_pipeline.ml.distributed import process_group
 
     job: dict[str, Any] = json.loads(os.environ[JOB_ENV])
-    options = TrainingOptions.model_validate(job["settings"])
+    options = TrainingOptions.model_validate(job["options"])
     with process_group(options.train.device) as (ranks, device):
         if not ranks.is_main:
             _train(job, options, ranks, device, on_epoch=None)

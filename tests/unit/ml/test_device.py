@@ -55,7 +55,7 @@ def test_a_depthwise_model_trains_under_bf16_autocast() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "swapped"),
+    ("placement", "swapped"),
     [
         (_bf16_cpu(), True),
         (select_device("cpu", mixed_precision=False), False),

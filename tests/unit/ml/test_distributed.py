@@ -100,13 +100,11 @@ def test_two_gloo_processes_end_with_the_weights_that_rank_0_alone_registered(
             "device": "cpu",
         }
     )
-    locations = TrainingOptions(
-        model=TINY_SPEC, train=train, distributed=DistributedOptions(nproc=2)
-    )
+    options = TrainingOptions(model=TINY_SPEC, train=train, distributed=DistributedOptions(nproc=2))
     job = tmp_path / "job.json"
     job.write_text(
         json.dumps(
-            {"settings": locations.model_dump(mode="json"), "home": str(home), "out": str(tmp_path)}
+            {"options": options.model_dump(mode="json"), "home": str(home), "out": str(tmp_path)}
         )
     )
     started = time.perf_counter()
