@@ -216,9 +216,13 @@ def _labeling_tool(labeling: str, locations: Locations) -> Iterator[Any]:
     help="The open-source webserver has no authentication: keep it on loopback.",
 )
 def ui(port: int, mlflow_port: int, host: str) -> None:
-    """Serve the Dagster UI (dagster dev: webserver + daemon) and, beside it, the MLflow UI of
+    """Serve the Dagster UI (`dg dev`: webserver + daemon) and, beside it, the MLflow UI of
     the embedded tracking store; Ctrl-C (or SIGTERM) stops both, and it exits after them."""
     locations = _prepare_home()
+    # Started with SIGINT ignored (`nohup ... &`, a background shell, some service managers), we
+    # would hand that on: an ignored signal stays ignored across exec, and dg dev stops only on
+    # SIGINT. A handler is not inherited, so the children start with the default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     dagster_cmd, mlflow_cmd = ui_commands(locations, host=host, port=port, mlflow_port=mlflow_port)
     # MLflow's job runners (huey consumers) serve GenAI jobs the pipeline never submits.
     mlflow_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -233,7 +237,8 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
     click.echo(
         f"Dagster UI: http://{host}:{port}    MLflow UI: {mlflow_url}    (Ctrl-C stops both)"
     )
-    dagster = subprocess.Popen(dagster_cmd, cwd=PROJECT_ROOT)
+    venv = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parent.parent)}
+    dagster = subprocess.Popen(dagster_cmd, cwd=PROJECT_ROOT, env=venv)
     children = [c for c in (dagster, mlflow_ui) if c is not None]
     trees: dict[int, set[int]] = {c.pid: set() for c in children}
 
@@ -242,7 +247,7 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
 
     def stop(signum: int, _frame: object) -> None:  # SIGTERM: what Ctrl-C does, then wait
         look()
-        _signal(dagster, signal.SIGINT)  # dagster dev stops its webserver and daemon on it
+        _signal(dagster, signal.SIGINT)  # dg dev stops its webserver and daemon on it
         if mlflow_ui is not None:
             _signal(mlflow_ui, signal.SIGTERM)
 
@@ -253,7 +258,7 @@ def ui(port: int, mlflow_port: int, host: str) -> None:
             code = dagster.wait(timeout=5)
         except subprocess.TimeoutExpired:
             look()
-        except KeyboardInterrupt:  # Ctrl-C reached the whole group: wait for dagster dev
+        except KeyboardInterrupt:  # Ctrl-C reached the whole group: wait for dg dev
             continue
     if mlflow_ui is not None:
         _signal(mlflow_ui, signal.SIGTERM)
@@ -311,10 +316,12 @@ def _alive(pid: int) -> bool:
 def ui_commands(
     locations: Locations, *, host: str, port: int, mlflow_port: int
 ) -> tuple[list[str], list[str] | None]:
-    """`dagster dev` for this project, and `mlflow ui` for the embedded SQLite tracking store
-    (None when MLFLOW_TRACKING_URI names a server: it has its own UI), both bound to `host`."""
+    """`dg dev` for this project (its `[tool.dg]` in pyproject.toml: the same code location,
+    webserver and daemon as `dagster dev -w workspace.yaml`, in this environment), and
+    `mlflow ui` for the embedded SQLite tracking store (None when MLFLOW_TRACKING_URI names a
+    server: it has its own UI), both bound to `host`."""
     bin_dir = Path(sys.executable).parent
-    dagster = [str(bin_dir / "dagster"), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    dagster = [str(bin_dir / "dg"), "dev", "--use-active-venv", "--target-path", str(PROJECT_ROOT)]
     dagster += ["-h", host, "-p", str(port)]
     if locations.mlflow_tracking_uri:
         return dagster, None

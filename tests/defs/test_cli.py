@@ -88,7 +88,8 @@ def test_ui_serves_dagster_and_the_embedded_mlflow_store_on_loopback(tmp_path: P
 
     embedded = Locations.from_env({"MASKFIND_HOME": str(tmp_path)})
     dagster, mlflow = ui_commands(embedded, host="127.0.0.1", port=3001, mlflow_port=5001)
-    assert dagster[1:3] == ["dev", "-w"] and dagster[-4:] == ["-h", "127.0.0.1", "-p", "3001"]
+    assert dagster[0].endswith("/dg") and dagster[1:3] == ["dev", "--use-active-venv"]
+    assert dagster[-4:] == ["-h", "127.0.0.1", "-p", "3001"]
     assert mlflow is not None and mlflow[1] == "ui"
     assert mlflow[mlflow.index("--backend-store-uri") + 1] == embedded.tracking_uri
     assert mlflow[-4:] == ["--host", "127.0.0.1", "--port", "5001"]

@@ -1,8 +1,10 @@
 """`maskfind ui` (what `make ui` runs) serves on loopback only (RELIABILITY.md, "Servers and
 secrets": every listening socket of its process group, read from /proc, is on 127.0.0.1 or ::1),
-and stopped by SIGTERM (a service manager, `kill`) stops what it started: `dagster dev` with its
-webserver, daemon and code servers, and the MLflow UI, and exits only after them. One server
-for both checks: it takes 15-20 s to come up here."""
+and stopped by SIGTERM (a service manager, `kill`) stops what it started: `dg dev` with its
+webserver, daemon and code servers, and the MLflow UI, and exits only after them, also when it
+was started with SIGINT ignored (what `nohup ... &` does: before the fix dg dev and dagster dev
+inherited that, ignored the SIGINT they stop on, and the test waited 120 s). One server for both
+checks: it takes 15-20 s to come up here."""
 
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def test_maskfind_ui_serves_on_loopback_only_and_sigterm_stops_all_it_started(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # as `nohup maskfind ui &` or a background shell starts it: SIGINT ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     try:
         _wait_for(f"http://127.0.0.1:{port}/server_info", process, log_path)

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -33,6 +33,8 @@ from maskfind_pipeline.ml.segmentation.predict import Predictor
 _log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+N = TypeVar("N", bound=str)
 Opener = Callable[[BackendName, ModelExports], InferenceBackend]
 
 
@@ -58,16 +60,46 @@ def measure_rates(
     clock: Clock = time.perf_counter,
 ) -> dict[str, float]:
     """Images per second of each (warmed-up) backend's `predict` (probabilities and features,
-    what production runs) on `images`: the median of `batches`
-    timed batches, timed in rounds of one batch per backend, so that a neighbour's burst of
-    load on shared cores slows every backend alike instead of one."""
-    seconds: dict[str, list[float]] = {name: [] for name in backends}
+    what production runs) on `images` (`rates_in_rounds`)."""
+    return rates_in_rounds(backends, lambda b: b.predict(images), len(images), batches, clock)
+
+
+def rates_in_rounds(
+    candidates: Mapping[str, T],
+    run: Callable[[T], object],
+    count: int,
+    batches: int,
+    clock: Clock = time.perf_counter,
+) -> dict[str, float]:
+    """Items per second of each (warmed-up) candidate, `count` items a `run`: the median of
+    `batches` timed runs, timed in rounds of one run per candidate, so that a neighbour's burst
+    of load on shared cores slows every candidate alike instead of one."""
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(batches):
-        for name, backend in backends.items():
+        for name, candidate in candidates.items():
             start = clock()
-            backend.predict(images)
+            run(candidate)
             seconds[name].append(clock() - start)
-    return {name: len(images) / max(statistics.median(s), 1e-9) for name, s in seconds.items()}
+    return {name: count / max(statistics.median(s), 1e-9) for name, s in seconds.items()}
+
+
+def open_candidates(
+    open_one: Callable[[N], T], warm_up: Callable[[T], object], names: Sequence[N], what: str
+) -> tuple[dict[str, T], dict[str, str]]:
+    """Each of `names` opened and run once (a warm-up: kernels, memory plans); one that fails to
+    import, export or run is skipped with its reason (logged), as an optional runtime's failure
+    only removes it. Returns the opened ones in order and the skipped ones' reasons."""
+    opened: dict[str, T] = {}
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        try:
+            candidate = open_one(name)
+            warm_up(candidate)
+            opened[name] = candidate
+        except Exception as exc:  # any failure of an optional runtime only removes it
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            _log.warning("%s %s skipped: %s", what, name, skipped[name])
+    return opened, skipped
 
 
 def choose_backend(
@@ -102,16 +134,12 @@ def choose_backend(
     """
     exports = ModelExports(predictor, cache_dir, weights)
     images = synthetic_batch(batch_size, predictor.config.input_size)
-    backends: dict[str, InferenceBackend] = {}
-    skipped: dict[str, str] = {}
-    for name in dict.fromkeys(candidates):
-        try:
-            backends[name] = opener(name, exports)
-            backends[name].predict(images)
-        except Exception as exc:  # any failure of an optional runtime only removes it
-            backends.pop(name, None)
-            skipped[name] = f"{type(exc).__name__}: {exc}"
-            _log.warning("inference backend %s skipped: %s", name, skipped[name])
+    backends, skipped = open_candidates(
+        lambda name: opener(name, exports),
+        lambda backend: backend.predict(images),
+        candidates,
+        "inference backend",
+    )
     if not backends:
         raise NoBackendAvailable(f"no inference backend works: {skipped}")
     rates = measure_rates(backends, images, batches, clock)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from maskfind_pipeline.ml.backends.cache import (
     read_choice,
     write_choice,
 )
+from maskfind_pipeline.ml.backends.choose import open_candidates, rates_in_rounds
 from maskfind_pipeline.ml.device import Placement
 
 _log = logging.getLogger(__name__)
@@ -215,25 +215,14 @@ def choose_runtime(
         except Exception as exc:  # a runtime uninstalled since, a damaged file: measure again
             _log.warning("cached reviewer runtime does not open (%s): measuring", exc)
     sample = torch.randn(batch_size, 5, input_size, input_size, generator=torch.Generator())
-    runtimes: dict[str, ReviewerRuntime] = {}
-    skipped: dict[str, str] = {}
-    for name in dict.fromkeys(candidates):
-        try:
-            runtimes[name] = opener(name)
-            runtimes[name].logits(sample)  # warm-up (kernels, memory plans)
-        except Exception as exc:  # any failure of an optional runtime only removes it
-            runtimes.pop(name, None)
-            skipped[name] = f"{type(exc).__name__}: {exc}"
-            _log.warning("reviewer runtime %s skipped: %s", name, skipped[name])
+    runtimes, skipped = open_candidates(
+        opener, lambda runtime: runtime.logits(sample), candidates, "reviewer runtime"
+    )
     if not runtimes:
         raise RuntimeError(f"no reviewer runtime works: {skipped}")
-    seconds: dict[str, list[float]] = {name: [] for name in runtimes}
-    for _ in range(batches):
-        for name, runtime in runtimes.items():
-            start = clock()
-            runtime.logits(sample)
-            seconds[name].append(clock() - start)
-    rates = {n: batch_size / max(statistics.median(s), 1e-9) for n, s in seconds.items()}
+    rates = rates_in_rounds(
+        runtimes, lambda runtime: runtime.logits(sample), batch_size, batches, clock
+    )
     best = max(rates, key=rates.__getitem__)
     _log.info("reviewer runtime %s chosen; images/s %s", best, rates)
     write_choice(path, key, runtime=best, rates=rates)

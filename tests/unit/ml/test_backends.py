@@ -39,6 +39,7 @@ from maskfind_pipeline.ml.segmentation.config import ModelConfig
 from maskfind_pipeline.ml.segmentation.model import build_model, preprocess
 from maskfind_pipeline.ml.segmentation.predict import Predictor, weights_to_bytes
 from maskfind_pipeline.ml.segmentation.tta import flip_disagreement
+from tests.support.clock import FakeClock
 
 TINY = ModelConfig(
     encoder_name="resnet18",
@@ -503,15 +504,6 @@ def test_temporary_folders_older_than_a_day_are_removed(tmp_path: Path) -> None:
 
 
 # --- choosing by measurement ----------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.runs: list[str] = []
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeBackend:

@@ -13,6 +13,7 @@ from maskfind_pipeline.ml.reviewer.config import ReviewerSpec
 from maskfind_pipeline.ml.reviewer.grader import Grader
 from maskfind_pipeline.ml.reviewer.model import ReviewerModel, build_reviewer
 from maskfind_pipeline.ml.reviewer.runtimes import choose_runtime
+from tests.support.clock import FakeClock
 
 SIZE = 32
 TINY = ReviewerSpec(encoder_name="tu-resnet10t", encoder_weights=None, input_size=SIZE)
@@ -46,15 +47,6 @@ def test_every_runtime_grades_as_the_float32_network(
     tolerance = 1e-4 if runtime == "onnxruntime" else 2e-2
     torch.testing.assert_close(graded, exact, atol=tolerance, rtol=0)
     assert reviewer.runtime is None, "the loaded reviewer is left alone"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.runs: list[str] = []
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeRuntime:
