@@ -1,4 +1,4 @@
-"""The base of every group of settings in the core (no Dagster here).
+"""The base of every options and config model in the core (no Dagster here).
 
 Each setting is declared once, in a `CoreConfig` subclass next to the code that uses it, with its
 type, default and an attribute docstring; the Dagster run config classes in `defs/` are generated

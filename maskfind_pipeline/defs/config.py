@@ -1,4 +1,4 @@
-"""Dagster run config classes generated from the core settings: one definition per setting.
+"""Dagster run config classes generated from the core options: one definition per option.
 
 `run_config_for(Core)` makes a `dg.Config` with the same fields, defaults and descriptions as the
 pydantic model `Core`, so the launchpad shows every setting and nothing is copied by hand. Types
@@ -49,7 +49,7 @@ def core_model(config_class: type) -> type[CoreConfig] | None:
 
 
 def core_of(config: dg.Config, core: type[C]) -> C:
-    """The core settings a run's `config` holds."""
+    """The core options a run's `config` holds."""
     if core_model(type(config)) is not core:
         raise TypeError(f"{type(config).__name__} was not generated from {core.__name__}")
     # Dagster hands enum choices over as their plain values: no serializer warning for those.

@@ -1,4 +1,4 @@
-"""Resources shared by every stage, built from `Settings` when the definitions load.
+"""Resources shared by every stage, built from `Locations` when the definitions load.
 
 Secrets (S3 keys, the MLflow user's password, a tracking URI that carries credentials) reach the
 resources as `dg.EnvVar`s: run config, the UI and the event log show the variable's name, never
@@ -122,7 +122,7 @@ def _safe(part: str) -> str:
 def build_resources(
     locations: Locations, env: Mapping[str, str] | None = None
 ) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
-    """The resources for `settings`; secrets that are set in `env` are passed as `dg.EnvVar`s."""
+    """The resources for `locations`; secrets that are set in `env` are passed as `dg.EnvVar`s."""
     env = os.environ if env is None else env
 
     def secret(name: str) -> str | None:

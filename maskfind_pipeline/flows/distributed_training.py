@@ -1,6 +1,6 @@
 """Train on one dataset version in several processes (torchrun, DDP); rank 0 registers.
 
-`DistributedSettings.torchrun_command` launches `nproc` copies of an entry module (the Dagster
+`DistributedOptions.torchrun_command` launches `nproc` copies of an entry module (the Dagster
 one is `defs.training.distributed`); each calls `train_and_register_replica` inside
 `ml.distributed.process_group`. Every rank trains from the same dataset version (rank 0
 resolves "latest" once) and ends with the same weights (checked); only rank 0 touches MLflow.
@@ -56,10 +56,10 @@ def train_and_register_replica(
     tags: Mapping[str, str] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> ReplicaOutcome:
-    """This rank's part of training `settings` data-parallel; rank 0 registers `challenger`.
+    """This rank's part of training `options` data-parallel; rank 0 registers `challenger`.
 
     Args:
-        settings: as for `train_and_register` (`train.batch_size` is per process).
+        options: as for `train_and_register` (`train.batch_size` is per process).
         ranks: this process's place in the process group.
         device: this rank's training device (`ml.distributed.process_group` gives it).
         open_registry: called on rank 0 only (warm start and registration).

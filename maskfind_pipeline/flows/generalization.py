@@ -5,7 +5,7 @@
 of the seen types (splits kept) train a model with `ml.segmentation.train.train`, and
 `ml.segmentation.inference` evaluates it on the test split of every type. Nothing is registered:
 study models are thrown away. torch is imported inside the functions that train and test, so the
-settings load with the definitions.
+options load with the definitions.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class StudyTask:
 
 
 def plan_study(options: StudyOptions, versions: VersionStore) -> list[StudyTask]:
-    """One task per training (k = 1..max_k, then all types) on the settings' dataset version.
+    """One task per training (k = 1..max_k, then all types) on the options' dataset version.
 
     Raises:
         LookupError: no dataset version has been published yet.
@@ -150,7 +150,7 @@ def run_study_step(
 
 
 def _train_config(options: StudyOptions, seen: pa.Table) -> TrainConfig:
-    """`settings.train`, with the epochs that show it `images_seen` training images."""
+    """`options.train`, with the epochs that show it `images_seen` training images."""
     if options.images_seen is None:
         return options.train
     train_images = seen.column("split").to_pylist().count("train")

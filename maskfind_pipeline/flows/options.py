@@ -1,4 +1,5 @@
-"""The settings of each flow (torch- and MLflow-free, so the Dagster definitions load fast)."""
+"""What each flow is asked to do: its options (torch- and MLflow-free, so the Dagster
+definitions load fast)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from maskfind_pipeline.ml.segmentation.config import (
     ModelSpec,
     TrainConfig,
 )
-from maskfind_pipeline.serving.options import ProductionOptions  # noqa: F401 (the flows' settings, defined beside the engine that reads them)
+from maskfind_pipeline.serving.options import ProductionOptions  # noqa: F401 (the flows' options, defined beside the engine that reads them)
 
 
 class DistributedOptions(CoreConfig):

@@ -96,7 +96,7 @@ SUBSETS = {
     "fold_models_new_types": ("fold",),
     "production_failures": ("failure",),
 }
-"""Each report's masks, by origin (`ReviewSamples.origins`)."""
+"""Each report's masks, by origin (`ReviewerSamples.origins`)."""
 _NOVELTY_ROWS = 4000
 """A fold's novelty model is fitted on at most this many train images (a content-hash sample)."""
 

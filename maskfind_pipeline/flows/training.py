@@ -95,7 +95,7 @@ def train_and_register(
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> TrainingOutcome:
-    """Train on `settings.dataset_version` (default: the latest), register it as `challenger`.
+    """Train on `options.dataset_version` (default: the latest), register it as `challenger`.
 
     Raises:
         LookupError: no dataset version has been published yet.

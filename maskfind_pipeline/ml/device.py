@@ -5,7 +5,7 @@ The rule for mixed precision:
 - CUDA: autocast to bfloat16 where the GPU supports it (Ampere and newer), else float16 with a
   `GradScaler`; channels_last and pinned host memory.
 - CPU: float32 where oneDNN reports no bfloat16 at all. Where it reports bfloat16, the choice
-  awaits a measurement (`DeviceSettings.needs_measurement`): oneDNN says "supported" on every
+  awaits a measurement (`Placement.needs_measurement`): oneDNN says "supported" on every
   AVX-512 CPU, also where it only emulates bfloat16 (no AVX512-BF16 or AMX), and emulated it is
   two to three times slower than float32. `ml.precision.settle` then times a few steps of the
   actual model in float32 and bfloat16, with and without channels_last, and keeps the fastest
@@ -16,7 +16,7 @@ The rule for mixed precision:
 Losses are computed in float32 outside the autocast region either way. On such a CPU, depthwise
 convolutions (EfficientNet's) still compute in float32: oneDNN's bfloat16 depthwise backward is
 3-8x slower than its float32 one, and keeping them in float32 makes a Lite0 U-Net train about
-28 % faster (`DeviceSettings.prepare`).
+28 % faster (`Placement.prepare`).
 
 On CPU, `tune_cpu_allocator` also keeps glibc from returning every freed activation buffer to
 the kernel: without it each training step maps, faults in and unmaps hundreds of megabytes

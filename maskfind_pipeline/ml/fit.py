@@ -50,7 +50,7 @@ class Fit:
 
     Args:
         model: the model, already `place`d.
-        settings: its device settings.
+        placement: its device, precision and memory format.
         parameters: what the optimiser steps (parameters or parameter groups).
         learning_rate, weight_decay: AdamW's.
         max_minutes: the time budget of the training epochs (None: none).

@@ -102,12 +102,12 @@ def settle(
     training: bool,
     cache_path: Path | None = None,
 ) -> Placement:
-    """`settings` with the precision and memory format decided for `model` where they await a
-    measurement (`DeviceSettings.needs_measurement`: a CPU that claims bfloat16); else
-    `settings` unchanged.
+    """`placement` with the precision and memory format decided for `model` where they await a
+    measurement (`Placement.needs_measurement`: a CPU that claims bfloat16); else
+    `placement` unchanged.
 
     Args:
-        settings: from `select_device`.
+        placement: from `select_device`.
         model: the model to time (left untouched: a copy is timed).
         input_shape: one sample's shape, e.g. (3, 256, 256).
         batch_size: the run's batch size (the probe uses at most `PROBE_BATCH`).

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=N -m tests.support.ddp_worker JOB
 
-JOB is a JSON file: `settings` (`TrainingSettings`), `home` (a MASKFIND_HOME with a published
+JOB is a JSON file: `options` (`TrainingOptions`), `home` (a MASKFIND_HOME with a published
 dataset version), `out` (a directory). Each rank writes `out/rank<r>.json`: its own sha256 of
 its final weights (computed here, not by the flow), the registered version on rank 0, and the
 epoch reports rank 0 saw.

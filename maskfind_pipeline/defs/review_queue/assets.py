@@ -16,11 +16,11 @@ _SHOWN = ("image_key", "image_type", "reasons", "grade", "p_grade3", "novelty", 
 
 
 class ReviewConfig(run_config_for(ReviewQueueOptions)):
-    """Which production images are queued (`data.review_queue.ReviewOptions`)."""
+    """Which production images are queued (`data.review_queue.ReviewQueueOptions`)."""
 
 
 class AuditRunConfig(run_config_for(AuditOptions)):
-    """Which dataset version is audited and the suspect rule (`flows.options.AuditSettings`)."""
+    """Which dataset version is audited and the suspect rule (`flows.options.AuditOptions`)."""
 
 
 @dg.asset(

@@ -15,7 +15,7 @@ from maskfind_pipeline.version import code_version
 
 class ReviewerConfig(run_config_for(ReviewerOptions)):
     """The reviewer network, its training data and how it is judged
-    (`flows.options.ReviewerSettings`)."""
+    (`flows.options.ReviewerOptions`)."""
 
 
 @dg.asset(

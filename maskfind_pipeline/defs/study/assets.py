@@ -47,7 +47,7 @@ generalization_study_asset = dg.AssetSpec(
 
 class StudyConfig(run_config_for(StudyOptions)):
     """The study's dataset version, image type order, K, images per type and training budget
-    (`flows.generalization.StudySettings`)."""
+    (`flows.generalization.StudyOptions`)."""
 
 
 @dg.op(out=dg.DynamicOut(StudyTask))

@@ -15,7 +15,7 @@ from maskfind_pipeline.version import code_version
 
 
 class MaskModelConfig(run_config_for(TrainingOptions)):
-    """Dataset version, architecture and hyper-parameters (`flows.options.TrainingSettings`);
+    """Dataset version, architecture and hyper-parameters (`flows.options.TrainingOptions`);
     the defaults are the production model."""
 
 

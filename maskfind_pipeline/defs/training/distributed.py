@@ -1,7 +1,7 @@
 """`mask_model` trained by torchrun processes, launched and heard through Dagster Pipes.
 
 `launch` (in the asset) starts `torchrun --standalone --nproc_per_node=N -m` this module with
-`dg.PipesSubprocessClient`. Every process reads the job (training settings, the asset's resource
+`dg.PipesSubprocessClient`. Every process reads the job (training options, the asset's resource
 configuration, run tags) from the environment variable MASKFIND_TRAINING_JOB and trains its
 rank (`flows.distributed_training`). Rank 0 alone opens Pipes: its epochs stream to the run's
 logs and it reports the materialization; the other ranks never write to the Pipes channel.
@@ -40,7 +40,7 @@ def launch(
     mlflow: MlflowResource,
     tags: dict[str, str],
 ) -> tuple[str, dict[str, Any]]:
-    """Run the distributed training of `settings` (its `distributed` must be set): the model
+    """Run the distributed training of `options` (its `distributed` must be set): the model
     version rank 0 registered and the metadata it reported.
 
     Raises:

@@ -288,7 +288,7 @@ def predicted_masks(
     batch_size: int = 32,
 ) -> dict[str, np.ndarray]:
     """One model's masks of `images[rows]` (all by default) as per-sample arrays for
-    `ReviewSamples.joined`, graded against `truth`, with the flip disagreement of its plain
+    `ReviewerSamples.joined`, graded against `truth`, with the flip disagreement of its plain
     and mirrored pass (`ml.segmentation.tta`, as every inference backend computes it).
 
     Args:
@@ -296,7 +296,7 @@ def predicted_masks(
         images, truth: uint8 (M, S, S, 3) and bool (M, S, S) over all images.
         name: the model's name in `models`.
         rows: the image rows it predicts.
-        origin, unseen: recorded per sample (`ReviewSamples`).
+        origin, unseen: recorded per sample (`ReviewerSamples`).
         novelty: its novelty score of each predicted image (len(rows),); NaN if None.
         batch_size: images per forward pass.
 
@@ -349,7 +349,7 @@ def degraded_masks(
     rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """`count` true masks of `truth[rows]` (all rows by default) degraded to target IoUs spread
-    evenly over the grades' bands, as per-sample arrays for `ReviewSamples.joined`."""
+    evenly over the grades' bands, as per-sample arrays for `ReviewerSamples.joined`."""
     plan = np.random.default_rng([seed, 0])
     pool = np.arange(len(truth)) if rows is None else np.asarray(rows, dtype=np.int64)
     image_index = plan.permutation(np.resize(pool, count)).astype(np.int64)

@@ -171,7 +171,7 @@ def grade_logits(
     threshold: Threshold,
     placement: Placement,
 ) -> torch.Tensor:
-    """Grade logits (B, 3) of one batch, with `settings`' device, memory format and autocast."""
+    """Grade logits (B, 3) of one batch, with `placement`'s device, memory format and autocast."""
     images = images.to(placement.device, non_blocking=True)
     inputs = reviewer_inputs(images, probabilities, threshold, spec)
     inputs = inputs.contiguous(memory_format=placement.memory_format)
@@ -198,7 +198,7 @@ def grade_probabilities(
         images: uint8 (N, S, S, 3).
         probabilities: (N, S, S) float in [0, 1] or uint8 round(p * 255).
         threshold: the mask model's threshold, one float or one per image (N,).
-        settings: device and precision; default the model's device, float32 autocast rules
+        placement: device and precision; default the model's device, float32 autocast rules
             of `select_device`.
         batch_size: images per forward pass.
     """
@@ -221,7 +221,7 @@ def grade_probabilities(
 
 @dataclass
 class ReviewerModel:
-    """A loaded reviewer: network, spec and device settings; grades batches of predictions.
+    """A loaded reviewer: network, spec and placement; grades batches of predictions.
 
     Like `ml.segmentation.predict.Predictor`, a loaded reviewer computes in float32 on the CPU;
     `to("cuda")` moves it with the training device's rules, `on_fastest_runtime` runs its

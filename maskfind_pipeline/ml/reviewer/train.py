@@ -1,6 +1,6 @@
 """Train the reviewer on graded masks, keep its best epoch, judge it on validation.
 
-No Dagster here: callers pass a callback for epoch reports. Samples are `ReviewSamples`
+No Dagster here: callers pass a callback for epoch reports. Samples are `ReviewerSamples`
 (`ml.reviewer.data`); every batch goes through `reviewer_inputs`, the same function production
 calls. The best epoch is the one with the highest validation ROC AUC of grade 3 vs the rest
 (ties broken by the lower validation loss); early stopping and the time budget follow
@@ -120,7 +120,7 @@ def train_reviewer(
         config: the hyper-parameters (`degraded_share` is the caller's, for building samples).
         train: graded training samples.
         val: graded validation samples (e.g. other images of the training types).
-        settings: device and precision; default `select_device(config.device, ...)`.
+        placement: device and precision; default `select_device(config.device, ...)`.
         on_epoch: called after every epoch's validation.
         progress_bar: show a tqdm bar per epoch.
 

@@ -186,7 +186,7 @@ real photographs"): the one-cycle schedule over a 20-minute budget (no early sto
 cut it before it anneals), the pretrained encoder at 0.3 of the decoder's learning rate and
 frozen for the first 5 %, photo augmentation, BCE + Lovász for the last 20 %, a moving average
 of the weights. Progressive resizing (`low_res_size`) was measured and not kept: more epochs,
-lower validation mIoU on boats. The nightly job's default (`TrainingSettings.train`)."""
+lower validation mIoU on boats. The nightly job's default (`TrainingOptions.train`)."""
 
 
 class AuditConfig(CoreConfig):

@@ -68,7 +68,7 @@ def predict_probabilities(
     config's test-time augmentation (`predict_logits`).
 
     The model is put in eval mode (and back into its previous mode afterwards); autocast and
-    channels_last follow `settings` (default: `select_device()` on the model's device).
+    channels_last follow `placement` (default: `select_device()` on the model's device).
     """
     device = next(model.parameters()).device
     placement = placement or select_device(str(device))

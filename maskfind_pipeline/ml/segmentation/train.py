@@ -124,7 +124,7 @@ def make_train_loaders(
         manifest: the dataset version's manifest.
         decoded: its decoded arrays (`build_decoded`).
         train_config: supplies batch size (per process), workers, augmentation and seed.
-        settings: pins memory for a GPU and decides where augmentation runs; default
+        placement: pins memory for a GPU and decides where augmentation runs; default
             `select_device(train_config.device)`.
         ranks: with several processes, the train split is sharded among them.
     """
@@ -168,7 +168,7 @@ def train(
         loaders: at least `train` and `val` (e.g. from `make_train_loaders`).
         image_types: the image type of every manifest row (batches carry row indices).
         sources: the source (`labeled` / `failure`) of every manifest row.
-        settings: device and precision; default `select_device(train_config.device, ...)`.
+        placement: device and precision; default `select_device(train_config.device, ...)`.
         on_epoch: called after every epoch's validation.
         progress: called with (stage, done, total) about every tenth of an epoch.
         progress_bar: show a tqdm bar per epoch.

@@ -16,7 +16,7 @@ from maskfind_pipeline.flows.reviewer import (
 
 
 class _Samples:
-    """`ReviewSamples.of_origin` over a list of origins."""
+    """`ReviewerSamples.of_origin` over a list of origins."""
 
     def __init__(self, origins: list[str]) -> None:
         self.origins = np.asarray(origins)
