@@ -124,7 +124,8 @@ def list_day(store: ObjectStore, day: str) -> DayListing:
         elif name.endswith(MASK_SUFFIX) or not dot or not stem:
             unsupported.append((info, "not an image key (<id>.png, .jpg or .jpeg)"))
         elif ext.lower() not in IMAGE_EXTENSIONS:
-            unsupported.append((info, f"unsupported image extension .{ext}"))
+            # quoted printable: a local name that is not UTF-8 must not break the log's Parquet
+            unsupported.append((info, f"unsupported image extension .{printable_key(ext)}"))
         else:
             images.append(info)
     return DayListing(images, unsupported)

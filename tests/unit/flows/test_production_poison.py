@@ -135,6 +135,23 @@ def test_a_local_file_name_that_is_not_utf8_fails_with_a_reason(
     assert run_day(models, data, tmp_path, run_id="r2") == rows
 
 
+def test_an_extension_that_is_not_utf8_fails_with_a_printable_reason(
+    models: ProductionModels, data: LocalObjectStore, tmp_path: Path
+) -> None:
+    """Found by the fuzz test: the reason quoted the extension's undecodable byte, which no
+    Parquet column can hold, and the whole day failed to log."""
+    folder = os.fsencode(data.root / DAY_PREFIX)
+    with open(folder + b"/\x01.\x80", "wb") as f:
+        f.write(png())
+    rows = run_day(models, data, tmp_path)
+    assert len(rows) == GOOD + 1
+    (name,) = [n for n in rows if n.startswith("\x01")]
+    assert rows[name]["status"] == "failed"
+    # escaped as the key is (`storage.keys.printable_key`: the surrogate of byte 0x80)
+    assert str(rows[name]["reason"]) == "unsupported image extension .\\udc80"
+    assert_good_ones_ok(rows)
+
+
 def test_one_id_with_two_extensions_is_two_images_two_masks_two_rows(
     models: ProductionModels, data: LocalObjectStore, tmp_path: Path
 ) -> None:
