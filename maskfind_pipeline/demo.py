@@ -132,6 +132,9 @@ class Story:
     nights: list[Night] = field(default_factory=list)
     days: list[Day] = field(default_factory=list)
     reviewer_version: str | None = None
+    """The reviewer version production grades with: the last one its job promoted (a new
+    reviewer that grades the champion's masks worse than the current one is registered, not
+    promoted)."""
     reviewer_runs: list[bool] = field(default_factory=list)
     relabeled: list[str] = field(default_factory=list)
     matrix: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -226,7 +229,8 @@ def _reviewer(story: Story, run_job: Callable[..., Any], echo: Echo) -> None:
     result = run_job("reviewer", config)
     story.reviewer_runs.append(result.success)
     meta = _metadata(result).get("reviewer_model", {})
-    story.reviewer_version = _value(meta, "reviewer_version") or story.reviewer_version
+    if _value(meta, "promoted") is True:
+        story.reviewer_version = _value(meta, "reviewer_version") or story.reviewer_version
     echo(
         f"reviewer: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'} in "
         f"{time.perf_counter() - start:.0f} s, version {_value(meta, 'reviewer_version')}, "

@@ -110,7 +110,8 @@ def test_the_story_at_a_tiny_size(tmp_path: Path) -> None:
     assert second.by_type[new]["novel_rate"] < first.by_type[new]["novel_rate"], text
     assert "demo finished in" in text
     # The grader is trained again after night 2, on the relabeled failures too, and day 2 is
-    # graded by it.
+    # graded by the reviewer champion: the new one where it graded the champion's masks at
+    # least as well, else the one before.
     assert story.reviewer_runs == [True, True], text
     assert {r["reviewer_version"] for r in _rows(work, second.day)} == {story.reviewer_version}
 

@@ -142,11 +142,12 @@ def test_ten_nights_and_a_big_production_day_leave_nothing_growing(soak: Soak) -
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # on some machines and runs it holds: 2026-12-07 (Intel Xeon, AMX) once each
     reason="measured 2026-12-05: anonymous memory 1.0 -> 2.5 GB over ten tiny nights in one "
     "process, in steps, while Python's own heap stays flat (tracemalloc): native allocations "
     "(torch / oneDNN / glibc arenas) not yet explained; run workers are one process per run "
-    "in production, so this does not accumulate there",
+    "in production, so this does not accumulate there. Not every run grows: on 2026-12-07 one "
+    "run stayed under the limit and the next grew",
 )
 def test_resident_memory_stops_growing_after_the_first_nights(soak: Soak) -> None:
     nightly_rss = [u.rss_mb for u in soak.usage[2:NIGHTS]]
